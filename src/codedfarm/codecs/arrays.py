@@ -1,0 +1,91 @@
+"""numpy / torch glue for the codecs: one matrix product over flattened trailing dims.
+
+torch is imported lazily and only when a torch tensor is passed in, so the codecs work
+(and import fast) without it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from codedfarm.errors import NonFiniteError, ShapeError
+
+__all__ = ["Array", "FloatMatrix", "apply_matrix", "is_torch", "leading_dim"]
+
+Array: TypeAlias = Any
+"""A numpy array or a torch tensor (torch is optional, so the alias stays loose)."""
+
+FloatMatrix: TypeAlias = npt.NDArray[np.float64]
+
+
+def is_torch(x: object) -> bool:
+    """True if ``x`` is a torch tensor (without importing torch when it is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def leading_dim(x: Array) -> int:
+    """Length of the first axis of ``x``; 0-d input has none."""
+    shape = tuple(x.shape)
+    return int(shape[0]) if shape else -1
+
+
+def _check_finite(x: Array, codec: str, what: str) -> None:
+    if is_torch(x):
+        import torch
+
+        finite = bool(torch.isfinite(x).all().item())
+    else:
+        finite = bool(np.isfinite(x).all())
+    if not finite:
+        raise NonFiniteError(
+            f"{codec}: {what} of shape {tuple(x.shape)} contains NaN or Inf; "
+            "coded computing needs finite values"
+        )
+
+
+def apply_matrix(
+    matrix: FloatMatrix,
+    x: Array,
+    *,
+    codec: str,
+    what: str,
+    torch_matrix: Any = None,
+) -> Array:
+    """Return ``matrix @ x`` over the flattened trailing dims of ``x``.
+
+    ``matrix`` is ``(r, c)`` float64; ``x`` is ``(c, *shape)``; the result is
+    ``(r, *shape)`` of the same array type, device and dtype as ``x`` (integer and bool
+    inputs are promoted to float64, since coded values are not integers).
+    ``torch_matrix`` may pass ``matrix`` already converted for ``x``'s device and dtype.
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "reshape"):
+        x = np.asarray(x)
+    rows, cols = matrix.shape
+    if leading_dim(x) != cols:
+        raise ShapeError(
+            f"{codec}: {what} must have leading dimension {cols}, got shape {tuple(x.shape)}"
+        )
+    _check_finite(x, codec, what)
+    trailing = tuple(x.shape[1:])
+    if is_torch(x):
+        import torch
+
+        if not (x.is_floating_point() or x.is_complex()):
+            x = x.to(torch.float64)
+        m = (
+            torch_matrix
+            if torch_matrix is not None
+            else torch.from_numpy(np.array(matrix)).to(dtype=x.dtype, device=x.device)
+        )
+        return (m @ x.reshape(cols, -1)).reshape((rows, *trailing))
+    xa = np.asarray(x)
+    if not np.issubdtype(xa.dtype, np.inexact):
+        xa = xa.astype(np.float64)
+    m_np = matrix if xa.dtype == np.float64 else matrix.astype(xa.dtype)
+    out = m_np @ xa.reshape(cols, -1)
+    return out.reshape((rows, *trailing))

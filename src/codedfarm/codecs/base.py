@@ -1,0 +1,242 @@
+"""The codec contract shared by every code: a linear encoder and per-set linear decoders."""
+
+from __future__ import annotations
+
+import abc
+import operator
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Iterable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
+from codedfarm.errors import (
+    CodecParameterError,
+    NotEnoughResultsError,
+    ShapeError,
+    WorkerSetError,
+)
+
+__all__ = ["Codec", "LRUCache", "Workers", "check_int"]
+
+Workers = tuple[int, ...]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+DEFAULT_CACHE_SIZE = 256
+
+
+class LRUCache(Generic[K, V]):
+    """A small thread-safe least-recently-used map (the decoder-matrix cache)."""
+
+    def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE) -> None:
+        if maxsize < 1:
+            raise CodecParameterError(f"cache size must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def check_int(codec: str, name: str, value: object, minimum: int) -> int:
+    """Return ``value`` as an int >= ``minimum`` or raise :class:`CodecParameterError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CodecParameterError(
+            f"{codec}: {name} must be an integer, got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise CodecParameterError(f"{codec}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _read_only(matrix: FloatMatrix) -> FloatMatrix:
+    out = np.ascontiguousarray(matrix, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+class Codec(abc.ABC):
+    """A linear code over ``k`` inputs and ``n`` workers.
+
+    ``encode``: ``(k, *in_shape) -> (n, *in_shape)`` as ``encoder_matrix @ x``.
+    ``decode``: ``(m, *out_shape)`` results of workers ``workers`` ``-> (k, *out_shape)``
+    as ``decoder_matrix(workers) @ y``. Both accept numpy arrays or torch tensors and
+    return the same type, device and dtype.
+    """
+
+    name: ClassVar[str]
+    exact: ClassVar[bool] = False
+    """True if decode is exact for the functions the code is made for."""
+
+    def __init__(self, k: int, n: int, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.k = check_int(self.name, "k", k, 1)
+        self.n = check_int(self.name, "n", n, 1)
+        if self.n < self.k:
+            raise CodecParameterError(
+                f"{self.name}: n must be >= k (one coded input per worker), "
+                f"got k={self.k}, n={self.n}"
+            )
+        self._encoder: FloatMatrix | None = None
+        self._decoders: LRUCache[Hashable, FloatMatrix] = LRUCache(cache_size)
+        self._device_matrices: LRUCache[Hashable, Any] = LRUCache(cache_size)
+
+    # ----- what subclasses provide -------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def min_results(self) -> int:
+        """Fewest results ``decode`` accepts."""
+
+    @abc.abstractmethod
+    def _build_encoder(self) -> FloatMatrix:
+        """The ``(n, k)`` encoder matrix."""
+
+    @abc.abstractmethod
+    def _build_decoder(self, workers: Workers) -> FloatMatrix:
+        """The ``(k, len(workers))`` decoder for results ordered as ``workers``."""
+
+    def params(self) -> dict[str, Any]:
+        """Codec parameters beyond k and n (used in records and ``spec``)."""
+        return {}
+
+    def _check_decodable(self, workers: Workers) -> None:
+        if len(workers) < self.min_results:
+            raise NotEnoughResultsError(
+                f"{self.name}: needs at least {self.min_results} results "
+                f"(k={self.k}, n={self.n}), got {len(workers)}"
+            )
+
+    # ----- the contract ------------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        """A one-line description, e.g. ``spline:k=8,n=24,lam_enc=1e-06,lam_dec=0.0001``."""
+        items = {"k": self.k, "n": self.n, **self.params()}
+        return f"{self.name}:" + ",".join(f"{key}={value}" for key, value in items.items())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+    @property
+    def encoder_matrix(self) -> FloatMatrix:
+        """``(n, k)`` float64, read-only."""
+        if self._encoder is None:
+            matrix = self._build_encoder()
+            assert matrix.shape == (self.n, self.k), matrix.shape
+            self._encoder = _read_only(matrix)
+        return self._encoder
+
+    def validate_workers(self, workers: Iterable[int]) -> Workers:
+        """Return ``workers`` as a tuple of distinct ints in ``[0, n)`` or raise."""
+        try:
+            ids = tuple(operator.index(w) for w in workers)
+        except TypeError as exc:
+            raise WorkerSetError(
+                f"{self.name}: worker ids must be integers in [0, {self.n}): {exc}"
+            ) from None
+        for w in ids:
+            if not 0 <= w < self.n:
+                raise WorkerSetError(
+                    f"{self.name}: worker id {w} is out of range [0, {self.n}) (n={self.n})"
+                )
+        if len(set(ids)) != len(ids):
+            repeated = sorted(w for w, count in Counter(ids).items() if count > 1)
+            raise WorkerSetError(
+                f"{self.name}: worker ids must not repeat; repeated {repeated} "
+                f"among {len(ids)} workers"
+            )
+        return ids
+
+    def decoder_matrix(self, workers: Iterable[int]) -> FloatMatrix:
+        """``(k, m)`` float64 decoder for the results of ``workers`` (in that order), cached."""
+        ids = self.validate_workers(workers)
+        self._check_decodable(ids)
+        return self._cached_decoder(ids)
+
+    def _cached_decoder(self, key: Hashable) -> FloatMatrix:
+        matrix = self._decoders.get(key)
+        if matrix is None:
+            matrix = _read_only(self._make_decoder(key))
+            self._decoders.put(key, matrix)
+        return matrix
+
+    def _make_decoder(self, key: Hashable) -> FloatMatrix:
+        assert isinstance(key, tuple)
+        matrix = self._build_decoder(key)
+        assert matrix.shape == (self.k, len(key)), matrix.shape
+        return matrix
+
+    def _device_matrix(self, key: Hashable, matrix: FloatMatrix, like: Array) -> Any:
+        """``matrix`` as a torch tensor on ``like``'s device and dtype (cached), else None."""
+        if not is_torch(like) or not like.is_floating_point():
+            return None
+        if key is None:
+            import torch
+
+            return torch.from_numpy(np.array(matrix)).to(dtype=like.dtype, device=like.device)
+        full_key = (key, str(like.device), str(like.dtype))
+        tensor = self._device_matrices.get(full_key)
+        if tensor is None:
+            import torch
+
+            tensor = torch.from_numpy(np.array(matrix)).to(dtype=like.dtype, device=like.device)
+            self._device_matrices.put(full_key, tensor)
+        return tensor
+
+    def encode(self, x: Array) -> Array:
+        """Encode a batch: ``(k, *in_shape) -> (n, *in_shape)``."""
+        matrix = self.encoder_matrix
+        return apply_matrix(
+            matrix,
+            x,
+            codec=self.name,
+            what="input batch x",
+            torch_matrix=self._device_matrix("encoder", matrix, x),
+        )
+
+    def decode(self, y: Array, workers: Iterable[int]) -> Array:
+        """Decode: results ``(m, *out_shape)`` of ``workers`` -> ``(k, *out_shape)``."""
+        ids = self.validate_workers(workers)
+        shape = tuple(getattr(y, "shape", np.shape(y)))
+        if not shape or shape[0] != len(ids):
+            raise ShapeError(
+                f"{self.name}: results y have shape {shape} but {len(ids)} worker ids were "
+                "given; y's leading dimension must equal len(workers)"
+            )
+        self._check_decodable(ids)
+        key, matrix = self._decoder_for(y, ids)
+        return apply_matrix(
+            matrix,
+            y,
+            codec=self.name,
+            what="worker results y",
+            torch_matrix=self._device_matrix(key, matrix, y),
+        )
+
+    def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix]:
+        """The cache key (None: not cacheable) and decoder matrix for results ``y``.
+
+        Data-adaptive codes override this.
+        """
+        return ids, self._cached_decoder(ids)

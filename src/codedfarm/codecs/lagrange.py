@@ -1,0 +1,59 @@
+"""Lagrange coded computing (Yu et al. 2019): exact for polynomial f of a given degree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.polynomial import chebyshev
+
+from codedfarm.codecs.arrays import FloatMatrix
+from codedfarm.codecs.base import Codec, Workers, check_int
+from codedfarm.codecs.points import data_points, worker_points
+from codedfarm.errors import CodecParameterError
+
+__all__ = ["LagrangeCodec"]
+
+
+class LagrangeCodec(Codec):
+    """Encoder: the degree ``k-1`` polynomial through ``(alpha_i, x_i)`` sampled at ``beta_j``.
+
+    A worker computing a polynomial ``f`` of degree ``degree`` returns samples of
+    ``f(u(z))``, a polynomial of degree ``(k-1)*degree``, so any ``(k-1)*degree + 1``
+    results determine it; the decoder fits it (least squares when more results are in)
+    and evaluates it at ``alpha_i``. Polynomials are handled in the Chebyshev basis on
+    Chebyshev points, which keeps the linear algebra well conditioned.
+    """
+
+    name = "lagrange"
+    exact = True
+
+    def __init__(self, k: int, n: int, *, degree: int = 1, **kwargs: Any) -> None:
+        super().__init__(k, n, **kwargs)
+        self.degree = check_int(self.name, "degree", degree, 1)
+        if self.n < self.min_results:
+            raise CodecParameterError(
+                f"{self.name}: n={self.n} is too small: degree={self.degree} with k={self.k} "
+                f"needs n >= (k-1)*degree+1 = {self.min_results}"
+            )
+        self._alpha = data_points(self.k)
+        self._beta = worker_points(self.n)
+
+    @property
+    def min_results(self) -> int:
+        return (self.k - 1) * self.degree + 1
+
+    def params(self) -> dict[str, Any]:
+        return {"degree": self.degree}
+
+    def _build_encoder(self) -> FloatMatrix:
+        basis_at_alpha = chebyshev.chebvander(self._alpha, self.k - 1)
+        basis_at_beta = chebyshev.chebvander(self._beta, self.k - 1)
+        encoder: FloatMatrix = np.linalg.solve(basis_at_alpha.T, basis_at_beta.T).T
+        return encoder
+
+    def _build_decoder(self, workers: Workers) -> FloatMatrix:
+        top = self.min_results - 1
+        fit_basis = chebyshev.chebvander(self._beta[list(workers)], top)
+        decoder: FloatMatrix = chebyshev.chebvander(self._alpha, top) @ np.linalg.pinv(fit_basis)
+        return decoder

@@ -1,0 +1,90 @@
+"""Codec names, construction from keyword arguments, and codec spec strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codedfarm.codecs.base import Codec
+from codedfarm.codecs.berrut import BerrutCodec
+from codedfarm.codecs.lagrange import LagrangeCodec
+from codedfarm.codecs.mds import MDSCodec
+from codedfarm.codecs.replication import ReplicationCodec, UncodedCodec
+from codedfarm.codecs.spline import LetccCodec, SplineCodec
+from codedfarm.errors import CodecParameterError, UnknownCodecError
+
+__all__ = ["CODECS", "available_codecs", "make_codec", "parse_codec_spec"]
+
+CODECS: dict[str, type[Codec]] = {
+    cls.name: cls
+    for cls in (
+        UncodedCodec,
+        ReplicationCodec,
+        MDSCodec,
+        LagrangeCodec,
+        BerrutCodec,
+        SplineCodec,
+        LetccCodec,
+    )
+}
+
+_PARAMS: dict[str, dict[str, type]] = {
+    "uncoded": {},
+    "replication": {},
+    "mds": {"seed": int},
+    "lagrange": {"degree": int},
+    "berrut": {},
+    "spline": {"lam_enc": float, "lam_dec": float},
+    "letcc": {"s": int, "sigma": float},
+}
+
+
+def available_codecs() -> list[str]:
+    """Names accepted by :func:`make_codec`, in a stable order."""
+    return list(CODECS)
+
+
+def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
+    """Build codec ``name`` for ``k`` inputs and ``n`` workers (``n`` defaults to ``k``)."""
+    try:
+        cls = CODECS[name]
+    except KeyError:
+        raise UnknownCodecError(
+            f"unknown codec {name!r}; available: {', '.join(available_codecs())}"
+        ) from None
+    unknown = sorted(set(params) - set(_PARAMS[name]) - {"cache_size"})
+    if unknown:
+        allowed = ", ".join(_PARAMS[name]) or "none"
+        raise CodecParameterError(
+            f"{name}: unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}"
+        )
+    return cls(k, k if n is None else n, **params)
+
+
+def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"spline:lam_enc=1e-6,lam_dec=auto"`` into a name and typed parameters."""
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if name not in CODECS:
+        raise UnknownCodecError(
+            f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(available_codecs())}"
+        )
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        kinds = _PARAMS[name]
+        if not sep or key not in kinds:
+            allowed = ", ".join(kinds) or "none"
+            raise CodecParameterError(
+                f"{name}: bad parameter {item!r} in spec {spec!r}; allowed: {allowed}"
+            )
+        if key == "lam_dec" and value == "auto":
+            params[key] = "auto"
+            continue
+        try:
+            params[key] = kinds[key](value)
+        except ValueError:
+            raise CodecParameterError(
+                f"{name}: parameter {key} must be {kinds[key].__name__}, got {value!r}"
+            ) from None
+    return name, params

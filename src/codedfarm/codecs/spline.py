@@ -1,0 +1,212 @@
+"""Smoothing-spline codes: NeRCC's nested regression (``spline``) and LeTCC's rule (``letcc``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from typing import Any, Literal
+
+import numpy as np
+
+from codedfarm.codecs.arrays import Array, FloatMatrix, is_torch
+from codedfarm.codecs.base import Codec, LRUCache, Workers, check_int
+from codedfarm.codecs.points import data_points, worker_points
+from codedfarm.codecs.smoothing import SplineBasis, gcv_scores, smoothing_spline_matrix
+from codedfarm.errors import CodecParameterError
+
+__all__ = ["LetccCodec", "SplineCodec", "letcc_lambdas"]
+
+Auto = Literal["auto"]
+
+
+def _check_lambda(codec: str, name: str, value: object, allow_auto: bool) -> float | Auto:
+    if allow_auto and value == "auto":
+        return "auto"
+    try:
+        lam = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        allowed = "a number >= 0 or 'auto'" if allow_auto else "a number >= 0"
+        raise CodecParameterError(f"{codec}: {name} must be {allowed}, got {value!r}") from None
+    if not math.isfinite(lam) or lam < 0:
+        raise CodecParameterError(f"{codec}: {name} must be finite and >= 0, got {value!r}")
+    return lam
+
+
+class SplineCodec(Codec):
+    """NeRCC: encoder and decoder are natural cubic smoothing splines.
+
+    Encoder: the spline with ``lam_enc`` fitted to ``(alpha_i, x_i)`` and sampled at
+    ``beta_j``. Decoder: the spline with ``lam_dec`` fitted to the returned
+    ``(beta_j, y_j)`` and sampled at ``alpha_i``. ``lam = 0`` interpolates.
+    ``lam_dec="auto"`` picks the decoder's lambda for every decode by generalized
+    cross-validation on the returned results (no per-model tuning).
+    """
+
+    name = "spline"
+    exact = False
+
+    def __init__(
+        self,
+        k: int,
+        n: int,
+        *,
+        lam_enc: float = 0.0,
+        lam_dec: float | Auto = "auto",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(k, n, **kwargs)
+        lam_e = _check_lambda(self.name, "lam_enc", lam_enc, allow_auto=False)
+        assert lam_e != "auto"
+        self.lam_enc: float = lam_e
+        self.lam_dec: float | Auto = _check_lambda(self.name, "lam_dec", lam_dec, allow_auto=True)
+        self._alpha = data_points(self.k)
+        self._beta = worker_points(self.n)
+        self._bases: LRUCache[Workers, SplineBasis] = LRUCache(self._decoders.maxsize)
+        self.last_lam_dec: float | None = None
+        """The decoder lambda used by the latest ``decode`` (the GCV choice under 'auto')."""
+
+    @property
+    def min_results(self) -> int:
+        return 1
+
+    def params(self) -> dict[str, Any]:
+        return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec}
+
+    def _build_encoder(self) -> FloatMatrix:
+        return smoothing_spline_matrix(self._alpha, self._beta, self.lam_enc)
+
+    def decoder_matrix(self, workers: Iterable[int]) -> FloatMatrix:
+        """``(k, m)`` decoder for a fixed ``lam_dec``; under ``'auto'`` the matrix depends on
+        the results, so use ``decode`` or :meth:`decoder_matrix_for_lambda`."""
+        if self.lam_dec == "auto":
+            raise CodecParameterError(
+                f"{self.name}: lam_dec='auto' chooses the decoder from the results; call "
+                "decode(y, workers) or decoder_matrix_for_lambda(workers, lam)"
+            )
+        return super().decoder_matrix(workers)
+
+    def _build_decoder(self, workers: Workers) -> FloatMatrix:
+        assert self.lam_dec != "auto"
+        return smoothing_spline_matrix(self._beta[list(workers)], self._alpha, self.lam_dec)
+
+    def _make_decoder(self, key: Hashable) -> FloatMatrix:
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], float):
+            workers, lam = key
+            return self._basis(workers).matrix(lam)
+        return super()._make_decoder(key)
+
+    def decoder_matrix_for_lambda(self, workers: Workers, lam: float) -> FloatMatrix:
+        """``(k, m)`` decoder with an explicit decoder lambda (cached)."""
+        ids = self.validate_workers(workers)
+        self._check_decodable(ids)
+        value = _check_lambda(self.name, "lam_dec", lam, allow_auto=False)
+        return self._cached_decoder((ids, value))
+
+    def _basis(self, workers: Workers) -> SplineBasis:
+        basis = self._bases.get(workers)
+        if basis is None:
+            basis = SplineBasis.build(self._beta[list(workers)], self._alpha)
+            self._bases.put(workers, basis)
+        return basis
+
+    def choose_lam_dec(self, y: Array, workers: Workers) -> float:
+        """GCV choice of the decoder lambda for results ``y`` ``(m, *out_shape)``."""
+        basis = self._basis(workers)
+        grid = basis.lambda_grid()
+        if len(grid) == 1:
+            return float(grid[0])
+        if is_torch(y):
+            rotated = basis_rotate_torch(basis.eigenvectors, y)
+        else:
+            flat = np.asarray(y, dtype=np.float64).reshape(len(workers), -1)
+            rotated = ((basis.eigenvectors.T @ flat) ** 2).sum(axis=1)
+        scores = gcv_scores(basis.eigenvalues, rotated, grid)
+        best = int(np.argmin(scores))
+        # refine between the neighbours of the best grid point (golden-section in log lam)
+        lo = math.log(grid[max(best - 1, 0)])
+        hi = math.log(grid[min(best + 1, len(grid) - 1)])
+        ratio = (math.sqrt(5.0) - 1.0) / 2.0
+        for _ in range(20):
+            a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+            fa, fb = gcv_scores(basis.eigenvalues, rotated, np.exp([a, b]))
+            if fa <= fb:
+                hi = b
+            else:
+                lo = a
+        return float(math.exp((lo + hi) / 2.0))
+
+    def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix]:
+        if self.lam_dec != "auto":
+            self.last_lam_dec = self.lam_dec
+            return super()._decoder_for(y, ids)
+        lam = self.choose_lam_dec(y, ids)
+        self.last_lam_dec = lam
+        # a fresh lam per decode: build directly, do not fill the cache with one-off keys
+        return None, self._basis(ids).matrix(lam)
+
+
+def basis_rotate_torch(eigenvectors: FloatMatrix, y: Array) -> FloatMatrix:
+    """Row energies ``||(U^T y)_i||^2`` for a torch tensor ``y``, returned as numpy."""
+    import torch
+
+    flat = y.reshape(y.shape[0], -1).to(torch.float64)
+    u = torch.as_tensor(eigenvectors, dtype=torch.float64, device=flat.device)
+    energy: FloatMatrix = ((u.T @ flat) ** 2).sum(dim=1).cpu().numpy()
+    return energy
+
+
+def letcc_lambdas(k: int, n: int, s: int, sigma: float = 0.0) -> tuple[float, float]:
+    """LeTCC's smoothing parameters ``(lam_enc, lam_dec)`` for ``k`` inputs, ``n`` workers
+    and ``s`` stragglers; ``sigma`` is the standard deviation of worker-output noise.
+
+    The derivation is in ``docs/letcc.md``. In short: the end-to-end error is bounded by
+    the decoder's generalization error plus the encoder's training error times the
+    model's Lipschitz constant, so the encoder interpolates (``lam_enc = 0``: zero
+    training error). The decoder sees ``m = n - s`` results with largest gap
+    ``delta ~ pi (s+1) / (n-1)``; for noiseless results a smoothing spline's error is
+    ``O(lam / m + delta^4)`` (Ragozin 1983), so ``lam_dec = C_NOISELESS * m * delta^4``
+    (``~ (s+1)^4 n^-3``) keeps the smoothing bias below the gap error and keeps the
+    ``O(S^4 N^-3)`` rate. With noise of variance ``sigma^2`` the bias-variance balance
+    gives ``lam_dec = C_NOISY * m * (sigma^2 (s+1) / m)^(4/5)`` added on top.
+    """
+    k = check_int("letcc", "k", k, 1)
+    n = check_int("letcc", "n", n, 1)
+    s = check_int("letcc", "s", s, 0)
+    if s >= n:
+        raise CodecParameterError(
+            f"letcc: s must be < n (some results must arrive), got n={n}, s={s}"
+        )
+    if not math.isfinite(sigma) or sigma < 0:
+        raise CodecParameterError(f"letcc: sigma must be finite and >= 0, got {sigma!r}")
+    m = n - s
+    delta = math.pi * (s + 1) / max(n - 1, 1)
+    lam_dec = LETCC_C_NOISELESS * m * delta**4
+    if sigma > 0:
+        lam_dec += LETCC_C_NOISY * m * (sigma**2 * (s + 1) / m) ** 0.8
+    return 0.0, lam_dec
+
+
+LETCC_C_NOISELESS = 1e-8
+"""Calibrated on smooth synthetic models (docs/letcc.md): larger values over-smooth at low S."""
+LETCC_C_NOISY = 1.0
+
+
+class LetccCodec(SplineCodec):
+    """The spline code with ``(lam_enc, lam_dec)`` from :func:`letcc_lambdas` ``(k, n, s)``."""
+
+    name = "letcc"
+
+    def __init__(self, k: int, n: int, *, s: int = 0, sigma: float = 0.0, **kwargs: Any) -> None:
+        for forbidden in ("lam_enc", "lam_dec"):
+            if forbidden in kwargs:
+                raise CodecParameterError(
+                    f"letcc: {forbidden} is derived from (k, n, s); use codec 'spline' to set it"
+                )
+        lam_enc, lam_dec = letcc_lambdas(k, n, s, sigma)
+        super().__init__(k, n, lam_enc=lam_enc, lam_dec=lam_dec, **kwargs)
+        self.s = int(s)
+        self.sigma = float(sigma)
+
+    def params(self) -> dict[str, Any]:
+        extra = {"sigma": self.sigma} if self.sigma else {}
+        return {"s": self.s, **extra, **super().params()}

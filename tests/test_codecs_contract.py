@@ -295,3 +295,20 @@ def test_call_errors_name_codec_and_shapes(rng):
         np.ones((0, 2)),
         [],
     )
+
+
+def test_encode_into_a_reused_buffer(rng):
+    codec = make_codec("berrut", 4, 10)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    buf = np.empty((10, 2, 3), np.float32)
+    assert codec.encode(x, out=buf) is buf
+    np.testing.assert_allclose(buf, codec.encode(x), rtol=1e-5, atol=1e-6)
+    buf_t = torch.empty(10, 2, 3)
+    assert codec.encode(torch.from_numpy(x), out=buf_t) is buf_t
+    np.testing.assert_allclose(buf_t.numpy(), buf, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ShapeError, match=r"berrut: out must be a contiguous array of shape"):
+        codec.encode(x, out=np.empty((10, 6), np.float32))
+    with pytest.raises(
+        ShapeError, match=r"dtype float32, got shape \(10, 2, 3\) and dtype float64"
+    ):
+        codec.encode(x, out=np.empty((10, 2, 3)))

@@ -55,6 +55,7 @@ def apply_matrix(
     codec: str,
     what: str,
     torch_matrix: Any = None,
+    out: Array | None = None,
 ) -> Array:
     """Return ``matrix @ x`` over the flattened trailing dims of ``x``.
 
@@ -62,6 +63,8 @@ def apply_matrix(
     ``(r, *shape)`` of the same array type, device and dtype as ``x`` (integer and bool
     inputs are promoted to float64, since coded values are not integers).
     ``torch_matrix`` may pass ``matrix`` already converted for ``x``'s device and dtype.
+    ``out``, if given, is a contiguous ``(r, *shape)`` array of the result's type and dtype
+    to write into (reusing a buffer avoids page-faulting a fresh one for large batches).
     """
     if not hasattr(x, "shape") or not hasattr(x, "reshape"):
         x = np.asarray(x)
@@ -82,10 +85,26 @@ def apply_matrix(
             if torch_matrix is not None
             else torch.from_numpy(np.array(matrix)).to(dtype=x.dtype, device=x.device)
         )
-        return (m @ x.reshape(cols, -1)).reshape((rows, *trailing))
+        if out is None:
+            return (m @ x.reshape(cols, -1)).reshape((rows, *trailing))
+        _check_out(out, (rows, *trailing), x.dtype, codec)
+        torch.mm(m, x.reshape(cols, -1), out=out.view(rows, -1))
+        return out
     xa = np.asarray(x)
     if not np.issubdtype(xa.dtype, np.inexact):
         xa = xa.astype(np.float64)
     m_np = matrix if xa.dtype == np.float64 else matrix.astype(xa.dtype)
-    out = m_np @ xa.reshape(cols, -1)
-    return out.reshape((rows, *trailing))
+    if out is None:
+        return (m_np @ xa.reshape(cols, -1)).reshape((rows, *trailing))
+    _check_out(out, (rows, *trailing), xa.dtype, codec)
+    np.matmul(m_np, xa.reshape(cols, -1), out=out.reshape(rows, -1))
+    return out
+
+
+def _check_out(out: Array, shape: tuple[int, ...], dtype: Any, codec: str) -> None:
+    contiguous = out.is_contiguous() if is_torch(out) else bool(out.flags.c_contiguous)
+    if tuple(out.shape) != shape or out.dtype != dtype or not contiguous:
+        raise ShapeError(
+            f"{codec}: out must be a contiguous array of shape {shape} and dtype {dtype}, "
+            f"got shape {tuple(out.shape)} and dtype {out.dtype}"
+        )

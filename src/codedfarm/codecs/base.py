@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
+from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import (
     CodecParameterError,
     NotEnoughResultsError,
@@ -142,7 +143,8 @@ class Codec(abc.ABC):
     def encoder_matrix(self) -> FloatMatrix:
         """``(n, k)`` float64, read-only."""
         if self._encoder is None:
-            matrix = self._build_encoder()
+            with single_threaded_blas():
+                matrix = self._build_encoder()
             assert matrix.shape == (self.n, self.k), matrix.shape
             self._encoder = _read_only(matrix)
         return self._encoder
@@ -177,7 +179,8 @@ class Codec(abc.ABC):
     def _cached_decoder(self, key: Hashable) -> FloatMatrix:
         matrix = self._decoders.get(key)
         if matrix is None:
-            matrix = _read_only(self._make_decoder(key))
+            with single_threaded_blas():
+                matrix = _read_only(self._make_decoder(key))
             self._decoders.put(key, matrix)
         return matrix
 
@@ -204,8 +207,8 @@ class Codec(abc.ABC):
             self._device_matrices.put(full_key, tensor)
         return tensor
 
-    def encode(self, x: Array) -> Array:
-        """Encode a batch: ``(k, *in_shape) -> (n, *in_shape)``."""
+    def encode(self, x: Array, *, out: Array | None = None) -> Array:
+        """Encode a batch: ``(k, *in_shape) -> (n, *in_shape)``, optionally into ``out``."""
         matrix = self.encoder_matrix
         return apply_matrix(
             matrix,
@@ -213,6 +216,7 @@ class Codec(abc.ABC):
             codec=self.name,
             what="input batch x",
             torch_matrix=self._device_matrix("encoder", matrix, x),
+            out=out,
         )
 
     def decode(self, y: Array, workers: Iterable[int]) -> Array:

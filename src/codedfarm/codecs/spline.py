@@ -12,6 +12,7 @@ from codedfarm.codecs.arrays import Array, FloatMatrix, is_torch
 from codedfarm.codecs.base import Codec, LRUCache, Workers, check_int
 from codedfarm.codecs.points import data_points, worker_points
 from codedfarm.codecs.smoothing import SplineBasis, gcv_scores, smoothing_spline_matrix
+from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import CodecParameterError
 
 __all__ = ["LetccCodec", "SplineCodec", "letcc_lambdas"]
@@ -139,10 +140,12 @@ class SplineCodec(Codec):
         if self.lam_dec != "auto":
             self.last_lam_dec = self.lam_dec
             return super()._decoder_for(y, ids)
-        lam = self.choose_lam_dec(y, ids)
+        with single_threaded_blas():
+            lam = self.choose_lam_dec(y, ids)
+            matrix = self._basis(ids).matrix(lam)
         self.last_lam_dec = lam
-        # a fresh lam per decode: build directly, do not fill the cache with one-off keys
-        return None, self._basis(ids).matrix(lam)
+        # a fresh lam per decode: not cached, so one-off keys do not fill the cache
+        return None, matrix
 
 
 def basis_rotate_torch(eigenvectors: FloatMatrix, y: Array) -> FloatMatrix:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
 import click
 
 from codedfarm.errors import CodedFarmError
+from codedfarm.settings import Settings
 
 __all__ = ["cli", "main"]
 
@@ -27,8 +29,28 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"auto_envvar_prefix": "CODEDFARM"})
 @click.version_option(package_name="codedfarm")
-def cli() -> None:
-    """codedfarm: straggler-resilient prediction serving with coded computing."""
+@click.option(
+    "--redis-url",
+    envvar="CODEDFARM_REDIS_URL",
+    default=None,
+    help="Redis URL (redis://, rediss:// for TLS; user:password@ for auth). "
+    "Default: CODEDFARM_REDIS_URL or redis://127.0.0.1:6379/0.",
+)
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None) -> None:
+    """codedfarm: straggler-resilient prediction serving with coded computing.
+
+    Every option can also be set with an environment variable CODEDFARM_<COMMAND>_<OPTION>
+    (e.g. CODEDFARM_SUBMIT_MODEL); farm-wide settings use CODEDFARM_<SETTING>
+    (CODEDFARM_REDIS_URL, CODEDFARM_QUEUES, CODEDFARM_DEADLINE, CODEDFARM_KEY_TTL, ...).
+    """
+    if redis_url:
+        os.environ["CODEDFARM_REDIS_URL"] = redis_url
+    ctx.obj = {"redis_url": redis_url}
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings.from_env(**overrides)
 
 
 def _int_list(value: str) -> list[int]:
@@ -95,6 +117,11 @@ def compare(
         worst = f"{r.max_abs_error:10.2e}" if r.decoded else f"{'-':>10}"
         decoded = f"{r.decoded}/{r.trials}"
         click.echo(f"{r.codec:34} {r.n:4d} {r.stragglers:4d} {decoded:>8} {mse} {worst}")
+
+
+from codedfarm.farm_commands import register_commands  # noqa: E402
+
+register_commands(cli)
 
 
 def main() -> None:

@@ -7,6 +7,11 @@ Exception hierarchy::
 
     CodedFarmError
     ├── ConfigError                 bad settings, options or environment values
+    │   ├── UnknownModelError       no model of that name
+    │   └── StragglerSpecError      a straggler spec that does not parse
+    ├── InputError                  a batch the farm cannot serve (file, shape, NaN, size)
+    ├── RedisUnavailableError       Redis cannot be reached (names the URL)
+    ├── ProtocolError               a malformed task, notice or batch message
     └── CodecError                  misuse of a codec (names the codec, parameter, shapes)
         ├── CodecParameterError     k, n, degree, lambda ... out of range
         │   └── UnknownCodecError   no codec of that name
@@ -23,10 +28,15 @@ __all__ = [
     "CodecParameterError",
     "CodedFarmError",
     "ConfigError",
+    "InputError",
     "NonFiniteError",
     "NotEnoughResultsError",
+    "ProtocolError",
+    "RedisUnavailableError",
     "ShapeError",
+    "StragglerSpecError",
     "UnknownCodecError",
+    "UnknownModelError",
     "WorkerSetError",
 ]
 
@@ -37,6 +47,26 @@ class CodedFarmError(Exception):
 
 class ConfigError(CodedFarmError):
     """A setting, option or environment value is invalid."""
+
+
+class UnknownModelError(ConfigError):
+    """No model is registered under the requested name."""
+
+
+class StragglerSpecError(ConfigError):
+    """A straggler spec does not parse or has out-of-range parameters."""
+
+
+class InputError(CodedFarmError):
+    """A batch the farm cannot serve: unreadable file, wrong shape, NaN/Inf, too large."""
+
+
+class RedisUnavailableError(CodedFarmError):
+    """Redis cannot be reached; the message names the URL (password masked)."""
+
+
+class ProtocolError(CodedFarmError):
+    """A task message, completion notice or batch registration is malformed."""
 
 
 class CodecError(CodedFarmError):

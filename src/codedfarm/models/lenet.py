@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LeNet5"]
+__all__ = ["FirstPixels", "LeNet5"]
 
 
 class LeNet5(nn.Module):
@@ -36,3 +36,10 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.classifier(self.features(x))
         return out
+
+
+class FirstPixels(nn.Module):
+    """``(B, ...) -> (B, 10)``: the first 10 input values; a model that costs nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10]

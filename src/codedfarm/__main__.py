@@ -1,0 +1,3 @@
+from codedfarm.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""The Python API: submit a batch, get the K predictions and the batch's record."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from codedfarm.coordinator.collector import Collector
+from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
+from codedfarm.coordinator.records import BatchRecord
+from codedfarm.errors import RedisUnavailableError
+from codedfarm.redis_conn import connect, mask_url
+from codedfarm.protocol import Keys, array_from_bytes, unpack_frame
+from codedfarm.settings import Settings
+
+__all__ = ["BatchResult", "FarmClient"]
+
+REPLY_GRACE_S = 5.0  # how long past the deadline a client waits for a collector service
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Predictions ``(K, *out_shape)`` (None unless decoded) and the batch record."""
+
+    predictions: npt.NDArray[np.float32] | None
+    record: BatchRecord
+
+    @property
+    def outcome(self) -> str:
+        return self.record.outcome
+
+
+class FarmClient:
+    """Submits batches to the farm.
+
+    With ``collector=""`` (the default unless ``CODEDFARM_COLLECTOR`` is set) the client
+    collects its own results in-process; otherwise it waits for the reply of the named
+    ``codedfarm collector`` service.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, collector: str | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.redis = connect(self.settings)
+        self.keys = Keys(self.settings.key_prefix)
+        self.dispatcher = Dispatcher(self.settings, self.redis)
+        self.collector_name = self.settings.collector if collector is None else collector
+        self._own_inbox = self.keys.inbox(f"client-{uuid.uuid4().hex[:12]}")
+        self._collector = Collector(self.redis, self._own_inbox)
+
+    def submit(self, x: Any, spec: BatchSpec) -> BatchResult:
+        """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions."""
+        start = time.perf_counter()
+        prepared = self.dispatcher.prepare(x, spec)
+        inbox = self.keys.inbox(self.collector_name) if self.collector_name else self._own_inbox
+        try:
+            dispatch_s = self.dispatcher.dispatch(prepared, inbox)
+        except redis.RedisError as exc:
+            raise RedisUnavailableError(
+                f"lost Redis at {mask_url(self.settings.redis_url)} while dispatching: {exc}"
+            ) from None
+        reply_key = self.keys.reply(prepared.batch)
+        budget = prepared.deadline_s + REPLY_GRACE_S
+        if not self.collector_name:
+            self._collector.wait_for(prepared.batch, budget)
+        item = self.redis.blpop([reply_key], timeout=budget if self.collector_name else 1.0)
+        reply_at = time.time()
+        end_to_end = time.perf_counter() - start
+        if item is None:
+            record = BatchRecord(
+                batch=prepared.batch,
+                model=spec.model,
+                codec=prepared.codec.spec,
+                k=prepared.k,
+                n=prepared.n,
+                s=prepared.s,
+                wait_for=prepared.wait_for,
+                outcome="timeout",
+                slowed=prepared.slowed,
+                queues=list(prepared.queues),
+                error="no reply from the collector"
+                + (f" {self.collector_name!r}" if self.collector_name else ""),
+            )
+            self.redis.delete(self.keys.inputs(prepared.batch), self.keys.outputs(prepared.batch))
+            return BatchResult(None, record)
+        header, payload = unpack_frame(item[1])
+        record = BatchRecord.from_dict(header["record"]).with_client_timings(
+            encode=prepared.encode_s,
+            dispatch=dispatch_s,
+            end_to_end=end_to_end,
+            reply_at=reply_at,
+        )
+        predictions = None
+        if "shape" in header:
+            predictions = array_from_bytes(payload, header["dtype"], header["shape"]).copy()
+        return BatchResult(predictions, record)
+
+    def close(self) -> None:
+        self.redis.delete(self._own_inbox)
+        self.redis.close()
+
+    def __enter__(self) -> FarmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,345 @@
+"""The collector: waits on Redis for completion notices and decodes at N−S or the deadline.
+
+One loop serves both the long-running ``codedfarm collector`` service and the in-process
+collector of ``codedfarm submit``: it blocks on its inbox list (BLPOP), keeps a small
+state per open batch, and when a batch's wait policy is met fetches the needed outputs
+with one HMGET, decodes, and pushes the reply in one pipeline. Late, duplicate and
+corrupt results are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from codedfarm.codecs import make_codec
+from codedfarm.codecs.base import Codec, LRUCache
+from codedfarm.codecs.spline import SplineCodec
+from codedfarm.coordinator.records import BatchRecord, StageTimings
+from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
+from codedfarm.protocol import (
+    BatchRegistration,
+    Notice,
+    array_from_bytes,
+    pack_frame,
+    parse_inbox_message,
+)
+
+__all__ = ["Collector", "CollectorHooks"]
+
+log = logging.getLogger(__name__)
+
+FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
+
+
+class CollectorHooks:
+    """Observer interface (metrics plug in here); every method is a no-op by default."""
+
+    def batch_registered(self, reg: BatchRegistration) -> None: ...
+
+    def batch_finished(self, record: BatchRecord) -> None: ...
+
+    def result_dropped(self, reason: str) -> None: ...
+
+    def open_batches(self, count: int) -> None: ...
+
+
+@dataclass
+class _Open:
+    reg: BatchRegistration
+    codec: Codec
+    registered_at: float
+    received: dict[int, Notice] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    duplicates: int = 0
+    corrupt: int = 0
+    out_shape: list[int] | None = None
+    needed_written_at: float | None = None
+    policy_met_at: float | None = None
+
+
+class Collector:
+    """Decodes batches registered in inbox ``inbox`` (a Redis list key)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        inbox: str,
+        *,
+        hooks: CollectorHooks | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.inbox = inbox
+        self.hooks = hooks or CollectorHooks()
+        self.clock = clock
+        self._open: dict[str, _Open] = {}
+        self._finished: OrderedDict[str, float] = OrderedDict()
+        self._codecs: LRUCache[tuple[str, int, int, str], Codec] = LRUCache(64)
+        self.dropped: dict[str, int] = {"late": 0, "duplicate": 0, "corrupt": 0, "unknown": 0}
+        self.records: OrderedDict[str, BatchRecord] = OrderedDict()  # recent, bounded
+
+    # ----- the loop ----------------------------------------------------------------------
+    def poll(self, timeout: float) -> list[BatchRecord]:
+        """Wait up to ``timeout`` s (less if a deadline comes first); handle what arrived."""
+        now = self.clock()
+        nearest = min((b.reg.deadline for b in self._open.values()), default=now + timeout)
+        wait = max(0.0, min(timeout, nearest - now))
+        finished: list[BatchRecord] = []
+        item = self.redis.blpop([self.inbox], timeout=wait) if wait >= 0.001 else None
+        raw_messages: list[bytes] = []
+        if item is not None:
+            raw_messages.append(item[1])
+            more = self.redis.lpop(self.inbox, 512)  # drain without blocking
+            if more:
+                raw_messages.extend(more)
+        for raw in raw_messages:
+            record = self._handle(raw)
+            if record is not None:
+                finished.append(record)
+        finished.extend(self._expire_deadlines())
+        self.hooks.open_batches(len(self._open))
+        return finished
+
+    def serve_forever(self, stop: threading.Event, tick: float = 1.0) -> None:
+        """Run until ``stop`` is set (the ``codedfarm collector`` service)."""
+        while not stop.is_set():
+            try:
+                self.poll(tick)
+            except redis.ConnectionError as exc:
+                log.warning("redis unavailable (%s); retrying", exc)
+                stop.wait(0.5)
+
+    def wait_for(self, batch: str, timeout: float) -> BatchRecord | None:
+        """Run the loop until ``batch`` finishes (the in-process collector)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for record in self.poll(end - time.monotonic()):
+                if record.batch == batch:
+                    return record
+            if batch in self._finished:
+                return self.records.get(batch)
+        return None
+
+    # ----- messages ----------------------------------------------------------------------
+    def _handle(self, raw: bytes) -> BatchRecord | None:
+        try:
+            message = parse_inbox_message(raw)
+        except ProtocolError as exc:
+            log.warning("dropping malformed inbox message: %s", exc)
+            self._drop("corrupt")
+            return None
+        if isinstance(message, BatchRegistration):
+            self._register(message)
+            return None
+        return self._on_notice(message)
+
+    def _codec(self, reg: BatchRegistration) -> Codec:
+        key = (reg.codec, reg.k, reg.n, repr(sorted(reg.codec_params.items())))
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = make_codec(reg.codec, reg.k, reg.n, **reg.codec_params)
+            self._codecs.put(key, codec)
+        return codec
+
+    def _register(self, reg: BatchRegistration) -> None:
+        if reg.batch in self._open or reg.batch in self._finished:
+            return
+        try:
+            codec = self._codec(reg)
+        except CodecError as exc:
+            self._finish_failed(reg, f"bad codec in registration: {exc}")
+            return
+        self._open[reg.batch] = _Open(reg, codec, self.clock())
+        self.hooks.batch_registered(reg)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        self.hooks.result_dropped(reason)
+
+    def _on_notice(self, notice: Notice) -> BatchRecord | None:
+        batch = self._open.get(notice.batch)
+        if batch is None:
+            self._drop("late" if notice.batch in self._finished else "unknown")
+            return None
+        if not 0 <= notice.index < batch.reg.n:
+            self._drop("corrupt")
+            batch.corrupt += 1
+            return None
+        if notice.index in batch.received or notice.index in batch.errors:
+            self._drop("duplicate")
+            batch.duplicates += 1
+            return None
+        if not notice.ok:
+            batch.errors[notice.index] = notice.error
+        elif batch.out_shape is not None and (
+            notice.shape != batch.out_shape or notice.dtype != "float32"
+        ):
+            self._drop("corrupt")
+            batch.corrupt += 1
+            return None
+        else:
+            batch.out_shape = list(notice.shape)
+            batch.received[notice.index] = notice
+            if len(batch.received) == batch.reg.wait_for:
+                batch.needed_written_at = notice.written_at
+                batch.policy_met_at = self.clock()
+        if len(batch.received) >= batch.reg.wait_for:
+            return self._try_finish(batch, at_deadline=False)
+        if len(batch.received) + len(batch.errors) >= batch.reg.n:  # nobody else will answer
+            return self._try_finish(batch, at_deadline=True)
+        return None
+
+    def _expire_deadlines(self) -> list[BatchRecord]:
+        now = self.clock()
+        due = [b for b in self._open.values() if b.reg.deadline <= now]
+        records = []
+        for batch in due:
+            record = self._try_finish(batch, at_deadline=True)
+            if record is None:  # still not decodable: give up
+                record = self._finish(batch, "timeout", None, None, None)
+            records.append(record)
+        return records
+
+    # ----- decoding ----------------------------------------------------------------------
+    def _fetch(self, batch: _Open) -> tuple[list[int], np.ndarray] | None:
+        indices = sorted(batch.received)
+        raw = self.redis.hmget(batch.reg.output_key, [str(i) for i in indices])
+        good: list[int] = []
+        arrays: list[np.ndarray] = []
+        assert batch.out_shape is not None
+        for index, data in zip(indices, raw, strict=True):
+            try:
+                if data is None:
+                    raise ProtocolError("output bytes missing")
+                arrays.append(array_from_bytes(data, "float32", batch.out_shape))
+                good.append(index)
+            except ProtocolError as exc:
+                log.warning("batch %s result %d dropped: %s", batch.reg.batch, index, exc)
+                del batch.received[index]
+                batch.corrupt += 1
+                self._drop("corrupt")
+        if not good:
+            return None
+        return good, np.stack(arrays)
+
+    def _try_finish(self, batch: _Open, *, at_deadline: bool) -> BatchRecord | None:
+        if len(batch.received) < batch.codec.min_results:
+            if at_deadline and len(batch.received) + len(batch.errors) >= batch.reg.n:
+                return self._finish(
+                    batch, "failed", None, None, None, error=self._error_summary(batch)
+                )
+            return None
+        fetched = self._fetch(batch)
+        if fetched is None or (not at_deadline and len(fetched[0]) < batch.reg.wait_for):
+            return None
+        workers, y = fetched
+        start = time.perf_counter()
+        try:
+            predictions = batch.codec.decode(y, workers)
+        except NotEnoughResultsError:
+            return None  # e.g. replication without a copy of every input yet: keep waiting
+        except CodecError as exc:
+            self._drop("corrupt")
+            return self._finish(batch, "failed", None, None, None, error=str(exc))
+        decode_s = time.perf_counter() - start
+        outcome = "deadline_decoded" if at_deadline and batch.policy_met_at is None else "decoded"
+        return self._finish(batch, outcome, np.asarray(predictions, np.float32), workers, decode_s)
+
+    @staticmethod
+    def _error_summary(batch: _Open) -> str:
+        if not batch.errors:
+            return ""
+        first = next(iter(batch.errors.values()))
+        return f"{len(batch.errors)} worker(s) failed, e.g.: {first}"
+
+    def _finish(
+        self,
+        batch: _Open,
+        outcome: str,
+        predictions: np.ndarray | None,
+        workers: list[int] | None,
+        decode_s: float | None,
+        error: str = "",
+    ) -> BatchRecord:
+        reg = batch.reg
+        now = self.clock()
+        met = batch.policy_met_at if batch.policy_met_at is not None else now
+        lam = batch.codec.last_lam_dec if isinstance(batch.codec, SplineCodec) else None
+        record = BatchRecord(
+            batch=reg.batch,
+            model=reg.model,
+            codec=batch.codec.spec,
+            k=reg.k,
+            n=reg.n,
+            s=reg.s,
+            wait_for=reg.wait_for,
+            outcome=outcome,
+            workers_used=workers or [],
+            results_received=len(batch.received),
+            worker_errors=len(batch.errors),
+            duplicates=batch.duplicates,
+            corrupt=batch.corrupt,
+            slowed=reg.slowed,
+            queues=reg.queues,
+            lam_dec=lam if predictions is not None else None,
+            error=error or ("" if predictions is not None else self._error_summary(batch)),
+            timings=StageTimings(wait=max(0.0, met - reg.submitted_at), decode=decode_s or 0.0),
+            needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
+        )
+        header: dict[str, Any] = {"record": record.to_dict()}
+        payload = b""
+        if predictions is not None:
+            header["dtype"] = "float32"
+            header["shape"] = list(predictions.shape)
+            payload = predictions.astype("<f4", copy=False).tobytes()
+        ttl = max(1, int(reg.ttl))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(reg.reply_key, pack_frame(header, payload))
+            pipe.expire(reg.reply_key, ttl)
+            pipe.delete(reg.input_key, reg.output_key)  # late workers skip; late outputs expire
+            pipe.execute()
+        self._open.pop(reg.batch, None)
+        self._remember(reg.batch, record)
+        self.hooks.batch_finished(record)
+        return record
+
+    def _finish_failed(self, reg: BatchRegistration, error: str) -> None:
+        record = BatchRecord(
+            batch=reg.batch,
+            model=reg.model,
+            codec=reg.codec,
+            k=reg.k,
+            n=reg.n,
+            s=reg.s,
+            wait_for=reg.wait_for,
+            outcome="failed",
+            error=error,
+        )
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(reg.reply_key, pack_frame({"record": record.to_dict()}))
+            pipe.expire(reg.reply_key, max(1, int(reg.ttl)))
+            pipe.delete(reg.input_key)
+            pipe.execute()
+        self._remember(reg.batch, record)
+        self.hooks.batch_finished(record)
+
+    def _remember(self, batch: str, record: BatchRecord) -> None:
+        self._finished[batch] = self.clock()
+        self.records[batch] = record
+        while len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+        while len(self.records) > 1000:
+            self.records.popitem(last=False)
+
+    @property
+    def open_batches(self) -> int:
+        return len(self._open)

@@ -1,0 +1,244 @@
+"""Validate and encode a batch, then write inputs, registration and N tasks in one round trip."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+from codedfarm.codecs import make_codec, parse_codec_spec
+from codedfarm.codecs.base import Codec, LRUCache
+from codedfarm.coordinator.celery_messages import task_envelope
+from codedfarm.errors import CodecError, ConfigError, InputError
+from codedfarm.models.registry import get_model_spec
+from codedfarm.protocol import BatchRegistration, Keys, TaskMessage
+from codedfarm.settings import Settings
+from codedfarm.stragglers import TaskFate, parse_straggler_spec
+from codedfarm.tasks.app import INFER_TASK
+
+__all__ = ["BatchSpec", "Dispatcher", "PreparedBatch"]
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How to serve one batch. ``n`` defaults to ``k`` for uncoded, else ``k + s`` for exact
+    codes and ``3k`` for approximate ones; ``wait_for`` defaults to ``n - s``."""
+
+    model: str
+    codec: str = "spline"
+    n: int | None = None
+    s: int = 0
+    wait_for: int | None = None
+    straggle: str | None = None  # None: workers apply their own default
+    deadline: float | None = None  # seconds after submit; None: settings.deadline
+    queues: tuple[str, ...] | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    batch: str
+    spec: BatchSpec
+    codec: Codec
+    k: int
+    n: int
+    s: int
+    wait_for: int
+    deadline_s: float
+    coded: npt.NDArray[np.float32]  # (n, *input_shape)
+    fates: list[TaskFate] | None
+    queues: tuple[str, ...]
+    encode_s: float
+    submitted_at: float = field(default_factory=time.time)
+
+    @property
+    def slowed(self) -> list[dict[str, Any]]:
+        if self.fates is None:
+            return []
+        return [
+            {"index": i, "delay": f.delay, "fail": f.fail}
+            for i, f in enumerate(self.fates)
+            if f.slowed
+        ]
+
+
+def _as_float32_batch(x: Any, input_shape: tuple[int, ...], model: str) -> npt.NDArray[np.float32]:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    try:
+        array = np.asarray(x)
+    except Exception as exc:
+        raise InputError(f"batch is not an array: {exc}") from None
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+    ):
+        raise InputError(f"batch must be numeric, got dtype {array.dtype}")
+    if array.ndim != len(input_shape) + 1 or tuple(array.shape[1:]) != input_shape:
+        raise InputError(
+            f"model {model} takes a batch of shape (K, {', '.join(map(str, input_shape))}), "
+            f"got {tuple(array.shape)}"
+        )
+    if array.shape[0] < 1:
+        raise InputError("batch is empty (K = 0)")
+    if not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"batch contains {bad} NaN/Inf values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class Dispatcher:
+    """Turns (inputs, spec) into coded inputs and tasks on the worker queues."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self.keys = Keys(settings.key_prefix)
+        self._codecs: LRUCache[tuple[str, int, int, str], Codec] = LRUCache(64)
+
+    def _codec(self, spec: str, k: int, n: int, s: int) -> Codec:
+        name, params = parse_codec_spec(spec)
+        if name == "letcc":
+            params.setdefault("s", s)
+        key = (name, k, n, repr(sorted(params.items())))
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = make_codec(name, k, n, **params)
+            self._codecs.put(key, codec)
+        return codec
+
+    def prepare(self, x: Any, spec: BatchSpec) -> PreparedBatch:
+        """Validate everything, then encode. Raises before anything is written to Redis."""
+        model = get_model_spec(spec.model)
+        inputs = _as_float32_batch(x, model.input_shape, spec.model)
+        k = inputs.shape[0]
+        name, _ = parse_codec_spec(spec.codec)
+        exact = name in ("uncoded", "replication", "mds", "lagrange")
+        s = spec.s
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ConfigError(f"s (stragglers to tolerate) must be an integer >= 0, got {s!r}")
+        if spec.n is not None:
+            n = spec.n
+        elif name == "uncoded":
+            n = k
+        elif name == "replication":
+            n = k * (s + 1)
+        else:
+            n = k + s if exact else 3 * k
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.settings.max_workers:
+            raise ConfigError(f"n must be an integer in [1, {self.settings.max_workers}], got {n!r}")
+        if s >= n:
+            raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
+        codec = self._codec(spec.codec, k, n, s)
+        wait_for = n - s if spec.wait_for is None else spec.wait_for
+        if not codec.min_results <= wait_for <= n:
+            if spec.wait_for is None and codec.exact:
+                raise CodecError(
+                    f"{codec.name}: S={s} is too large for this exact code: it needs "
+                    f"{codec.min_results} of n={n} results, but n - S = {n - s}"
+                )
+            raise ConfigError(
+                f"wait_for must be in [{codec.min_results}, {n}] for {codec.spec}, got {wait_for}"
+            )
+        deadline = self.settings.deadline if spec.deadline is None else spec.deadline
+        if not 0 < deadline < self.settings.key_ttl:
+            raise ConfigError(
+                f"deadline must be in (0, {self.settings.key_ttl:g}) seconds "
+                f"(CODEDFARM_KEY_TTL), got {deadline}"
+            )
+        coded_bytes = n * inputs[0].nbytes
+        if coded_bytes > self.settings.max_batch_bytes:
+            raise InputError(
+                f"coded batch is {coded_bytes} bytes (n={n} x {inputs[0].nbytes}), over the "
+                f"limit of {self.settings.max_batch_bytes} (CODEDFARM_MAX_BATCH_BYTES)"
+            )
+        queues = tuple(spec.queues or self.settings.queues)
+        if not queues or any(not q or ":" in q for q in queues):
+            raise ConfigError(f"queue names must be non-empty without ':', got {queues}")
+        fates = None
+        if spec.straggle is not None:
+            plan = parse_straggler_spec(spec.straggle)
+            fates = plan.sample(n, np.random.default_rng(spec.seed))
+        start = time.perf_counter()
+        coded = codec.encode(inputs)
+        encode_s = time.perf_counter() - start
+        return PreparedBatch(
+            batch=uuid.uuid4().hex,
+            spec=spec,
+            codec=codec,
+            k=k,
+            n=n,
+            s=s,
+            wait_for=wait_for,
+            deadline_s=deadline,
+            coded=coded,
+            fates=fates,
+            queues=queues,
+            encode_s=encode_s,
+        )
+
+    def registration(self, batch: PreparedBatch) -> BatchRegistration:
+        name, params = parse_codec_spec(batch.spec.codec)
+        if name == "letcc":
+            params.setdefault("s", batch.s)
+        return BatchRegistration(
+            batch=batch.batch,
+            codec=name,
+            codec_params=params,
+            k=batch.k,
+            n=batch.n,
+            s=batch.s,
+            wait_for=batch.wait_for,
+            deadline=batch.submitted_at + batch.deadline_s,
+            model=batch.spec.model,
+            submitted_at=batch.submitted_at,
+            reply_key=self.keys.reply(batch.batch),
+            input_key=self.keys.inputs(batch.batch),
+            output_key=self.keys.outputs(batch.batch),
+            ttl=self.settings.key_ttl,
+            slowed=batch.slowed,
+            queues=list(batch.queues),
+        )
+
+    def dispatch(self, batch: PreparedBatch, inbox: str) -> float:
+        """Inputs + registration + every task in one pipeline; returns seconds spent."""
+        start = time.perf_counter()
+        ttl = int(self.settings.key_ttl)
+        registration = self.registration(batch)
+        per_input = batch.coded[0].nbytes
+        shape = list(batch.coded.shape[1:])
+        by_queue: dict[str, list[bytes]] = {q: [] for q in batch.queues}
+        for j in range(batch.n):
+            fate = batch.fates[j] if batch.fates is not None else None
+            message = TaskMessage(
+                batch=batch.batch,
+                index=j,
+                model=batch.spec.model,
+                input_key=registration.input_key,
+                offset=j * per_input,
+                nbytes=per_input,
+                dtype="float32",
+                shape=shape,
+                output_key=registration.output_key,
+                inbox=inbox,
+                ttl=self.settings.key_ttl,
+                delay=None if fate is None else fate.delay,
+                fail=False if fate is None else fate.fail,
+            )
+            queue = batch.queues[j % len(batch.queues)]
+            by_queue[queue].append(task_envelope(INFER_TASK, message.to_dict(), queue))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(registration.input_key, batch.coded.tobytes(), ex=ttl)
+        pipe.rpush(inbox, registration.to_json())
+        pipe.expire(inbox, ttl)
+        for queue, messages in by_queue.items():
+            if messages:
+                pipe.lpush(queue, *messages)
+                pipe.expire(queue, ttl)
+        pipe.execute()
+        return time.perf_counter() - start
+

@@ -1,0 +1,74 @@
+"""The record a client gets for each batch: who answered, how long each stage took."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["OUTCOMES", "BatchRecord", "StageTimings"]
+
+OUTCOMES = ("decoded", "deadline_decoded", "timeout", "failed")
+"""decoded: the wait policy was met. deadline_decoded: decoded from what had arrived when
+the deadline passed (or when every worker had answered without meeting the policy).
+timeout: too few results to decode by the deadline. failed: the batch could not be
+decoded for another reason (see ``error``)."""
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds spent in each stage; ``overhead`` is end-to-end minus the moment the
+    result that met the wait policy was written (None when no such result)."""
+
+    encode: float = 0.0
+    dispatch: float = 0.0
+    wait: float = 0.0
+    decode: float = 0.0
+    end_to_end: float = 0.0
+    overhead: float | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch: str
+    model: str
+    codec: str
+    k: int
+    n: int
+    s: int
+    wait_for: int
+    outcome: str
+    workers_used: list[int] = field(default_factory=list)
+    results_received: int = 0
+    worker_errors: int = 0
+    duplicates: int = 0
+    corrupt: int = 0
+    slowed: list[dict[str, Any]] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    lam_dec: float | None = None
+    error: str = ""
+    timings: StageTimings = field(default_factory=StageTimings)
+    needed_written_at: float | None = None  # wall time the policy-meeting result was written
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchRecord:
+        values = dict(data)
+        values["timings"] = StageTimings(**values.get("timings", {}))
+        return cls(**values)
+
+    def with_client_timings(
+        self, *, encode: float, dispatch: float, end_to_end: float, reply_at: float
+    ) -> BatchRecord:
+        """Fill in the stages only the client sees."""
+        overhead = None if self.needed_written_at is None else reply_at - self.needed_written_at
+        timings = StageTimings(
+            encode=encode,
+            dispatch=dispatch,
+            wait=self.timings.wait,
+            decode=self.timings.decode,
+            end_to_end=end_to_end,
+            overhead=overhead,
+        )
+        return BatchRecord.from_dict({**self.to_dict(), "timings": timings.__dict__})

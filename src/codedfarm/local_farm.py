@@ -1,0 +1,186 @@
+"""A farm on this machine: a private Redis (unless given one) and ``codedfarm worker`` processes.
+
+Used by ``codedfarm demo``, ``codedfarm scale``, the integration tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from codedfarm.errors import ConfigError
+from codedfarm.local_redis import LocalRedis
+from codedfarm.settings import Settings
+
+__all__ = ["LocalFarm", "WorkerProcess", "WorkerSpec"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Arguments of one ``codedfarm worker`` process."""
+
+    queues: str = "cpu"
+    concurrency: int = 1
+    pool: str = "prefork"
+    slowdown: float = 1.0
+    straggle: str = "none"
+    preload: str = ""
+    device: str = "cpu"
+
+    def argv(self, hostname: str) -> list[str]:
+        return [
+            sys.executable, "-m", "codedfarm", "worker",
+            "--queues", self.queues,
+            "--concurrency", str(self.concurrency),
+            "--pool", self.pool,
+            "--slowdown", repr(self.slowdown),
+            "--straggle", self.straggle,
+            "--preload", self.preload,
+            "--device", self.device,
+            "--hostname", hostname,
+            "--loglevel", "info",
+        ]  # fmt: skip
+
+
+class WorkerProcess:
+    """One worker process group (the Celery main process and its pool children)."""
+
+    def __init__(self, spec: WorkerSpec, hostname: str, env: dict[str, str], log: Path) -> None:
+        self.spec = spec
+        self.hostname = hostname
+        self.log = log
+        self._log_file = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            spec.argv(hostname),
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise ConfigError(f"worker {self.hostname} exited at start:\n{tail}")
+            if b" ready." in self.log.read_bytes():
+                return
+            time.sleep(0.1)
+        raise ConfigError(f"worker {self.hostname} not ready after {timeout:g}s (log: {self.log})")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the main process and every pool child."""
+        self.signal_group(signal.SIGKILL)
+        self.process.wait(10)
+        self._log_file.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cold shutdown (SIGQUIT: running tasks are not awaited), then SIGKILL if needed."""
+        if self.alive():
+            self.signal_group(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal_group(signal.SIGKILL)  # pool children left behind, if any
+        if self.alive():
+            self.process.wait(10)
+        self._log_file.close()
+
+
+class LocalFarm:
+    """Redis (private unless ``redis_url`` is given) plus worker processes."""
+
+    def __init__(
+        self,
+        workers: list[WorkerSpec],
+        *,
+        redis_url: str | None = None,
+        settings: Settings | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.worker_specs = workers
+        self.base_settings = settings or Settings.from_env()
+        self._redis_url = redis_url
+        self.redis_server: LocalRedis | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="codedfarm-farm-")
+        self.log_dir = log_dir or Path(self._tmp.name)
+        self.workers: list[WorkerProcess] = []
+        self._counter = 0
+
+    @property
+    def settings(self) -> Settings:
+        url = self._redis_url or (self.redis_server.url if self.redis_server else None)
+        return replace(self.base_settings, redis_url=url or self.base_settings.redis_url)
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            {
+                "CODEDFARM_REDIS_URL": s.redis_url,
+                "CODEDFARM_KEY_PREFIX": s.key_prefix,
+                "CODEDFARM_KEY_TTL": repr(s.key_ttl),
+                "CODEDFARM_CACHE_DIR": str(s.cache_dir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def start(self) -> LocalFarm:
+        if self._redis_url is None:
+            self.redis_server = LocalRedis().start()
+        for spec in self.worker_specs:
+            self.add_worker(spec, wait=False)
+        for worker in self.workers:
+            worker.wait_ready()
+        return self
+
+    def add_worker(self, spec: WorkerSpec, *, wait: bool = True) -> WorkerProcess:
+        self._counter += 1
+        name = f"w{self._counter}-{os.getpid()}@localhost"
+        log = self.log_dir / f"worker-{self._counter}.log"
+        worker = WorkerProcess(spec, name, self.env(), log)
+        self.workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+        if self.redis_server is not None:
+            self.redis_server.close()
+            self.redis_server = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> LocalFarm:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

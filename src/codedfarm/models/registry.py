@@ -1,0 +1,94 @@
+"""The models the farm serves, by name, with their input shapes and cached weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from codedfarm.errors import UnknownModelError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["MODELS", "ModelSpec", "get_model_spec", "load_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A servable model: ``(B, *input_shape) -> (B, num_outputs)``."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    description: str
+    build: Callable[[Path], nn.Module]  # cache_dir -> model with weights, on CPU, eval mode
+
+
+def _lenet5(cache_dir: Path) -> nn.Module:
+    from codedfarm.models.training import trained_lenet5
+
+    return trained_lenet5(cache_dir)
+
+
+def _linear(cache_dir: Path) -> nn.Module:
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(5)
+    layer = nn.Linear(32 * 32, 10)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(10, 32 * 32, generator=generator) / 32)
+        layer.bias.copy_(torch.randn(10, generator=generator))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+def _noop(cache_dir: Path) -> nn.Module:
+    from codedfarm.models.lenet import FirstPixels
+
+    return FirstPixels()
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "lenet5",
+            (1, 32, 32),
+            10,
+            "LeNet5 trained on sklearn's digits (cached after the first use)",
+            _lenet5,
+        ),
+        ModelSpec(
+            "linear",
+            (1, 32, 32),
+            10,
+            "a fixed random affine map (mds decodes it exactly)",
+            _linear,
+        ),
+        ModelSpec(
+            "noop",
+            (1, 32, 32),
+            10,
+            "returns the first 10 pixels: no compute, for throughput tests",
+            _noop,
+        ),
+    )
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; available: {', '.join(MODELS)}"
+        ) from None
+
+
+def load_model(name: str, cache_dir: Path, device: str = "cpu") -> nn.Module:
+    """Build model ``name`` with its weights, in eval mode, on ``device``."""
+    spec = get_model_spec(name)
+    model = spec.build(cache_dir).eval()
+    return model.to(device)

@@ -1,0 +1,98 @@
+"""Collector metrics for Prometheus, plugged into the collector as hooks.
+
+Names are in base units (seconds, bytes), counters end in ``_total``, and no label
+carries a batch or task id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import start_http_server
+
+from codedfarm.coordinator.collector import CollectorHooks
+from codedfarm.coordinator.records import BatchRecord
+from codedfarm.protocol import BatchRegistration
+
+__all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "serve_metrics"]
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0,
+    30.0, 45.0, 60.0, 120.0,
+)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class CollectorMetrics(CollectorHooks):
+    """The collector's Prometheus metrics."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.batch_latency = Histogram(
+            "codedfarm_batch_latency_seconds",
+            "Batch latency from submit to decode (collector side).",
+            ["codec", "model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage = Histogram(
+            "codedfarm_batch_stage_seconds",
+            "Time per batch stage seen by the collector (wait, decode).",
+            ["stage", "codec"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "codedfarm_batches_total",
+            "Finished batches by outcome.",
+            ["codec", "model", "outcome"],
+            registry=registry,
+        )
+        self.results_used = Histogram(
+            "codedfarm_batch_results_used",
+            "Worker results a decode used.",
+            ["codec"],
+            buckets=(1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "codedfarm_results_dropped_total",
+            "Worker results dropped by the collector.",
+            ["reason"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "codedfarm_batches_in_flight",
+            "Batches registered and not yet finished.",
+            registry=registry,
+        )
+        self.registered = Counter(
+            "codedfarm_batches_registered_total",
+            "Batches registered with this collector.",
+            ["codec", "model"],
+            registry=registry,
+        )
+
+    def batch_registered(self, reg: BatchRegistration) -> None:
+        self.registered.labels(reg.codec, reg.model).inc()
+
+    def batch_finished(self, record: BatchRecord) -> None:
+        codec = record.codec.split(":", 1)[0]
+        self.outcomes.labels(codec, record.model, record.outcome).inc()
+        self.batch_latency.labels(codec, record.model, record.outcome).observe(
+            record.timings.wait + record.timings.decode
+        )
+        self.stage.labels("wait", codec).observe(record.timings.wait)
+        if record.workers_used:
+            self.stage.labels("decode", codec).observe(record.timings.decode)
+            self.results_used.labels(codec).observe(len(record.workers_used))
+
+    def result_dropped(self, reason: str) -> None:
+        self.dropped.labels(reason).inc()
+
+    def open_batches(self, count: int) -> None:
+        self.in_flight.set(count)
+
+
+def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve ``/metrics`` of the default registry from a daemon thread."""
+    start_http_server(port, addr)

@@ -1,0 +1,200 @@
+"""What travels through Redis: key names, task messages, notices, registrations, replies.
+
+Tensors travel as raw little-endian bytes in Redis keys; every message is small JSON.
+Nothing here is pickled, and nothing that arrives is unpickled.
+
+Keys of batch ``B`` (prefix ``P``, all with a TTL)::
+
+    P:b:B:in      the N coded inputs, one contiguous blob (worker j reads its slice)
+    P:b:B:out     hash: coded index j -> the worker's output bytes
+    P:b:B:reply   list: the collector's reply (record + predictions) for the client
+    P:inbox:NAME  list: batch registrations and completion notices for one collector
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from codedfarm.errors import ProtocolError
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "BatchRegistration",
+    "Keys",
+    "Notice",
+    "TaskMessage",
+    "array_from_bytes",
+    "pack_frame",
+    "unpack_frame",
+]
+
+ALLOWED_DTYPES = ("float32", "float64", "float16")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "cf"
+
+    def inputs(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:in"
+
+    def outputs(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:out"
+
+    def reply(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:reply"
+
+    def inbox(self, name: str) -> str:
+        return f"{self.prefix}:inbox:{name}"
+
+    def pattern(self) -> str:
+        return f"{self.prefix}:*"
+
+
+def _from_mapping(cls: type[T], data: object, what: str) -> T:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ProtocolError(f"malformed {what}: {exc}") from None
+
+
+def _loads(raw: bytes | str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{what} is not JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """The kwargs of one coded task: keys and small metadata only."""
+
+    batch: str
+    index: int
+    model: str
+    input_key: str
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: list[int]
+    output_key: str
+    inbox: str
+    ttl: float
+    delay: float | None = None  # None: no per-batch straggler plan; use the worker's default
+    fail: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> TaskMessage:
+        msg = _from_mapping(cls, data, "task message")
+        if msg.dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"task message dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
+        expected = int(np.prod(msg.shape, dtype=np.int64)) * np.dtype(msg.dtype).itemsize
+        if msg.nbytes != expected or msg.offset < 0 or msg.index < 0:
+            raise ProtocolError(
+                f"task message for batch {msg.batch}: nbytes={msg.nbytes} does not match "
+                f"shape {msg.shape} of {msg.dtype} ({expected} bytes)"
+            )
+        return msg
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A worker's completion notice (its output bytes are in the batch's output hash)."""
+
+    batch: str
+    index: int
+    ok: bool
+    dtype: str = "float32"
+    shape: list[int] = field(default_factory=list)
+    error: str = ""
+    written_at: float = 0.0  # wall-clock time of the write, seconds since the epoch
+    compute_s: float = 0.0
+    delay_s: float = 0.0
+    worker: str = ""
+    kind: str = "result"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class BatchRegistration:
+    """What a collector needs to finish a batch, sent to its inbox before the tasks."""
+
+    batch: str
+    codec: str  # codec name
+    codec_params: dict[str, Any]
+    k: int
+    n: int
+    s: int
+    wait_for: int  # decode as soon as this many results are in
+    deadline: float  # wall-clock seconds since the epoch
+    model: str
+    submitted_at: float
+    reply_key: str
+    input_key: str
+    output_key: str
+    ttl: float
+    slowed: list[dict[str, Any]] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    kind: str = "batch"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+
+def parse_inbox_message(raw: bytes) -> Notice | BatchRegistration:
+    """Decode one inbox entry; raises :class:`ProtocolError` on anything malformed."""
+    data = _loads(raw, "inbox message")
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "result":
+        return _from_mapping(Notice, data, "notice")
+    if kind == "batch":
+        return _from_mapping(BatchRegistration, data, "batch registration")
+    raise ProtocolError(f"inbox message of unknown kind {kind!r}")
+
+
+_HEADER = struct.Struct(">I")
+
+
+def pack_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """``4-byte length + JSON header + raw payload``: a reply in one Redis value."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _HEADER.pack(len(head)) + head + payload
+
+
+def unpack_frame(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    if len(frame) < _HEADER.size:
+        raise ProtocolError("reply frame is truncated")
+    (size,) = _HEADER.unpack_from(frame)
+    header = _loads(frame[_HEADER.size : _HEADER.size + size], "reply header")
+    if not isinstance(header, dict):
+        raise ProtocolError("reply header must be a JSON object")
+    return header, frame[_HEADER.size + size :]
+
+
+def array_from_bytes(data: bytes, dtype: str, shape: list[int] | tuple[int, ...]) -> npt.NDArray[Any]:
+    """Raw bytes -> array, checking the byte count against ``shape`` and ``dtype``."""
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"dtype {dtype!r} not in {ALLOWED_DTYPES}")
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if len(data) != expected:
+        raise ProtocolError(
+            f"{len(data)} bytes cannot hold shape {tuple(shape)} of {dtype} ({expected} bytes)"
+        )
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)

@@ -1,0 +1,98 @@
+"""The inference task: read a coded input, straggle if told to, run the model, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from codedfarm.errors import ProtocolError
+from codedfarm.protocol import Notice, TaskMessage, array_from_bytes
+from codedfarm.stragglers import TaskFate
+from codedfarm.tasks.worker_state import WorkerState, state
+
+__all__ = ["InjectedFailure", "run_inference"]
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFailure(Exception):  # noqa: N818 - reads as what happened
+    """The straggler plan said this task dies without a result."""
+
+
+def _fate(msg: TaskMessage, worker: WorkerState) -> TaskFate:
+    if msg.delay is not None:
+        return TaskFate(msg.delay, msg.fail)
+    return worker.straggle.sample(1)[0]
+
+
+def run_inference(**kwargs: Any) -> str:
+    """Celery task body. Returns a short status string (results are not stored)."""
+    worker = state()
+    try:
+        msg = TaskMessage.from_dict(kwargs)
+    except ProtocolError as exc:
+        log.error("dropping malformed task message: %s", exc)
+        return "malformed"
+    fate = _fate(msg, worker)
+    if fate.delay > 0:
+        time.sleep(fate.delay)
+    if fate.fail:
+        raise InjectedFailure(f"batch {msg.batch} task {msg.index}: injected failure")
+    r = worker.redis
+    data = r.getrange(msg.input_key, msg.offset, msg.offset + msg.nbytes - 1)
+    if not data:  # the batch is finished (inputs deleted) or expired: nothing to do
+        return "skipped"
+    try:
+        x = array_from_bytes(data, msg.dtype, msg.shape)
+        output, compute = _predict(worker, msg.model, x)
+        payload = output.astype("<f4", copy=False).tobytes()
+        notice = Notice(
+            batch=msg.batch,
+            index=msg.index,
+            ok=True,
+            dtype="float32",
+            shape=list(output.shape),
+            compute_s=compute,
+            delay_s=fate.delay,
+            worker=worker.name,
+        )
+    except Exception as exc:  # a model or data error: tell the collector instead of hanging
+        log.exception("task %s/%d failed", msg.batch, msg.index)
+        payload = b""
+        notice = Notice(
+            batch=msg.batch, index=msg.index, ok=False, error=" ".join(str(exc).split())[:300]
+        )
+    _report(worker, msg, payload, notice)
+    return "ok" if notice.ok else "error"
+
+
+def _predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+    import torch
+
+    model = worker.model(model_name)
+    device = worker.options.device
+    start = time.perf_counter()
+    with torch.inference_mode():
+        tensor = torch.from_numpy(np.array(x, dtype=np.float32))[None].to(device)
+        output = model(tensor)[0].float().cpu().numpy()
+    compute = time.perf_counter() - start
+    if worker.options.slowdown > 1:
+        time.sleep((worker.options.slowdown - 1.0) * compute)
+        compute *= worker.options.slowdown
+    return output, compute
+
+
+def _report(worker: WorkerState, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
+    """Output bytes and the completion notice in one atomic pipeline."""
+    ttl = max(1, int(msg.ttl))
+    stamped = Notice(**{**notice.__dict__, "written_at": time.time()})
+    with worker.redis.pipeline(transaction=True) as pipe:
+        if payload:
+            pipe.hset(msg.output_key, str(msg.index), payload)
+            pipe.expire(msg.output_key, ttl)
+        pipe.rpush(msg.inbox, stamped.to_json())
+        pipe.expire(msg.inbox, ttl)
+        pipe.execute()

@@ -11,7 +11,6 @@ from typing import Any
 import click
 
 from codedfarm.errors import CodedFarmError
-from codedfarm.settings import Settings
 
 __all__ = ["cli", "main"]
 
@@ -47,10 +46,6 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
     if redis_url:
         os.environ["CODEDFARM_REDIS_URL"] = redis_url
     ctx.obj = {"redis_url": redis_url}
-
-
-def _settings(**overrides: object) -> Settings:
-    return Settings.from_env(**overrides)
 
 
 def _int_list(value: str) -> list[int]:

@@ -31,9 +31,7 @@ def _check_device(device: str) -> None:
 
     if device == "cpu":
         return
-    if not device.startswith("cuda") or (
-        ":" in device and not device.split(":", 1)[1].isdigit()
-    ):
+    if not device.startswith("cuda") or (":" in device and not device.split(":", 1)[1].isdigit()):
         raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is available on this machine")
@@ -45,13 +43,43 @@ def _check_device(device: str) -> None:
 
 
 @click.command()
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: from --device: cpu, gpu0, gpu1, ...).")
+@click.option(
+    "--queues",
+    "-Q",
+    default=None,
+    help="Comma-separated queues (default: from --device: cpu, gpu0, gpu1, ...).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (one per GPU is the rule).")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
-@click.option("--slowdown", type=click.FloatRange(min=1.0), default=1.0, show_default=True, help="A persistently slow node: multiply compute time by this.")
-@click.option("--straggle", default="none", show_default=True, help="Default straggler spec for tasks whose batch gives none (exp, pareto, fail).")
-@click.option("--preload", default="", help="Comma-separated models to load in each process at start.")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (one per GPU is the rule).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default="prefork",
+    show_default=True,
+)
+@click.option(
+    "--slowdown",
+    type=click.FloatRange(min=1.0),
+    default=1.0,
+    show_default=True,
+    help="A persistently slow node: multiply compute time by this.",
+)
+@click.option(
+    "--straggle",
+    default="none",
+    show_default=True,
+    help="Default straggler spec for tasks whose batch gives none (exp, pareto, fail).",
+)
+@click.option(
+    "--preload", default="", help="Comma-separated models to load in each process at start."
+)
 @click.option("--hostname", "-n", default=None, help="Celery node name.")
 @click.option("--loglevel", "-l", default="warning", show_default=True)
 def worker(
@@ -106,14 +134,20 @@ def worker(
 
 @click.command()
 @click.option("--name", default="default", show_default=True, help="Collector name (its inbox).")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9808, show_default=True, help="Port of /metrics (0: none).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9808,
+    show_default=True,
+    help="Port of /metrics (0: none).",
+)
 @click.option("--metrics-addr", default="0.0.0.0", show_default=True)
 def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     """Run the long-lived collector service (decodes batches submitted with --collector NAME)."""
-    from codedfarm.redis_conn import connect
     from codedfarm.coordinator.collector import Collector
     from codedfarm.monitoring.metrics import CollectorMetrics, serve_metrics
     from codedfarm.protocol import Keys
+    from codedfarm.redis_conn import connect
 
     settings = Settings.from_env()
     client = connect(settings)
@@ -144,16 +178,38 @@ def load_batch_file(path: Path) -> np.ndarray:
 @click.command()
 @click.argument("input_file", metavar="INPUT.npy", type=click.Path(path_type=Path))
 @click.option("--model", "-m", required=True, help="Model name (lenet5, linear, noop).")
-@click.option("--codec", default="spline", show_default=True, help="Codec spec, e.g. spline:lam_dec=auto.")
-@click.option("-n", "n", type=int, default=None, help="Workers / coded inputs (default depends on the codec).")
+@click.option(
+    "--codec", default="spline", show_default=True, help="Codec spec, e.g. spline:lam_dec=auto."
+)
+@click.option(
+    "-n", "n", type=int, default=None, help="Workers / coded inputs (default depends on the codec)."
+)
 @click.option("-s", "s", type=int, default=0, show_default=True, help="Stragglers to tolerate.")
-@click.option("--wait", "wait_for", type=int, default=None, help="Decode once this many results are in (default n - s).")
+@click.option(
+    "--wait",
+    "wait_for",
+    type=int,
+    default=None,
+    help="Decode once this many results are in (default n - s).",
+)
 @click.option("--straggle", default=None, help="Straggler spec, e.g. fixed:S=4,delay=2.")
-@click.option("--deadline", type=float, default=None, help="Seconds; decode from what arrived, or time out.")
+@click.option(
+    "--deadline", type=float, default=None, help="Seconds; decode from what arrived, or time out."
+)
 @click.option("--queue", "queues", multiple=True, help="Worker queue (repeatable; round-robin).")
-@click.option("--collector", "collector_name", default=None, help="Use this collector service instead of collecting in-process.")
+@click.option(
+    "--collector",
+    "collector_name",
+    default=None,
+    help="Use this collector service instead of collecting in-process.",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the straggler draw.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Save predictions to this .npy file.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save predictions to this .npy file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def submit(
     input_file: Path,
@@ -208,7 +264,8 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
         f"  k={record.k} n={record.n} s={record.s} wait_for={record.wait_for}; "
         f"results received {record.results_received}, used {len(record.workers_used)}",
         f"  timings ms: encode {t.encode * 1e3:.2f}  dispatch {t.dispatch * 1e3:.2f}  "
-        f"wait {t.wait * 1e3:.1f}  decode {t.decode * 1e3:.2f}  end-to-end {t.end_to_end * 1e3:.1f}",
+        f"wait {t.wait * 1e3:.1f}  decode {t.decode * 1e3:.2f}  "
+        f"end-to-end {t.end_to_end * 1e3:.1f}",
     ]
     if record.slowed:
         shown = ", ".join(
@@ -220,7 +277,8 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
     if record.error:
         lines.append(f"  error: {record.error}")
     if predictions is not None:
-        lines.append(f"  predictions {tuple(predictions.shape)}; argmax: {predictions.argmax(-1).tolist()[:20]}")
+        argmax = predictions.reshape(len(predictions), -1).argmax(-1).tolist()
+        lines.append(f"  predictions {tuple(predictions.shape)}; argmax: {argmax[:20]}")
         if out is not None:
             lines.append(f"  saved to {out}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ Used by ``codedfarm demo``, ``codedfarm scale``, the integration tests and the b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,10 +84,8 @@ class WorkerProcess:
         return self.process.poll() is None
 
     def signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def kill(self) -> None:
         """SIGKILL the whole group: the main process and every pool child."""
@@ -98,10 +97,8 @@ class WorkerProcess:
         """Cold shutdown (SIGQUIT: running tasks are not awaited), then SIGKILL if needed."""
         if self.alive():
             self.signal_group(signal.SIGQUIT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         self.signal_group(signal.SIGKILL)  # pool children left behind, if any
         if self.alive():
             self.process.wait(10)

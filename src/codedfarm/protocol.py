@@ -30,6 +30,7 @@ __all__ = [
     "Notice",
     "TaskMessage",
     "array_from_bytes",
+    "as_bytes",
     "pack_frame",
     "unpack_frame",
 ]
@@ -188,11 +189,19 @@ def unpack_frame(frame: bytes) -> tuple[dict[str, Any], bytes]:
     return header, frame[_HEADER.size + size :]
 
 
-def array_from_bytes(data: bytes, dtype: str, shape: list[int] | tuple[int, ...]) -> npt.NDArray[Any]:
+def as_bytes(value: bytes | str) -> bytes:
+    """Redis replies typed ``bytes | str``: the farm's clients never decode responses."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def array_from_bytes(
+    data: bytes | str, dtype: str, shape: list[int] | tuple[int, ...]
+) -> npt.NDArray[Any]:
     """Raw bytes -> array, checking the byte count against ``shape`` and ``dtype``."""
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"dtype {dtype!r} not in {ALLOWED_DTYPES}")
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    data = as_bytes(data)
     if len(data) != expected:
         raise ProtocolError(
             f"{len(data)} bytes cannot hold shape {tuple(shape)} of {dtype} ({expected} bytes)"

@@ -65,7 +65,9 @@ class Settings:
         if not self.queues or any(not q for q in self.queues):
             raise ConfigError(f"CODEDFARM_QUEUES must name at least one queue, got {self.queues}")
         if not self.key_prefix or ":" in self.key_prefix:
-            raise ConfigError(f"CODEDFARM_KEY_PREFIX must be non-empty without ':', got {self.key_prefix!r}")
+            raise ConfigError(
+                f"CODEDFARM_KEY_PREFIX must be non-empty without ':', got {self.key_prefix!r}"
+            )
 
 
 def _parse(name: str, kind: str, raw: str) -> object:

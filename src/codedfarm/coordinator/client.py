@@ -15,8 +15,8 @@ from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
 from codedfarm.coordinator.records import BatchRecord
 from codedfarm.errors import RedisUnavailableError
+from codedfarm.protocol import Keys, array_from_bytes, as_bytes, unpack_frame
 from codedfarm.redis_conn import connect, mask_url
-from codedfarm.protocol import Keys, array_from_bytes, unpack_frame
 from codedfarm.settings import Settings
 
 __all__ = ["BatchResult", "FarmClient"]
@@ -88,7 +88,7 @@ class FarmClient:
             )
             self.redis.delete(self.keys.inputs(prepared.batch), self.keys.outputs(prepared.batch))
             return BatchResult(None, record)
-        header, payload = unpack_frame(item[1])
+        header, payload = unpack_frame(as_bytes(item[1]))
         record = BatchRecord.from_dict(header["record"]).with_client_timings(
             encode=prepared.encode_s,
             dispatch=dispatch_s,

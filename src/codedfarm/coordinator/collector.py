@@ -29,6 +29,7 @@ from codedfarm.protocol import (
     BatchRegistration,
     Notice,
     array_from_bytes,
+    as_bytes,
     pack_frame,
     parse_inbox_message,
 )
@@ -97,10 +98,10 @@ class Collector:
         item = self.redis.blpop([self.inbox], timeout=wait) if wait >= 0.001 else None
         raw_messages: list[bytes] = []
         if item is not None:
-            raw_messages.append(item[1])
+            raw_messages.append(as_bytes(item[1]))
             more = self.redis.lpop(self.inbox, 512)  # drain without blocking
-            if more:
-                raw_messages.extend(more)
+            if isinstance(more, list):
+                raw_messages.extend(as_bytes(m) for m in more)
         for raw in raw_messages:
             record = self._handle(raw)
             if record is not None:

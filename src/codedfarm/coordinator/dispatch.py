@@ -130,7 +130,9 @@ class Dispatcher:
         else:
             n = k + s if exact else 3 * k
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.settings.max_workers:
-            raise ConfigError(f"n must be an integer in [1, {self.settings.max_workers}], got {n!r}")
+            raise ConfigError(
+                f"n must be an integer in [1, {self.settings.max_workers}], got {n!r}"
+            )
         if s >= n:
             raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
         codec = self._codec(spec.codec, k, n, s)
@@ -241,4 +243,3 @@ class Dispatcher:
                 pipe.expire(queue, ttl)
         pipe.execute()
         return time.perf_counter() - start
-

@@ -45,5 +45,5 @@ def load_digits_split(
     labels = digits.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(labels))
     images, labels = resize_images(images[order], shape), labels[order]
-    cut = int(round(len(labels) * (1 - test_fraction)))
+    cut = round(len(labels) * (1 - test_fraction))
     return DigitsSplit(images[:cut], labels[:cut], images[cut:], labels[cut:])

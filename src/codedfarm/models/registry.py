@@ -82,9 +82,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; available: {', '.join(MODELS)}"
-        ) from None
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
 
 
 def load_model(name: str, cache_dir: Path, device: str = "cpu") -> nn.Module:

@@ -7,9 +7,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["train_lenet5", "trained_lenet5"]
 
@@ -34,10 +37,10 @@ def train_lenet5(epochs: int = 15, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(y), generator=generator).split(64):
+        for idx in torch.randperm(len(y), generator=generator).split(64):  # type: ignore[no-untyped-call]
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     model.eval()
     with torch.no_grad():
@@ -56,7 +59,7 @@ def train_lenet5(epochs: int = 15, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     return model, metadata
 
 
-def trained_lenet5(cache_dir: Path) -> Any:
+def trained_lenet5(cache_dir: Path) -> nn.Module:
     """LeNet5 with cached digits weights, training them first if the cache has none.
 
     Concurrent callers (several worker processes starting at once) serialize on a lock
@@ -79,4 +82,5 @@ def trained_lenet5(cache_dir: Path) -> Any:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = LeNet5()
     model.load_state_dict(saved["state_dict"])
-    return model.eval()
+    model.eval()
+    return model

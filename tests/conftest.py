@@ -1,9 +1,69 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
+import redis
+
+from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local_redis import LocalRedis
+from codedfarm.settings import Settings
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache dir with LeNet5 trained once for the whole session."""
+    from codedfarm.models.training import trained_lenet5
+
+    path = tmp_path_factory.mktemp("model-cache")
+    trained_lenet5(path)
+    return path
+
+
+@pytest.fixture
+def redis_server() -> Iterator[LocalRedis]:
+    """A private redis-server on a random port (killed and restartable by the test)."""
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(redis_server: LocalRedis, model_cache: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        key_prefix=f"t{uuid.uuid4().hex[:6]}",
+        key_ttl=60.0,
+        deadline=10.0,
+        cache_dir=model_cache,
+    )
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url)
+
+
+@pytest.fixture(scope="module")
+def farm(model_cache: Path) -> Iterator[LocalFarm]:
+    """Real Redis plus two real `codedfarm worker` processes (queues gpu0, gpu1) of 12
+    prefork children each: 24 workers' worth of slots."""
+    base = Settings(key_prefix="e2e", key_ttl=60.0, deadline=20.0, cache_dir=model_cache)
+    workers = [
+        WorkerSpec(queues="gpu0", concurrency=12, preload="lenet5,linear"),
+        WorkerSpec(queues="gpu1", concurrency=12, preload="lenet5,linear"),
+    ]
+    with LocalFarm(workers, settings=base) as local:
+        yield local
+
+
+def farm_settings(farm: LocalFarm, **changes: object) -> Settings:
+    return replace(farm.settings, **changes)  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
@@ -43,8 +42,6 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
     (e.g. CODEDFARM_SUBMIT_MODEL); farm-wide settings use CODEDFARM_<SETTING>
     (CODEDFARM_REDIS_URL, CODEDFARM_QUEUES, CODEDFARM_DEADLINE, CODEDFARM_KEY_TTL, ...).
     """
-    if redis_url:
-        os.environ["CODEDFARM_REDIS_URL"] = redis_url
     ctx.obj = {"redis_url": redis_url}
 
 

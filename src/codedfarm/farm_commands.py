@@ -16,7 +16,14 @@ import numpy as np
 from codedfarm.errors import ConfigError, InputError
 from codedfarm.settings import Settings
 
-__all__ = ["register_commands"]
+__all__ = ["load_batch_file", "register_commands", "settings_from_context"]
+
+
+def settings_from_context() -> Settings:
+    """Settings from ``CODEDFARM_*`` plus the group's ``--redis-url``."""
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj or {}
+    return Settings.from_env(redis_url=obj.get("redis_url"))
 
 
 def _queue_for_device(device: str) -> str:
@@ -98,7 +105,7 @@ def worker(
     from codedfarm.stragglers import parse_straggler_spec
     from codedfarm.tasks.worker_state import WorkerOptions
 
-    settings = Settings.from_env()
+    settings = settings_from_context()
     spec = parse_straggler_spec(straggle)
     if spec.per_batch:
         raise ConfigError(
@@ -110,6 +117,7 @@ def worker(
     _check_device(device)
     options = WorkerOptions(device, slowdown, straggle, 1, models)
     os.environ.update(options.to_env())
+    os.environ["CODEDFARM_REDIS_URL"] = settings.redis_url  # read by the Celery app
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
     from codedfarm.redis_conn import connect
@@ -149,7 +157,7 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     from codedfarm.protocol import Keys
     from codedfarm.redis_conn import connect
 
-    settings = Settings.from_env()
+    settings = settings_from_context()
     client = connect(settings)
     hooks = CollectorMetrics()
     if metrics_port:
@@ -244,7 +252,7 @@ def submit(
         queues=queues or None,
         seed=seed,
     )
-    with FarmClient(collector=collector_name) as client:
+    with FarmClient(settings_from_context(), collector=collector_name) as client:
         result = client.submit(batch, spec)
     record = result.record
     if out is not None and result.predictions is not None:

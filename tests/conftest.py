@@ -52,7 +52,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def farm(model_cache: Path) -> Iterator[LocalFarm]:
     """Real Redis plus two real `codedfarm worker` processes (queues gpu0, gpu1) of 12
     prefork children each: 24 workers' worth of slots."""

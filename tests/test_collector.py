@@ -1,0 +1,152 @@
+"""The collector against a real Redis: wait policy, late, duplicate and corrupt results, TTLs.
+
+Workers are simulated by calling the worker's own reporting code, so the bytes and the
+pipeline are the real ones; no Celery worker consumes the (unrouted) queue here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from codedfarm.coordinator.collector import Collector
+from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
+from codedfarm.protocol import Keys, Notice, TaskMessage, unpack_frame
+from codedfarm.stragglers import parse_straggler_spec
+from codedfarm.tasks.inference import _report
+from codedfarm.tasks.worker_state import WorkerOptions, WorkerState
+
+
+@pytest.fixture
+def worker(settings):
+    return WorkerState(settings, WorkerOptions(), parse_straggler_spec("none"))
+
+
+def linear_f(x: np.ndarray) -> np.ndarray:
+    w = np.random.default_rng(3).standard_normal((1024, 10)).astype(np.float32)
+    return x.reshape(len(x), -1) @ w
+
+
+def start_batch(settings, redis_client, codec="mds", n=6, s=2, deadline=5.0, k=2):
+    dispatcher = Dispatcher(settings, redis_client)
+    x = np.random.default_rng(0).random((k, 1, 32, 32)).astype(np.float32)
+    prepared = dispatcher.prepare(
+        x, BatchSpec(model="linear", codec=codec, n=n, s=s, deadline=deadline, queues=("nobody",))
+    )
+    inbox = Keys(settings.key_prefix).inbox("test")
+    dispatcher.dispatch(prepared, inbox)
+    return prepared, inbox, x
+
+
+def report(worker, prepared, inbox, index, *, payload=None, shape=None, ok=True):
+    msg = TaskMessage(
+        batch=prepared.batch,
+        index=index,
+        model="linear",
+        input_key="unused",
+        offset=0,
+        nbytes=4096,
+        dtype="float32",
+        shape=[1, 32, 32],
+        output_key=Keys(worker.settings.key_prefix).outputs(prepared.batch),
+        inbox=inbox,
+        ttl=60.0,
+    )
+    out = linear_f(prepared.coded[index : index + 1])[0]
+    data = out.tobytes() if payload is None else payload
+    notice = Notice(batch=prepared.batch, index=index, ok=ok, shape=shape or [10])
+    _report(worker, msg, data if ok else b"", notice)
+
+
+def drain(collector: Collector, rounds: int = 3):
+    records = []
+    for _ in range(rounds):
+        records.extend(collector.poll(0.05))
+    return records
+
+
+def test_decodes_at_n_minus_s_and_counts_duplicate_late_corrupt(settings, redis_client, worker):
+    prepared, inbox, x = start_batch(settings, redis_client)
+    collector = Collector(redis_client, inbox)
+    assert drain(collector) == [] and collector.open_batches == 1
+    report(worker, prepared, inbox, 0)
+    report(worker, prepared, inbox, 0)  # duplicate
+    report(worker, prepared, inbox, 5, shape=[3])  # wrong shape: corrupt
+    report(worker, prepared, inbox, 1)
+    report(worker, prepared, inbox, 2)
+    assert drain(collector) == []  # 3 good results < wait_for = 4
+    report(worker, prepared, inbox, 4)
+    (record,) = drain(collector)
+    assert record.outcome == "decoded" and record.workers_used == [0, 1, 2, 4]
+    assert record.duplicates == 1 and record.corrupt == 1
+    header, payload = unpack_frame(
+        redis_client.lpop(Keys(settings.key_prefix).reply(prepared.batch))
+    )
+    predictions = np.frombuffer(payload, "<f4").reshape(header["shape"])
+    np.testing.assert_allclose(predictions, linear_f(x), rtol=1e-4, atol=1e-3)
+    report(worker, prepared, inbox, 3)  # late
+    drain(collector)
+    assert collector.dropped == {"late": 1, "duplicate": 1, "corrupt": 1, "unknown": 0}
+    # finished batches leave no inputs behind; whatever remains expires
+    assert not redis_client.exists(Keys(settings.key_prefix).inputs(prepared.batch))
+    for key in redis_client.scan_iter(f"{settings.key_prefix}:*"):
+        assert redis_client.ttl(key) > 0, key
+
+
+def test_wrong_byte_size_is_dropped_and_decode_waits_for_a_good_result(
+    settings, redis_client, worker
+):
+    prepared, inbox, _x = start_batch(settings, redis_client, n=5, s=1)
+    collector = Collector(redis_client, inbox)
+    report(worker, prepared, inbox, 0)
+    report(worker, prepared, inbox, 1, payload=b"\x00" * 12)  # 12 bytes, not 40
+    report(worker, prepared, inbox, 2)
+    report(worker, prepared, inbox, 3)
+    assert drain(collector) == []  # the corrupt one does not count
+    report(worker, prepared, inbox, 4)
+    (record,) = drain(collector)
+    assert record.outcome == "decoded" and record.workers_used == [0, 2, 3, 4]
+    assert record.corrupt == 1
+
+
+def test_deadline_decodes_from_what_arrived_or_times_out(settings, redis_client, worker):
+    prepared, inbox, _ = start_batch(settings, redis_client, codec="berrut", n=6, s=1, deadline=0.3)
+    collector = Collector(redis_client, inbox)
+    report(worker, prepared, inbox, 3)
+    report(worker, prepared, inbox, 5)
+    start = time.monotonic()
+    records = []
+    while not records and time.monotonic() - start < 3:
+        records = collector.poll(1.0)
+    (record,) = records
+    assert record.outcome == "deadline_decoded" and record.workers_used == [3, 5]
+    prepared, inbox, _ = start_batch(settings, redis_client, codec="mds", n=6, s=1, deadline=0.3)
+    report(worker, prepared, inbox, 3)
+    collector = Collector(redis_client, inbox)
+    records = []
+    while not records and time.monotonic() - start < 6:
+        records = collector.poll(1.0)
+    assert records[0].outcome == "timeout" and records[0].results_received == 1
+
+
+def test_all_workers_failing_ends_the_batch_at_once(settings, redis_client, worker):
+    prepared, inbox, _ = start_batch(settings, redis_client, codec="mds", n=3, s=1, deadline=30)
+    collector = Collector(redis_client, inbox)
+    for i in range(3):
+        report(worker, prepared, inbox, i, ok=False)
+    (record,) = drain(collector)
+    assert record.outcome == "failed" and record.worker_errors == 3
+
+
+def test_replication_waits_until_every_input_has_a_copy(settings, redis_client, worker):
+    prepared, inbox, _x = start_batch(settings, redis_client, codec="replication", n=6, s=3, k=2)
+    collector = Collector(redis_client, inbox)
+    # inputs: worker j computes input j % 2; 0, 2, 4 all compute input 0
+    for i in (0, 2, 4):
+        report(worker, prepared, inbox, i)
+    assert drain(collector) == []  # 3 = n - s results, but input 1 has no copy yet
+    report(worker, prepared, inbox, 3)
+    (record,) = drain(collector)
+    assert record.outcome == "decoded" and record.workers_used == [0, 2, 3, 4]

@@ -97,7 +97,7 @@ class TaskMessage:
     fail: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields: no need for asdict's deep copy
 
     @classmethod
     def from_dict(cls, data: object) -> TaskMessage:

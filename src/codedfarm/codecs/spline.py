@@ -123,18 +123,11 @@ class SplineCodec(Codec):
             rotated = ((basis.eigenvectors.T @ flat) ** 2).sum(axis=1)
         scores = gcv_scores(basis.eigenvalues, rotated, grid)
         best = int(np.argmin(scores))
-        # refine between the neighbours of the best grid point (golden-section in log lam)
+        # refine between the neighbours of the best grid point, in one vectorized pass
         lo = math.log(grid[max(best - 1, 0)])
         hi = math.log(grid[min(best + 1, len(grid) - 1)])
-        ratio = (math.sqrt(5.0) - 1.0) / 2.0
-        for _ in range(20):
-            a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-            fa, fb = gcv_scores(basis.eigenvalues, rotated, np.exp([a, b]))
-            if fa <= fb:
-                hi = b
-            else:
-                lo = a
-        return float(math.exp((lo + hi) / 2.0))
+        fine = np.exp(np.linspace(lo, hi, 41))
+        return float(fine[int(np.argmin(gcv_scores(basis.eigenvalues, rotated, fine)))])
 
     def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix]:
         if self.lam_dec != "auto":

@@ -51,7 +51,7 @@ class FarmClient:
         self.dispatcher = Dispatcher(self.settings, self.redis)
         self.collector_name = self.settings.collector if collector is None else collector
         self._own_inbox = self.keys.inbox(f"client-{uuid.uuid4().hex[:12]}")
-        self._collector = Collector(self.redis, self._own_inbox)
+        self._collector = Collector(self.redis, self._own_inbox, reply_in_memory=True)
 
     def submit(self, x: Any, spec: BatchSpec) -> BatchResult:
         """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions."""
@@ -64,14 +64,15 @@ class FarmClient:
             raise RedisUnavailableError(
                 f"lost Redis at {mask_url(self.settings.redis_url)} while dispatching: {exc}"
             ) from None
-        reply_key = self.keys.reply(prepared.batch)
         budget = prepared.deadline_s + REPLY_GRACE_S
-        if not self.collector_name:
-            self._collector.wait_for(prepared.batch, budget)
-        item = self.redis.blpop([reply_key], timeout=budget if self.collector_name else 1.0)
+        reply: tuple[BatchRecord, Any] | None
+        if self.collector_name:
+            reply = self._wait_for_service(prepared.batch, budget)
+        else:
+            reply = self._collector.wait_for(prepared.batch, budget)
         reply_at = time.time()
         end_to_end = time.perf_counter() - start
-        if item is None:
+        if reply is None:
             record = BatchRecord(
                 batch=prepared.batch,
                 model=spec.model,
@@ -88,19 +89,27 @@ class FarmClient:
             )
             self.redis.delete(self.keys.inputs(prepared.batch), self.keys.outputs(prepared.batch))
             return BatchResult(None, record)
-        header, payload = unpack_frame(as_bytes(item[1]))
-        record = BatchRecord.from_dict(header["record"]).with_client_timings(
+        record, predictions = reply
+        record = record.with_client_timings(
             encode=prepared.encode_s,
             dispatch=dispatch_s,
             end_to_end=end_to_end,
             reply_at=reply_at,
         )
+        return BatchResult(predictions, record)
+
+    def _wait_for_service(self, batch: str, budget: float) -> tuple[BatchRecord, Any] | None:
+        item = self.redis.blpop([self.keys.reply(batch)], timeout=budget)
+        if item is None:
+            return None
+        header, payload = unpack_frame(as_bytes(item[1]))
         predictions = None
         if "shape" in header:
             predictions = array_from_bytes(payload, header["dtype"], header["shape"]).copy()
-        return BatchResult(predictions, record)
+        return BatchRecord.from_dict(header["record"]), predictions
 
     def close(self) -> None:
+        self._collector.flush_cleanup()
         self.redis.delete(self._own_inbox)
         self.redis.close()
 

@@ -77,6 +77,7 @@ class Collector:
         *,
         hooks: CollectorHooks | None = None,
         clock: Callable[[], float] = time.time,
+        reply_in_memory: bool = False,
     ) -> None:
         self.redis = client
         self.inbox = inbox
@@ -87,10 +88,15 @@ class Collector:
         self._codecs: LRUCache[tuple[str, int, int, str], Codec] = LRUCache(64)
         self.dropped: dict[str, int] = {"late": 0, "duplicate": 0, "corrupt": 0, "unknown": 0}
         self.records: OrderedDict[str, BatchRecord] = OrderedDict()  # recent, bounded
+        # in-process use: hand predictions to the caller instead of a reply key in Redis
+        self.reply_in_memory = reply_in_memory
+        self._replies: dict[str, tuple[BatchRecord, np.ndarray | None]] = {}
+        self._cleanup: list[str] = []  # keys of finished batches, deleted off the hot path
 
     # ----- the loop ----------------------------------------------------------------------
     def poll(self, timeout: float) -> list[BatchRecord]:
         """Wait up to ``timeout`` s (less if a deadline comes first); handle what arrived."""
+        self.flush_cleanup()
         now = self.clock()
         nearest = min((b.reg.deadline for b in self._open.values()), default=now + timeout)
         wait = max(0.0, min(timeout, nearest - now))
@@ -119,16 +125,15 @@ class Collector:
                 log.warning("redis unavailable (%s); retrying", exc)
                 stop.wait(0.5)
 
-    def wait_for(self, batch: str, timeout: float) -> BatchRecord | None:
-        """Run the loop until ``batch`` finishes (the in-process collector)."""
+    def wait_for(
+        self, batch: str, timeout: float
+    ) -> tuple[BatchRecord, np.ndarray | None] | None:
+        """Run the loop until ``batch`` finishes (the in-process collector, which must be
+        built with ``reply_in_memory=True``); returns its record and predictions."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for record in self.poll(end - time.monotonic()):
-                if record.batch == batch:
-                    return record
-            if batch in self._finished:
-                return self.records.get(batch)
-        return None
+        while batch not in self._replies and time.monotonic() < end:
+            self.poll(end - time.monotonic())
+        return self._replies.pop(batch, None)
 
     # ----- messages ----------------------------------------------------------------------
     def _handle(self, raw: bytes) -> BatchRecord | None:
@@ -296,22 +301,32 @@ class Collector:
             timings=StageTimings(wait=max(0.0, met - reg.submitted_at), decode=decode_s or 0.0),
             needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
         )
+        # inputs and outputs are deleted (late workers then skip; late outputs expire) after
+        # the reply, at the next poll: the client should not wait for housekeeping
+        self._cleanup += [reg.input_key, reg.output_key]
+        if self.reply_in_memory:
+            self._replies[reg.batch] = (record, predictions)
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                self._push_reply(pipe, reg, record, predictions)
+                pipe.execute()
+        self._open.pop(reg.batch, None)
+        self._remember(reg.batch, record)
+        self.hooks.batch_finished(record)
+        return record
+
+    @staticmethod
+    def _push_reply(
+        pipe: Any, reg: BatchRegistration, record: BatchRecord, predictions: np.ndarray | None
+    ) -> None:
         header: dict[str, Any] = {"record": record.to_dict()}
         payload = b""
         if predictions is not None:
             header["dtype"] = "float32"
             header["shape"] = list(predictions.shape)
             payload = predictions.astype("<f4", copy=False).tobytes()
-        ttl = max(1, int(reg.ttl))
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(reg.reply_key, pack_frame(header, payload))
-            pipe.expire(reg.reply_key, ttl)
-            pipe.delete(reg.input_key, reg.output_key)  # late workers skip; late outputs expire
-            pipe.execute()
-        self._open.pop(reg.batch, None)
-        self._remember(reg.batch, record)
-        self.hooks.batch_finished(record)
-        return record
+        pipe.rpush(reg.reply_key, pack_frame(header, payload))
+        pipe.expire(reg.reply_key, max(1, int(reg.ttl)))
 
     def _finish_failed(self, reg: BatchRegistration, error: str) -> None:
         record = BatchRecord(
@@ -325,11 +340,13 @@ class Collector:
             outcome="failed",
             error=error,
         )
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(reg.reply_key, pack_frame({"record": record.to_dict()}))
-            pipe.expire(reg.reply_key, max(1, int(reg.ttl)))
-            pipe.delete(reg.input_key)
-            pipe.execute()
+        self._cleanup.append(reg.input_key)
+        if self.reply_in_memory:
+            self._replies[reg.batch] = (record, None)
+        else:
+            with self.redis.pipeline(transaction=False) as pipe:
+                self._push_reply(pipe, reg, record, None)
+                pipe.execute()
         self._remember(reg.batch, record)
         self.hooks.batch_finished(record)
 
@@ -340,6 +357,12 @@ class Collector:
             self._finished.popitem(last=False)
         while len(self.records) > 1000:
             self.records.popitem(last=False)
+
+    def flush_cleanup(self) -> None:
+        """Delete the inputs and outputs of batches finished since the last call."""
+        if self._cleanup:
+            keys, self._cleanup = self._cleanup, []
+            self.redis.delete(*keys)
 
     @property
     def open_batches(self) -> int:

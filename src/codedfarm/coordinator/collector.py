@@ -125,9 +125,7 @@ class Collector:
                 log.warning("redis unavailable (%s); retrying", exc)
                 stop.wait(0.5)
 
-    def wait_for(
-        self, batch: str, timeout: float
-    ) -> tuple[BatchRecord, np.ndarray | None] | None:
+    def wait_for(self, batch: str, timeout: float) -> tuple[BatchRecord, np.ndarray | None] | None:
         """Run the loop until ``batch`` finishes (the in-process collector, which must be
         built with ``reply_in_memory=True``); returns its record and predictions."""
         end = time.monotonic() + timeout

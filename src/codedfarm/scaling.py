@@ -1,0 +1,132 @@
+"""``codedfarm scale``: grow or shrink the local worker processes.
+
+Local worker processes started by ``scale`` are tracked by pid files in a run directory
+(``<cache_dir>/run`` unless ``--run-dir`` is given), so later ``scale`` calls find them.
+With Docker Compose, scale the ``worker`` service instead (see README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from codedfarm.errors import ConfigError
+from codedfarm.local_farm import WorkerSpec
+from codedfarm.settings import Settings
+
+__all__ = ["LocalWorkers", "TrackedWorker"]
+
+
+@dataclass(frozen=True)
+class TrackedWorker:
+    pid: int
+    hostname: str
+    spec: WorkerSpec
+    log: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return _not_zombie(self.pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().split()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return fields[2] != "Z"
+
+
+class LocalWorkers:
+    """Worker processes on this machine, tracked in ``run_dir``."""
+
+    def __init__(self, settings: Settings, run_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.run_dir = run_dir or settings.cache_dir / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _pidfiles(self) -> list[Path]:
+        return sorted(self.run_dir.glob("worker-*.json"))
+
+    def list(self) -> list[TrackedWorker]:
+        """Live tracked workers (pid files of dead ones are removed)."""
+        live = []
+        for path in self._pidfiles():
+            try:
+                data = json.loads(path.read_text())
+                worker = TrackedWorker(
+                    data["pid"], data["hostname"], WorkerSpec(**data["spec"]), data["log"]
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            if worker.alive():
+                live.append(worker)
+            else:
+                path.unlink(missing_ok=True)
+        return live
+
+    def start(self, spec: WorkerSpec) -> TrackedWorker:
+        index = int(time.time() * 1000) % 10**9
+        hostname = f"scaled{index}-{os.getpid()}@localhost"
+        log = self.run_dir / f"worker-{index}.log"
+        env = dict(os.environ)
+        env["CODEDFARM_REDIS_URL"] = self.settings.redis_url
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                spec.argv(hostname),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives this command
+            )
+        worker = TrackedWorker(process.pid, hostname, spec, str(log))
+        record = {**asdict(worker), "spec": asdict(spec)}
+        (self.run_dir / f"worker-{index}.json").write_text(json.dumps(record))
+        return worker
+
+    def stop(self, worker: TrackedWorker, *, now: bool = False) -> None:
+        """SIGTERM: warm shutdown (running tasks finish); ``now``: SIGQUIT, cold shutdown."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGQUIT if now else signal.SIGTERM)
+
+    def scale(
+        self, count: int, spec: WorkerSpec, *, now: bool = False, wait: float = 60.0
+    ) -> tuple[int, int, int]:
+        """Start or stop processes until ``count`` run; returns (count, started, stopped)."""
+        if count < 0:
+            raise ConfigError(f"--workers must be >= 0, got {count}")
+        live = self.list()
+        started = stopped = 0
+        new: list[TrackedWorker] = []
+        while len(live) + len(new) < count:
+            new.append(self.start(spec))
+            started += 1
+        for worker in live[count:]:
+            self.stop(worker, now=now)
+            stopped += 1
+        end = time.monotonic() + wait
+        for worker in new:
+            while b" ready." not in Path(worker.log).read_bytes():
+                if not worker.alive():
+                    tail = Path(worker.log).read_text(errors="replace")[-1500:]
+                    raise ConfigError(f"worker {worker.hostname} exited at start:\n{tail}")
+                if time.monotonic() > end:
+                    raise ConfigError(f"worker {worker.hostname} not ready after {wait:g}s")
+                time.sleep(0.1)
+        for worker in live[count:]:
+            while worker.alive() and time.monotonic() < end:
+                time.sleep(0.1)
+        return len(self.list()), started, stopped

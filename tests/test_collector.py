@@ -150,3 +150,21 @@ def test_replication_waits_until_every_input_has_a_copy(settings, redis_client, 
     report(worker, prepared, inbox, 3)
     (record,) = drain(collector)
     assert record.outcome == "decoded" and record.workers_used == [0, 2, 3, 4]
+
+
+def test_in_process_collector_hands_over_in_memory_and_stores_the_result_later(
+    settings, redis_client, worker
+):
+    prepared, inbox, x = start_batch(settings, redis_client, n=4, s=1)
+    collector = Collector(redis_client, inbox, reply_in_memory=True)
+    for i in range(3):
+        report(worker, prepared, inbox, i)
+    record, predictions = collector.wait_for(prepared.batch, 2.0)
+    assert record.outcome == "decoded"
+    np.testing.assert_allclose(predictions, linear_f(x), rtol=1e-4, atol=1e-3)
+    reply_key = Keys(settings.key_prefix).reply(prepared.batch)
+    assert not redis_client.exists(reply_key)  # not on the hot path ...
+    collector.flush_cleanup()
+    header, _payload = unpack_frame(redis_client.lpop(reply_key))  # ... but stored after
+    assert header["record"]["batch"] == prepared.batch and header["shape"] == [2, 10]
+    assert not redis_client.exists(Keys(settings.key_prefix).inputs(prepared.batch))

@@ -91,7 +91,9 @@ class Collector:
         # in-process use: hand predictions to the caller instead of a reply key in Redis
         self.reply_in_memory = reply_in_memory
         self._replies: dict[str, tuple[BatchRecord, np.ndarray | None]] = {}
-        self._cleanup: list[str] = []  # keys of finished batches, deleted off the hot path
+        # housekeeping of finished batches, done at the next poll instead of on the hot path
+        self._cleanup: list[str] = []  # inputs and outputs to delete
+        self._late_replies: list[tuple[BatchRegistration, BatchRecord, np.ndarray | None]] = []
 
     # ----- the loop ----------------------------------------------------------------------
     def poll(self, timeout: float) -> list[BatchRecord]:
@@ -302,8 +304,9 @@ class Collector:
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping
         self._cleanup += [reg.input_key, reg.output_key]
-        if self.reply_in_memory:
+        if self.reply_in_memory:  # the caller gets it now; the result key is written later
             self._replies[reg.batch] = (record, predictions)
+            self._late_replies.append((reg, record, predictions))
         else:
             with self.redis.pipeline(transaction=False) as pipe:
                 self._push_reply(pipe, reg, record, predictions)
@@ -341,6 +344,7 @@ class Collector:
         self._cleanup.append(reg.input_key)
         if self.reply_in_memory:
             self._replies[reg.batch] = (record, None)
+            self._late_replies.append((reg, record, None))
         else:
             with self.redis.pipeline(transaction=False) as pipe:
                 self._push_reply(pipe, reg, record, None)
@@ -357,10 +361,18 @@ class Collector:
             self.records.popitem(last=False)
 
     def flush_cleanup(self) -> None:
-        """Delete the inputs and outputs of batches finished since the last call."""
-        if self._cleanup:
-            keys, self._cleanup = self._cleanup, []
-            self.redis.delete(*keys)
+        """Housekeeping for batches finished since the last call, in one pipeline: delete
+        their inputs and outputs, and (in-process) store their results under the reply key."""
+        if not (self._cleanup or self._late_replies):
+            return
+        keys, self._cleanup = self._cleanup, []
+        replies, self._late_replies = self._late_replies, []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for reg, record, predictions in replies:
+                self._push_reply(pipe, reg, record, predictions)
+            if keys:
+                pipe.delete(*keys)
+            pipe.execute()
 
     @property
     def open_batches(self) -> int:

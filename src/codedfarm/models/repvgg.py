@@ -13,10 +13,15 @@ from torch import nn
 __all__ = ["RepVGG", "RepVGGBlock"]
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout)
-    )
+class _ConvBN(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.bn(self.conv(x))
+        return out
 
 
 def _fuse(
@@ -41,8 +46,9 @@ class RepVGGBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.cin = cin
-        self.dense = _conv_bn(cin, cout, 3, stride, 1)
-        self.one_by_one = _conv_bn(cin, cout, 1, stride, 0)
+        self.stride = stride
+        self.dense = _ConvBN(cin, cout, 3, stride)
+        self.one_by_one = _ConvBN(cin, cout, 1, stride)
         self.identity = nn.BatchNorm2d(cout) if cin == cout and stride == 1 else None
         self.fused: nn.Conv2d | None = None
         self.act = nn.ReLU()
@@ -59,14 +65,13 @@ class RepVGGBlock(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        k3, b3 = _fuse(self.dense[0], self.dense[1], self.cin)
-        k1, b1 = _fuse(self.one_by_one[0], self.one_by_one[1], self.cin)
+        k3, b3 = _fuse(self.dense.conv, self.dense.bn, self.cin)
+        k1, b1 = _fuse(self.one_by_one.conv, self.one_by_one.bn, self.cin)
         kernel, bias = k3 + k1, b3 + b1
         if self.identity is not None:
             ki, bi = _fuse(None, self.identity, self.cin)
             kernel, bias = kernel + ki, bias + bi
-        conv = self.dense[0]
-        self.fused = nn.Conv2d(self.cin, kernel.shape[0], 3, conv.stride, 1, bias=True)
+        self.fused = nn.Conv2d(self.cin, kernel.shape[0], 3, self.stride, 1, bias=True)
         self.fused.weight.copy_(kernel)
         assert self.fused.bias is not None
         self.fused.bias.copy_(bias)

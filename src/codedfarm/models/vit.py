@@ -16,7 +16,7 @@ def small_vit(num_classes: int = 10) -> nn.Module:
     """``(B, 3, 32, 32) -> (B, num_classes)``: patch 4, 4 layers, 4 heads, width 128."""
     from torchvision.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(
+    model: nn.Module = VisionTransformer(
         image_size=32,
         patch_size=4,
         num_layers=4,
@@ -25,6 +25,7 @@ def small_vit(num_classes: int = 10) -> nn.Module:
         mlp_dim=256,
         num_classes=num_classes,
     )
+    return model
 
 
 def vit_b_16(cache_dir: Path, *, pretrained: bool = True) -> nn.Module:
@@ -38,10 +39,12 @@ def vit_b_16(cache_dir: Path, *, pretrained: bool = True) -> nn.Module:
     from torchvision.models import vit_b_16 as build
 
     if not pretrained:
-        return build()
+        plain: nn.Module = build()
+        return plain
     torch.hub.set_dir(str(cache_dir / "torch"))
     try:
-        return build(weights=ViT_B_16_Weights.IMAGENET1K_V1)
+        model: nn.Module = build(weights=ViT_B_16_Weights.IMAGENET1K_V1)
+        return model
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         raise ConfigError(
             "vit (vit_b_16) needs its pretrained ImageNet weights, which could not be "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -109,6 +110,86 @@ def compare(
         worst = f"{r.max_abs_error:10.2e}" if r.decoded else f"{'-':>10}"
         decoded = f"{r.decoded}/{r.trials}"
         click.echo(f"{r.codec:34} {r.n:4d} {r.stragglers:4d} {decoded:>8} {mse} {worst}")
+
+
+@cli.command(name="eval")
+@click.option(
+    "--models", default=None, help="Comma-separated models (default lenet5,repvgg,vit_small)."
+)
+@click.option(
+    "--dataset", default="digits", show_default=True, help="digits, mnist, cifar10 or imagenet."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data set folder (imagenet: an ImageFolder).",
+)
+@click.option("-k", type=int, default=None, help="Inputs per batch (default 20).")
+@click.option("-n", type=int, default=None, help="Workers (default 100).")
+@click.option("--stragglers", default=None, help="Comma-separated S values (default 0,10,...,60).")
+@click.option("--batches", type=int, default=None, help="Held-out batches per model.")
+@click.option("--patterns", type=int, default=None, help="Straggler patterns per batch and S.")
+@click.option("--quick", is_flag=True, help="A small run: LeNet5, K=8, N=40.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("eval-results"), show_default=True
+)
+def evaluate(
+    models: str | None,
+    dataset: str,
+    data_dir: Path | None,
+    k: int | None,
+    n: int | None,
+    stragglers: str | None,
+    batches: int | None,
+    patterns: int | None,
+    quick: bool,
+    seed: int,
+    out: Path,
+) -> None:
+    """Measure decode fidelity (MSE, RelAcc) of every codec on real models, the lambda sweep,
+    convergence in N, and coded-sample pictures. Needs no Redis.
+
+    Writes results.json, fidelity.csv, table.md (NeRCC's Table 1) and PNG plots to --out.
+    """
+    from codedfarm.evaluation.runner import EvalConfig, run_evaluation
+    from codedfarm.settings import Settings
+
+    config = EvalConfig.quick() if quick else EvalConfig()
+    changes: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "seed": seed}
+    if models:
+        changes["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
+    for name, value in (("k", k), ("n", n), ("batches", batches), ("patterns", patterns)):
+        if value is not None:
+            changes[name] = value
+    if stragglers:
+        changes["stragglers"] = tuple(_int_list(stragglers))
+    config = dataclasses.replace(config, **changes)
+    config.validate()
+    from codedfarm.models.registry import get_model_spec
+
+    for name in config.models:
+        get_model_spec(name)
+    units = len(config.models) * (config.tune_batches * len(config.lam_enc) + config.batches * 8)
+    with click.progressbar(length=units, label="evaluating", file=sys.stderr) as bar:
+        result = run_evaluation(
+            config,
+            out,
+            Settings.from_env().cache_dir,
+            echo=lambda line: click.echo("\n" + line, err=True),
+            progress=bar.update,
+        )
+    click.echo((out / "table.md").read_text())
+    for model, s in result["summary"]["models"].items():
+        click.echo(
+            f"{model}: tuned spline / berrut MSE = {s['tuned_over_berrut']:.3f} (target <= 0.77); "
+            f"auto / best fixed lam_dec = {s['auto_over_best_fixed']:.3f} (target <= 1.05)"
+        )
+    slope = result["summary"]["noiseless_spline_slope"]
+    click.echo(f"noiseless smooth-function slope of log MSE vs log N (spline): {slope:.2f} "
+               "(target <= -2.5)")  # fmt: skip
+    click.echo(f"results in {out}/ ({result['seconds']} s)")
 
 
 from codedfarm.farm_commands import register_commands  # noqa: E402

@@ -1,0 +1,147 @@
+"""Decode fidelity of the codecs on a model: MSE and RelAcc over random batches and stragglers.
+
+Definitions (NeRCC's): for a batch of K inputs, ``MSE = (1/K) sum_k ||f_hat(x_k) - f(x_k)||^2``
+over the model's output vector (logits), and ``RelAcc = acc(argmax f_hat) / acc(argmax f)``
+against the true labels. Each (codec, batch) is encoded and run through the model once; the
+many straggler patterns then only cost decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from codedfarm.codecs import make_codec, parse_codec_spec
+from codedfarm.codecs.base import Codec
+from codedfarm.errors import ConfigError, NotEnoughResultsError
+
+__all__ = ["Batch", "FidelityRow", "Model", "batches", "build_codec", "measure_fidelity"]
+
+Array = npt.NDArray[np.float32]
+Model = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
+"""``(B, *in_shape) -> (B, outputs)`` on numpy arrays."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: Array  # (K, *in_shape)
+    labels: npt.NDArray[np.int64]  # (K,)
+    truth: Array  # (K, outputs): the model's own outputs
+
+
+@dataclass(frozen=True)
+class FidelityRow:
+    model: str
+    codec: str
+    k: int
+    n: int
+    s: int
+    trials: int  # (batch, straggler pattern) pairs attempted
+    decoded: int  # of which decodable
+    mse: float
+    mse_std: float
+    rel_acc: float
+    rel_acc_std: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def batches(
+    model: Model,
+    images: Array,
+    labels: npt.NDArray[np.int64],
+    k: int,
+    count: int,
+    rng: np.random.Generator,
+) -> list[Batch]:
+    """``count`` random batches of ``k`` distinct images with the model's outputs on them."""
+    if len(images) < k:
+        raise ConfigError(f"need at least k={k} images, got {len(images)}")
+    out = []
+    for _ in range(count):
+        index = rng.choice(len(images), k, replace=False)
+        out.append(Batch(images[index], labels[index], model(images[index])))
+    return out
+
+
+def build_codec(spec: str, k: int, n: int, s: int) -> Codec:
+    """A codec from a spec; ``letcc`` gets ``s`` unless the spec sets it."""
+    name, params = parse_codec_spec(spec)
+    if name == "letcc":
+        params.setdefault("s", s)
+    return make_codec(name, k, n, **params)
+
+
+def _patterns(n: int, s: int, count: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    for _ in range(count):
+        yield sorted(rng.choice(n, n - s, replace=False).tolist())
+
+
+def _accuracy(outputs: Array, labels: npt.NDArray[np.int64]) -> float:
+    return float(np.mean(outputs.argmax(1) == labels))
+
+
+def measure_fidelity(
+    model_name: str,
+    model: Model,
+    data: Sequence[Batch],
+    codec_specs: Sequence[str],
+    *,
+    n: int,
+    stragglers: Sequence[int],
+    patterns: int,
+    rng: np.random.Generator,
+    noise: float = 0.0,
+    progress: Callable[[int], None] = lambda _: None,
+) -> list[FidelityRow]:
+    """Rows for every codec and S. ``noise`` adds N(0, noise^2) to every worker output."""
+    k = len(data[0].x)
+    rows = []
+    # the same straggler patterns for every codec: differences are the codecs', not luck's
+    state = rng.bit_generator.state
+    for spec in codec_specs:
+        rng.bit_generator.state = state
+        per_s: dict[int, tuple[list[float], list[float], int]] = {
+            s: ([], [], 0) for s in stragglers
+        }
+        for batch in data:
+            codec = build_codec(spec, k, n, max(stragglers))
+            coded_out = model(codec.encode(batch.x).astype(np.float32))
+            if noise:
+                coded_out = coded_out + rng.normal(0, noise, coded_out.shape).astype(np.float32)
+            base_acc = _accuracy(batch.truth, batch.labels)
+            for s in stragglers:
+                if "letcc" in spec:  # its smoothing depends on S
+                    codec = build_codec(spec, k, n, s)
+                mses, accs, attempts = per_s[s]
+                for workers in _patterns(n, s, patterns, rng):
+                    attempts += 1
+                    try:
+                        decoded = codec.decode(coded_out[workers], workers)
+                    except NotEnoughResultsError:
+                        continue
+                    mses.append(float(np.mean(np.sum((decoded - batch.truth) ** 2, axis=1))))
+                    if base_acc > 0:
+                        accs.append(_accuracy(decoded, batch.labels) / base_acc)
+                per_s[s] = (mses, accs, attempts)
+            progress(1)
+        for s, (mses, accs, attempts) in per_s.items():
+            rows.append(
+                FidelityRow(
+                    model=model_name,
+                    codec=spec,
+                    k=k,
+                    n=n,
+                    s=s,
+                    trials=attempts,
+                    decoded=len(mses),
+                    mse=float(np.mean(mses)) if mses else float("nan"),
+                    mse_std=float(np.std(mses)) if mses else float("nan"),
+                    rel_acc=float(np.mean(accs)) if accs else float("nan"),
+                    rel_acc_std=float(np.std(accs)) if accs else float("nan"),
+                )
+            )
+    return rows

@@ -57,7 +57,7 @@ CASES = [
     ("good", ["-s", "-1"], "s (stragglers to tolerate) must be an integer >= 0, got -1"),
     ("good", ["-n", "12", "-s", "12"], "s must be < n (some workers must answer), got n=12, s=12"),
     ("good", ["--codec", "turbo"], "unknown codec 'turbo' in spec 'turbo'"),
-    ("good", ["--model", "resnet"], "unknown model 'resnet'; available: lenet5, linear, noop"),
+    ("good", ["--model", "resnet"], "unknown model 'resnet'; available: lenet5, repvgg"),
     (
         "good",
         ["--codec", "mds", "-n", "10", "-s", "4"],

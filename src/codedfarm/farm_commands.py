@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -87,6 +89,14 @@ def _check_device(device: str) -> None:
 @click.option(
     "--preload", default="", help="Comma-separated models to load in each process at start."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Serve Prometheus /metrics of every pool process on this port (0: off).",
+)
+@click.option("--metrics-addr", default="0.0.0.0", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Celery node name.")
 @click.option("--loglevel", "-l", default="warning", show_default=True)
 def worker(
@@ -97,6 +107,8 @@ def worker(
     slowdown: float,
     straggle: str,
     preload: str,
+    metrics_port: int,
+    metrics_addr: str,
     hostname: str | None,
     loglevel: str,
 ) -> None:
@@ -118,6 +130,15 @@ def worker(
     options = WorkerOptions(device, slowdown, straggle, 1, models)
     os.environ.update(options.to_env())
     os.environ["CODEDFARM_REDIS_URL"] = settings.redis_url  # read by the Celery app
+    if metrics_port:  # before anything creates a metric: pool children write sample files
+        from codedfarm.monitoring.worker_metrics import (
+            prepare_multiprocess_dir,
+            serve_worker_metrics,
+        )
+
+        samples = prepare_multiprocess_dir()
+        atexit.register(shutil.rmtree, samples, True)
+        serve_worker_metrics(metrics_port, metrics_addr)
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
     from codedfarm.redis_conn import connect

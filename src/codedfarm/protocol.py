@@ -6,6 +6,7 @@ Nothing here is pickled, and nothing that arrives is unpickled.
 Keys of batch ``B`` (prefix ``P``, all with a TTL)::
 
     P:b:B:in      the N coded inputs, one contiguous blob (worker j reads its slice)
+    P:b:B:ref     a fidelity-sampled batch's K raw inputs (reference tasks n..n+k-1)
     P:b:B:out     hash: coded index j -> the worker's output bytes
     P:b:B:reply   list: the collector's reply (record + predictions) for the client
     P:inbox:NAME  list: batch registrations and completion notices for one collector
@@ -47,6 +48,9 @@ class Keys:
 
     def inputs(self, batch: str) -> str:
         return f"{self.prefix}:b:{batch}:in"
+
+    def reference(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:ref"
 
     def outputs(self, batch: str) -> str:
         return f"{self.prefix}:b:{batch}:out"
@@ -95,6 +99,7 @@ class TaskMessage:
     ttl: float
     delay: float | None = None  # None: no per-batch straggler plan; use the worker's default
     fail: bool = False
+    queue: str = ""  # the queue the task was sent to (a metrics label)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields: no need for asdict's deep copy
@@ -151,8 +156,11 @@ class BatchRegistration:
     input_key: str
     output_key: str
     ttl: float
+    reference_key: str = ""
     slowed: list[dict[str, Any]] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
+    encode_s: float = 0.0
+    reference: bool = False  # also computed uncoded (tasks n..n+k-1), to measure fidelity
     kind: str = "batch"
 
     def to_json(self) -> bytes:

@@ -35,6 +35,7 @@ class Settings:
     collector: str = ""  # name of a collector service to use; empty: in-process
     cache_dir: Path = field(default_factory=_default_cache_dir)
     device: str = "cpu"
+    fidelity_sample: float = 0.0  # fraction of batches also computed uncoded (decode MSE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -60,6 +61,10 @@ class Settings:
             raise ConfigError(f"CODEDFARM_DEADLINE must be > 0 seconds, got {self.deadline}")
         if self.max_batch_bytes <= 0:
             raise ConfigError(f"CODEDFARM_MAX_BATCH_BYTES must be > 0, got {self.max_batch_bytes}")
+        if not 0.0 <= self.fidelity_sample <= 1.0:
+            raise ConfigError(
+                f"CODEDFARM_FIDELITY_SAMPLE must be in [0, 1], got {self.fidelity_sample}"
+            )
         if self.max_workers < 1:
             raise ConfigError(f"CODEDFARM_MAX_WORKERS must be >= 1, got {self.max_workers}")
         if not self.queues or any(not q for q in self.queues):

@@ -52,6 +52,10 @@ class CollectorHooks:
 
     def open_batches(self, count: int) -> None: ...
 
+    def queue_depths(self, depths: dict[str, int]) -> None: ...
+
+    def fidelity(self, codec: str, model: str, mse: float) -> None: ...
+
 
 @dataclass
 class _Open:
@@ -65,6 +69,18 @@ class _Open:
     out_shape: list[int] | None = None
     needed_written_at: float | None = None
     policy_met_at: float | None = None
+    references: set[int] = field(default_factory=set)  # reference (uncoded) results in
+
+
+@dataclass
+class _Sampled:
+    """A decoded batch waiting for its uncoded reference results (fidelity sampling)."""
+
+    reg: BatchRegistration
+    codec: str
+    predictions: np.ndarray
+    references: set[int]
+    expires_at: float
 
 
 class Collector:
@@ -93,6 +109,10 @@ class Collector:
         self._replies: dict[str, tuple[BatchRecord, np.ndarray | None]] = {}
         # housekeeping of finished batches, done at the next poll instead of on the hot path
         self._cleanup: list[str] = []  # inputs and outputs to delete
+        self._sampled: dict[str, _Sampled] = {}
+        self._queues: set[str] = set()
+        self._next_depth_check = 0.0
+        self.depth_interval = 2.0  # seconds between queue-depth reads
         self._late_replies: list[tuple[BatchRegistration, BatchRecord, np.ndarray | None]] = []
 
     # ----- the loop ----------------------------------------------------------------------
@@ -115,8 +135,20 @@ class Collector:
             if record is not None:
                 finished.append(record)
         finished.extend(self._expire_deadlines())
+        self._expire_sampled()
         self.hooks.open_batches(len(self._open))
+        if self._queues and self.clock() >= self._next_depth_check:
+            self._next_depth_check = self.clock() + self.depth_interval
+            self._read_queue_depths()
         return finished
+
+    def _read_queue_depths(self) -> None:
+        queues = sorted(self._queues)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+            depths = pipe.execute()
+        self.hooks.queue_depths(dict(zip(queues, (int(d) for d in depths), strict=True)))
 
     def serve_forever(self, stop: threading.Event, tick: float = 1.0) -> None:
         """Run until ``stop`` is set (the ``codedfarm collector`` service)."""
@@ -165,6 +197,7 @@ class Collector:
             self._finish_failed(reg, f"bad codec in registration: {exc}")
             return
         self._open[reg.batch] = _Open(reg, codec, self.clock())
+        self._queues.update(reg.queues)
         self.hooks.batch_registered(reg)
 
     def _drop(self, reason: str) -> None:
@@ -173,6 +206,16 @@ class Collector:
 
     def _on_notice(self, notice: Notice) -> BatchRecord | None:
         batch = self._open.get(notice.batch)
+        if batch is not None and batch.reg.reference and notice.index >= batch.reg.n:
+            if notice.ok and notice.index < batch.reg.n + batch.reg.k:
+                batch.references.add(notice.index - batch.reg.n)
+            return None
+        sampled = self._sampled.get(notice.batch)
+        if sampled is not None and notice.index >= sampled.reg.n:
+            if notice.ok:
+                sampled.references.add(notice.index - sampled.reg.n)
+                self._check_fidelity(notice.batch)
+            return None
         if batch is None:
             self._drop("late" if notice.batch in self._finished else "unknown")
             return None
@@ -280,6 +323,7 @@ class Collector:
         now = self.clock()
         met = batch.policy_met_at if batch.policy_met_at is not None else now
         lam = batch.codec.last_lam_dec if isinstance(batch.codec, SplineCodec) else None
+        registered = batch.registered_at
         record = BatchRecord(
             batch=reg.batch,
             model=reg.model,
@@ -298,12 +342,26 @@ class Collector:
             queues=reg.queues,
             lam_dec=lam if predictions is not None else None,
             error=error or ("" if predictions is not None else self._error_summary(batch)),
-            timings=StageTimings(wait=max(0.0, met - reg.submitted_at), decode=decode_s or 0.0),
+            timings=StageTimings(
+                encode=reg.encode_s,
+                dispatch=max(0.0, registered - reg.submitted_at),  # as the collector sees it
+                wait=max(0.0, met - reg.submitted_at),
+                decode=decode_s or 0.0,
+            ),
             needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
         )
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping
-        self._cleanup += [reg.input_key, reg.output_key]
+        self._cleanup.append(reg.input_key)
+        if reg.reference and predictions is not None:
+            self._sampled[reg.batch] = _Sampled(
+                reg, record.codec.split(":", 1)[0], predictions, set(batch.references),
+                now + reg.ttl,
+            )  # fmt: skip
+            self._check_fidelity(reg.batch)
+        else:
+            self._cleanup += [reg.output_key, reg.reference_key] if reg.reference else [
+                reg.output_key]  # fmt: skip
         if self.reply_in_memory:  # the caller gets it now; the result key is written later
             self._replies[reg.batch] = (record, predictions)
             self._late_replies.append((reg, record, predictions))
@@ -315,6 +373,29 @@ class Collector:
         self._remember(reg.batch, record)
         self.hooks.batch_finished(record)
         return record
+
+    def _check_fidelity(self, batch: str) -> None:
+        """Once every reference result of a sampled batch is in: MSE of the decode against it."""
+        sampled = self._sampled[batch]
+        reg = sampled.reg
+        if len(sampled.references) < reg.k:
+            return
+        del self._sampled[batch]
+        raw = self.redis.hmget(reg.output_key, [str(reg.n + i) for i in range(reg.k)])
+        self._cleanup += [reg.output_key, reg.reference_key]
+        try:
+            shape = list(sampled.predictions.shape[1:])
+            truth = np.stack([array_from_bytes(r or b"", "float32", shape) for r in raw])
+        except ProtocolError as exc:
+            log.warning("batch %s: reference results unusable: %s", batch, exc)
+            return
+        mse = float(np.mean(np.sum((sampled.predictions - truth) ** 2, axis=1)))
+        self.hooks.fidelity(sampled.codec, reg.model, mse)
+
+    def _expire_sampled(self) -> None:
+        now = self.clock()
+        for batch in [b for b, s in self._sampled.items() if s.expires_at <= now]:
+            del self._sampled[batch]
 
     @staticmethod
     def _push_reply(

@@ -54,6 +54,7 @@ class PreparedBatch:
     fates: list[TaskFate] | None
     queues: tuple[str, ...]
     encode_s: float
+    reference: npt.NDArray[np.float32] | None = None  # raw inputs of a fidelity-sampled batch
     submitted_at: float = field(default_factory=time.time)
 
     @property
@@ -99,6 +100,7 @@ class Dispatcher:
         self.redis = client
         self.keys = Keys(settings.key_prefix)
         self._codecs: LRUCache[tuple[str, int, int, str], Codec] = LRUCache(64)
+        self._sampler = np.random.default_rng()
 
     def _codec(self, spec: str, k: int, n: int, s: int) -> Codec:
         name, params = parse_codec_spec(spec)
@@ -168,6 +170,11 @@ class Dispatcher:
         start = time.perf_counter()
         coded = codec.encode(inputs)
         encode_s = time.perf_counter() - start
+        sampled = (
+            self.settings.fidelity_sample > 0
+            and name != "uncoded"
+            and self._sampler.random() < self.settings.fidelity_sample
+        )
         return PreparedBatch(
             batch=uuid.uuid4().hex,
             spec=spec,
@@ -181,6 +188,7 @@ class Dispatcher:
             fates=fates,
             queues=queues,
             encode_s=encode_s,
+            reference=inputs if sampled else None,
         )
 
     def registration(self, batch: PreparedBatch) -> BatchRegistration:
@@ -204,6 +212,9 @@ class Dispatcher:
             ttl=self.settings.key_ttl,
             slowed=batch.slowed,
             queues=list(batch.queues),
+            encode_s=batch.encode_s,
+            reference=batch.reference is not None,
+            reference_key=self.keys.reference(batch.batch) if batch.reference is not None else "",
         )
 
     def dispatch(self, batch: PreparedBatch, inbox: str) -> float:
@@ -214,14 +225,19 @@ class Dispatcher:
         per_input = batch.coded[0].nbytes
         shape = list(batch.coded.shape[1:])
         by_queue: dict[str, list[bytes]] = {q: [] for q in batch.queues}
-        for j in range(batch.n):
-            fate = batch.fates[j] if batch.fates is not None else None
+        extra = 0 if batch.reference is None else batch.k  # uncoded reference tasks, no stragglers
+        for j in range(batch.n + extra):
+            fate = None if batch.fates is None else (batch.fates[j] if j < batch.n else TaskFate())
+            queue = batch.queues[j % len(batch.queues)]
+            key, offset = registration.input_key, j * per_input
+            if j >= batch.n:  # reference task i = j - n reads raw input i
+                key, offset = registration.reference_key, (j - batch.n) * per_input
             message = TaskMessage(
                 batch=batch.batch,
                 index=j,
                 model=batch.spec.model,
-                input_key=registration.input_key,
-                offset=j * per_input,
+                input_key=key,
+                offset=offset,
                 nbytes=per_input,
                 dtype="float32",
                 shape=shape,
@@ -230,11 +246,13 @@ class Dispatcher:
                 ttl=self.settings.key_ttl,
                 delay=None if fate is None else fate.delay,
                 fail=False if fate is None else fate.fail,
+                queue=queue,
             )
-            queue = batch.queues[j % len(batch.queues)]
             by_queue[queue].append(task_envelope(INFER_TASK, message.to_dict(), queue))
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(registration.input_key, batch.coded.tobytes(), ex=ttl)
+        if batch.reference is not None:
+            pipe.set(registration.reference_key, batch.reference.tobytes(), ex=ttl)
         pipe.rpush(inbox, registration.to_json())
         pipe.expire(inbox, ttl)
         for queue, messages in by_queue.items():

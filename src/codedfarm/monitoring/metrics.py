@@ -77,7 +77,8 @@ class CollectorMetrics(CollectorHooks):
         )
         self.stage = Histogram(
             "codedfarm_batch_stage_seconds",
-            "Time per batch stage seen by the collector (wait, decode).",
+            "Time per batch stage: encode (client), dispatch (client to collector), wait (submit "
+            "to the wait policy met), decode.",
             ["stage", "codec"],
             buckets=STAGE_BUCKETS,
             registry=registry,
@@ -106,6 +107,34 @@ class CollectorMetrics(CollectorHooks):
             "Batches registered and not yet finished.",
             registry=registry,
         )
+        self.coded_tasks = Histogram(
+            "codedfarm_batch_coded_tasks",
+            "Coded tasks (N) per batch.",
+            ["codec"],
+            buckets=(1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.slowed_tasks = Histogram(
+            "codedfarm_batch_slowed_tasks",
+            "Tasks the batch's straggler plan slowed or failed.",
+            ["codec"],
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "codedfarm_queue_depth",
+            "Tasks waiting in a worker queue.",
+            ["queue"],
+            registry=registry,
+        )
+        self.decode_mse = Histogram(
+            "codedfarm_decode_mse",
+            "Mean squared error of decoded outputs against the uncoded outputs, on the batches "
+            "sampled for fidelity (CODEDFARM_FIDELITY_SAMPLE).",
+            ["codec", "model"],
+            buckets=(1e-8, 1e-6, 1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+            registry=registry,
+        )
         self.registered = Counter(
             "codedfarm_batches_registered_total",
             "Batches registered with this collector.",
@@ -122,7 +151,11 @@ class CollectorMetrics(CollectorHooks):
         self.batch_latency.labels(codec, record.model, record.outcome).observe(
             record.timings.wait + record.timings.decode
         )
+        self.stage.labels("encode", codec).observe(record.timings.encode)
+        self.stage.labels("dispatch", codec).observe(record.timings.dispatch)
         self.stage.labels("wait", codec).observe(record.timings.wait)
+        self.coded_tasks.labels(codec).observe(record.n)
+        self.slowed_tasks.labels(codec).observe(len(record.slowed))
         if record.workers_used:
             self.stage.labels("decode", codec).observe(record.timings.decode)
             self.results_used.labels(codec).observe(len(record.workers_used))
@@ -132,6 +165,13 @@ class CollectorMetrics(CollectorHooks):
 
     def open_batches(self, count: int) -> None:
         self.in_flight.set(count)
+
+    def queue_depths(self, depths: dict[str, int]) -> None:
+        for queue, depth in depths.items():
+            self.queue_depth.labels(queue).set(depth)
+
+    def fidelity(self, codec: str, model: str, mse: float) -> None:
+        self.decode_mse.labels(codec, model).observe(mse)
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:

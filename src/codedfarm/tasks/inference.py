@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from codedfarm.errors import ProtocolError
+from codedfarm.monitoring.worker_metrics import worker_metrics
 from codedfarm.protocol import Notice, TaskMessage, array_from_bytes
 from codedfarm.stragglers import TaskFate
 from codedfarm.tasks.worker_state import WorkerState, state
@@ -36,7 +37,22 @@ def run_inference(**kwargs: Any) -> str:
     except ProtocolError as exc:
         log.error("dropping malformed task message: %s", exc)
         return "malformed"
+    start = time.perf_counter()
     fate = _fate(msg, worker)
+    status = "error"
+    try:
+        status = _run(worker, msg, fate)
+    except InjectedFailure:
+        status = "failed"
+        raise
+    finally:
+        worker_metrics().observe(
+            msg.queue, msg.model, status, time.perf_counter() - start, fate.delay
+        )
+    return status
+
+
+def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate) -> str:
     if fate.delay > 0 and not _straggle(worker, msg, fate.delay):
         return "cancelled"  # the batch finished while this task straggled
     if fate.fail:

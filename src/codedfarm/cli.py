@@ -183,7 +183,8 @@ def evaluate(
     click.echo((out / "table.md").read_text())
     for model, s in result["summary"]["models"].items():
         click.echo(
-            f"{model}: tuned spline / berrut MSE = {s['tuned_over_berrut']:.3f} (target <= 0.77); "
+            f"{model}: tuned spline / berrut MSE = {s['tuned_over_berrut']:.3f} (target <= 0.77; "
+            f"mean of per-S ratios {s['tuned_over_berrut_per_s_mean']:.3f}); "
             f"auto / best fixed lam_dec = {s['auto_over_best_fixed']:.3f} (target <= 1.05)"
         )
     slope = result["summary"]["noiseless_spline_slope"]

@@ -30,10 +30,20 @@ def metric_vs_s_png(rows: Sequence[FidelityRow], metric: str, path: Path) -> Non
     models = sorted({r.model for r in rows}, key=[r.model for r in rows].index)
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        for codec in dict.fromkeys(r.codec for r in rows if r.model == model):
-            pts = [(r.s, getattr(r, metric)) for r in rows if r.model == model and r.codec == codec]
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=codec)
-        ax.set_title(model)
+        exact = []
+        labels = dict.fromkeys(r.extra.get("label", r.codec) for r in rows if r.model == model)
+        for label in labels:
+            pts = [
+                (r.s, getattr(r, metric))
+                for r in rows
+                if r.model == model and r.extra.get("label", r.codec) == label
+            ]
+            if metric == "mse" and all(v < 1e-9 for _, v in pts):
+                exact.append(label)  # ~0 on a log axis would squash every other line
+                continue
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label)
+        ax.set_title(model + (f" (exact, not shown: {', '.join(exact)})" if exact else ""),
+                     fontsize=9)  # fmt: skip
         ax.set_xlabel("stragglers S")
         ax.set_ylabel("MSE" if metric == "mse" else "RelAcc")
         if metric == "mse":

@@ -216,6 +216,13 @@ def _over_s(rows: list[FidelityRow], model: str, label: str, attr: str = "mse") 
     return float(np.nanmean(values)) if values else float("nan")
 
 
+def _per_s_ratio(rows: list[FidelityRow], model: str) -> float:
+    """Mean over S of MSE(tuned spline) / MSE(berrut): every S weighs the same."""
+    by = {(r.extra["label"], r.s): r.mse for r in rows if r.model == model}
+    ratios = [by["spline (tuned)", s] / by["berrut", s] for (label, s) in by if label == "berrut"]
+    return float(np.mean(ratios))
+
+
 def _summary(
     rows: list[FidelityRow], grids: dict[str, LambdaGrid], curves: list[ConvergenceCurve]
 ) -> dict[str, Any]:
@@ -228,6 +235,7 @@ def _summary(
         out["models"][model] = {
             "tuned_pair": {"lam_enc": grid.best[0], "lam_dec": grid.best[1]},
             "tuned_over_berrut": tuned / berrut,
+            "tuned_over_berrut_per_s_mean": _per_s_ratio(rows, model),
             "target_tuned_over_berrut": 0.77,
             "auto_over_best_fixed": auto / best_fixed,
             "target_auto_over_best_fixed": 1.05,

@@ -77,3 +77,31 @@ def test_demo_rejects_bad_options():
     assert result.exit_code == 2 and result.output.startswith("error: need k <= n and s < n")
     result = CliRunner().invoke(cli, ["demo", "--straggle", "zzz"])
     assert result.exit_code == 2 and "unknown straggler model 'zzz'" in result.output
+
+
+def test_scale_compose_runs_docker_compose_and_reports_replicas(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "docker"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\ncase "$*" in *" ps "*) printf "c1\\nc2\\nc3\\n";; esac\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    result = CliRunner().invoke(cli, ["scale", "--workers", "3", "--compose",
+                                      "--compose-file", "compose.yaml"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "compose worker replicas: 3"
+    up, ps = calls.read_text().splitlines()
+    assert up == "compose -f compose.yaml up -d --no-recreate --no-build --scale worker=3 worker"
+    assert ps == "compose -f compose.yaml ps -q worker"
+
+
+def test_scale_compose_failure_is_one_clear_line(tmp_path, monkeypatch):
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    result = CliRunner().invoke(cli, ["scale", "--workers", "2", "--compose"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: docker compose failed")
+    assert "Cannot connect to the Docker daemon" in result.output

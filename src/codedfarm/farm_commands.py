@@ -130,14 +130,13 @@ def worker(
     options = WorkerOptions(device, slowdown, straggle, 1, models)
     os.environ.update(options.to_env())
     os.environ["CODEDFARM_REDIS_URL"] = settings.redis_url  # read by the Celery app
-    if metrics_port:  # before anything creates a metric: pool children write sample files
-        from codedfarm.monitoring.worker_metrics import (
-            prepare_multiprocess_dir,
-            serve_worker_metrics,
-        )
+    if metrics_port:  # before prometheus_client is imported: pool children write sample files
+        from codedfarm.monitoring.multiproc import prepare_multiprocess_dir
 
         samples = prepare_multiprocess_dir()
         atexit.register(shutil.rmtree, samples, True)
+        from codedfarm.monitoring.worker_metrics import serve_worker_metrics
+
         serve_worker_metrics(metrics_port, metrics_addr)
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
@@ -401,6 +400,18 @@ def demo(
     help="Where pid files live (default: <cache dir>/run).",
 )
 @click.option("--now", is_flag=True, help="Stop without waiting for running tasks.")
+@click.option(
+    "--compose",
+    is_flag=True,
+    help="Scale the compose deployment's worker service instead of local processes.",
+)
+@click.option(
+    "--compose-file",
+    "compose_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Compose file(s) for --compose (default: compose.yaml here).",
+)
 def scale(
     workers: int,
     queues: str,
@@ -409,17 +420,23 @@ def scale(
     preload: str,
     run_dir: Path | None,
     now: bool,
+    compose: bool,
+    compose_files: tuple[Path, ...],
 ) -> None:
     """Grow or shrink the farm on this machine and report the resulting count.
 
     --workers N starts or stops local `codedfarm worker` processes, tracked by pid files,
-    each with a pool of --concurrency processes. With Docker Compose use
-    `docker compose up -d --scale worker=N` (README).
+    each with a pool of --concurrency processes. --compose scales the worker service of
+    the Docker Compose deployment (`docker compose up -d --scale worker=N`).
     """
     from codedfarm.local_farm import WorkerSpec
     from codedfarm.redis_conn import connect
-    from codedfarm.scaling import LocalWorkers
+    from codedfarm.scaling import LocalWorkers, scale_compose
 
+    if compose:
+        count = scale_compose(workers, compose_files)
+        click.echo(f"compose worker replicas: {count}")
+        return
     settings = settings_from_context()
     connect(settings).close()
     spec = WorkerSpec(queues=queues, concurrency=concurrency, device=device, preload=preload)

@@ -33,6 +33,7 @@ class WorkerSpec:
     straggle: str = "none"
     preload: str = ""
     device: str = "cpu"
+    metrics_port: int = 0
 
     def argv(self, hostname: str) -> list[str]:
         return [
@@ -45,6 +46,7 @@ class WorkerSpec:
             "--preload", self.preload,
             "--device", self.device,
             "--hostname", hostname,
+            "--metrics-port", str(self.metrics_port),
             "--loglevel", "info",
         ]  # fmt: skip
 

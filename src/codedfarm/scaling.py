@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,8 +79,8 @@ class LocalWorkers:
         return live
 
     def start(self, spec: WorkerSpec) -> TrackedWorker:
-        index = int(time.time() * 1000) % 10**9
-        hostname = f"scaled{index}-{os.getpid()}@localhost"
+        index = uuid.uuid4().hex[:10]  # unique even for workers started in the same instant
+        hostname = f"scaled-{index}@localhost"
         log = self.run_dir / f"worker-{index}.log"
         env = dict(os.environ)
         env["CODEDFARM_REDIS_URL"] = self.settings.redis_url
@@ -130,3 +131,21 @@ class LocalWorkers:
             while worker.alive() and time.monotonic() < end:
                 time.sleep(0.1)
         return len(self.list()), started, stopped
+
+
+def scale_compose(count: int, files: tuple[Path, ...] = (), service: str = "worker") -> int:
+    """``docker compose up -d --no-recreate --scale worker=N``; returns the running replicas."""
+    if count < 0:
+        raise ConfigError(f"--workers must be >= 0, got {count}")
+    base = ["docker", "compose", *[arg for f in files for arg in ("-f", str(f))]]
+    up = [*base, "up", "-d", "--no-recreate", "--no-build", "--scale", f"{service}={count}",
+          service]  # fmt: skip
+    try:
+        done = subprocess.run(up, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise ConfigError("docker is not installed: --compose needs Docker Compose v2") from None
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).split())[:300]
+        raise ConfigError(f"docker compose failed ({' '.join(up)}): {detail}")
+    ps = subprocess.run([*base, "ps", "-q", service], capture_output=True, text=True, timeout=60)
+    return len([line for line in ps.stdout.splitlines() if line.strip()])

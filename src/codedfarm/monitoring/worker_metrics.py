@@ -8,14 +8,9 @@ that exit keep their counts). Without a port the metrics are ordinary in-process
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-__all__ = ["WorkerMetrics", "prepare_multiprocess_dir", "serve_worker_metrics", "worker_metrics"]
+__all__ = ["WorkerMetrics", "serve_worker_metrics", "worker_metrics"]
 
 TASK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 20.0, 30.0, 60.0)  # fmt: skip
@@ -64,20 +59,9 @@ def worker_metrics() -> WorkerMetrics:
     return _metrics
 
 
-def prepare_multiprocess_dir() -> Path:
-    """A fresh, empty directory for multiprocess samples, exported in the environment.
-
-    Must run before ``prometheus_client`` creates any metric in this process tree.
-    """
-    path = Path(tempfile.mkdtemp(prefix="codedfarm-metrics-"))
-    shutil.rmtree(path)
-    path.mkdir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    return path
-
-
 def serve_worker_metrics(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` aggregated over every process writing to the multiprocess dir."""
+    """Serve ``/metrics`` aggregated over every process writing to the multiprocess dir
+    (which :func:`codedfarm.monitoring.multiproc.prepare_multiprocess_dir` made)."""
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()

@@ -1,0 +1,188 @@
+"""Monitoring on a live farm: a real Prometheus scrapes the collector and the workers, and the
+dashboard and alert queries name only metrics the code exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import yaml
+
+from codedfarm.coordinator import FarmClient
+from codedfarm.coordinator.dispatch import BatchSpec
+from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local_redis import free_port
+from codedfarm.protocol import Keys
+from codedfarm.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "deploy/grafana/dashboards/codedfarm.json"
+DATASOURCE = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
+ALERTS = ROOT / "deploy/prometheus/alerts.yml"
+METRIC = re.compile(r"\bcodedfarm_[a-z0-9_]+")
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads(DASHBOARD.read_text())
+    panels = [p for row in board["panels"] for p in [row, *row.get("panels", [])]]
+    return [t["expr"] for p in panels for t in p.get("targets", []) if t.get("expr")]
+
+
+def test_dashboard_parses_and_uses_the_provisioned_datasource_uid():
+    board = json.loads(DASHBOARD.read_text())
+    provisioned = yaml.safe_load(DATASOURCE.read_text())["datasources"]
+    uid = provisioned[0]["uid"]
+    assert uid == "codedfarm-prometheus"
+    panels = [p for row in board["panels"] for p in [row, *row.get("panels", [])]]
+    targets = [t for p in panels for t in p.get("targets", [])]
+    assert len(dashboard_queries()) >= 10
+    for thing in [p for p in panels if p.get("type") != "row"] + targets:
+        assert thing["datasource"]["uid"] == uid, thing.get("title", thing)
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def exported_names(text: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+            if line and not line.startswith("#")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def monitored(model_cache: Path):
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("no prometheus binary (scripts/test.sh installs Debian's prometheus)")
+    ports = {"w1": free_port(), "w2": free_port(), "collector": free_port(), "prom": free_port()}
+    base = Settings(key_prefix="mon", key_ttl=60.0, cache_dir=model_cache)
+    workers = [
+        WorkerSpec("m1", 6, preload="lenet5", metrics_port=ports["w1"]),
+        WorkerSpec("m2", 6, preload="lenet5", metrics_port=ports["w2"]),
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="codedfarm-prom-"))
+    with LocalFarm(workers, settings=base) as farm:
+        log = open(tmp / "collector.log", "wb")  # noqa: SIM115
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "codedfarm", "collector", "--name", "mon",
+             "--metrics-port", str(ports["collector"]), "--metrics-addr", "127.0.0.1"],
+            env=farm.env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {"job_name": "collector",
+                 "static_configs": [{"targets": [f"127.0.0.1:{ports['collector']}"]}]},
+                {"job_name": "workers", "static_configs": [{"targets": [
+                    f"127.0.0.1:{ports['w1']}", f"127.0.0.1:{ports['w2']}"]}]},
+            ],
+        }  # fmt: skip
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prom = subprocess.Popen(
+            [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{ports['prom']}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            end = time.monotonic() + 30
+            while b"listening" not in (tmp / "collector.log").read_bytes():
+                assert time.monotonic() < end and collector.poll() is None, "collector failed"
+                time.sleep(0.1)
+            yield farm, ports
+        finally:
+            prom.terminate()
+            collector.terminate()
+            prom.wait(10)
+            collector.wait(10)
+            log.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def query(port: int, expr: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    body = json.loads(http_get(url))
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def wait_for(port: int, expr: str, expected: float, timeout: float = 30.0) -> list[dict]:
+    end = time.monotonic() + timeout
+    result: list[dict] = []
+    while time.monotonic() < end:
+        try:
+            result = query(port, expr)
+        except OSError:
+            result = []
+        if result and sum(float(r["value"][1]) for r in result) == expected:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{expr}: expected {expected}, Prometheus has {result}")
+
+
+def test_prometheus_sees_batches_outcomes_and_workers(monitored, digits_batch):
+    farm, ports = monitored
+    settings = replace(farm.settings, fidelity_sample=1.0)
+    with FarmClient(settings, collector="mon") as client:
+        spec = BatchSpec(model="lenet5", codec="berrut", n=12, s=2, queues=("m1", "m2"),
+                         straggle="fixed:S=2,delay=0.5")  # fmt: skip
+        outcomes = [client.submit(digits_batch, spec).outcome for _ in range(4)]
+        timeout_spec = BatchSpec(model="lenet5", codec="mds", n=12, s=2, queues=("m1", "m2"),
+                                 straggle="fixed:S=8,delay=1.5", deadline=0.8)  # fmt: skip
+        outcomes.append(client.submit(digits_batch, timeout_spec).outcome)
+    assert outcomes == ["decoded"] * 4 + ["timeout"]
+    # a malformed inbox message: dropped and counted
+    redis.Redis.from_url(settings.redis_url).rpush(Keys("mon").inbox("mon"), b"{not json")
+    port = ports["prom"]
+    wait_for(port, 'sum(codedfarm_batches_total{outcome="decoded"})', 4)
+    wait_for(port, 'sum(codedfarm_batches_total{outcome="timeout"})', 1)
+    wait_for(port, "sum(codedfarm_batch_latency_seconds_count)", 5)
+    wait_for(port, 'sum(codedfarm_batch_latency_seconds_bucket{le="+Inf"})', 5)
+    wait_for(port, 'codedfarm_results_dropped_total{reason="corrupt"}', 1)
+    wait_for(port, 'count(up{job="workers"} == 1)', 2)
+    wait_for(port, "sum(codedfarm_decode_mse_count)", 4, timeout=40)
+    # every decoded batch used 10 of its 12 results
+    wait_for(port, "sum(codedfarm_batch_results_used_sum)", 40)
+    # the workers counted the tasks they ran (12 + 8 reference tasks per sampled batch, and
+    # the timed-out batch's tasks), from all their pool processes
+    result = query(port, "sum(codedfarm_worker_tasks_total)")
+    assert float(result[0]["value"][1]) >= 4 * 10 + 4
+    result = query(port, "sum(codedfarm_worker_injected_delay_seconds_count)")
+    assert float(result[0]["value"][1]) >= 40
+
+
+def test_dashboard_and_alerts_query_only_exported_metrics(monitored, digits_batch):
+    farm, ports = monitored
+    with FarmClient(replace(farm.settings, fidelity_sample=1.0), collector="mon") as client:
+        client.submit(digits_batch, BatchSpec(model="lenet5", codec="spline", n=12, s=2,
+                                              queues=("m1", "m2")))  # fmt: skip
+    time.sleep(2.5)  # the collector reads queue depths every 2 s
+    names: set[str] = set()
+    for key in ("collector", "w1", "w2"):
+        names |= exported_names(http_get(f"http://127.0.0.1:{ports[key]}/metrics"))
+    used = {m for q in dashboard_queries() for m in METRIC.findall(q)}
+    alert_exprs = [r["expr"] for g in yaml.safe_load(ALERTS.read_text())["groups"]
+                   for r in g["rules"]]  # fmt: skip
+    used |= {m for q in alert_exprs for m in METRIC.findall(q)}
+    assert used, "no codedfarm metric in the dashboard?"
+    assert used <= names, sorted(used - names)
+
+
+@pytest.fixture(scope="module")
+def digits_batch() -> np.ndarray:
+    from codedfarm.models.digits import load_digits_split
+
+    return load_digits_split().test_x[:6]

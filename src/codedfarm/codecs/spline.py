@@ -182,7 +182,7 @@ def letcc_lambdas(k: int, n: int, s: int, sigma: float = 0.0) -> tuple[float, fl
     return 0.0, lam_dec
 
 
-LETCC_C_NOISELESS = 1e-8
+LETCC_C_NOISELESS = 1e-10
 """Calibrated on smooth synthetic models (docs/letcc.md): larger values over-smooth at low S."""
 LETCC_C_NOISY = 5e-4
 """Calibrated on a noisy smooth model (docs/letcc.md): implied optimum 2e-4 to 1e-3 for N >= 50."""

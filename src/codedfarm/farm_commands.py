@@ -157,7 +157,11 @@ def worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main(argv)
+    from codedfarm.tasks.app import no_restore_on_connection_loss
+    from codedfarm.tasks.supervisor import supervise
+
+    no_restore_on_connection_loss()
+    sys.exit(supervise(lambda: app.worker_main(argv)))
 
 
 @click.command()

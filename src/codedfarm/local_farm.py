@@ -141,6 +141,7 @@ class LocalFarm:
                 "CODEDFARM_KEY_PREFIX": s.key_prefix,
                 "CODEDFARM_KEY_TTL": repr(s.key_ttl),
                 "CODEDFARM_CACHE_DIR": str(s.cache_dir),
+                "CODEDFARM_VISIBILITY_TIMEOUT": repr(s.visibility_timeout),
                 "PYTHONUNBUFFERED": "1",
             }
         )

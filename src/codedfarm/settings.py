@@ -36,6 +36,7 @@ class Settings:
     cache_dir: Path = field(default_factory=_default_cache_dir)
     device: str = "cpu"
     fidelity_sample: float = 0.0  # fraction of batches also computed uncoded (decode MSE)
+    visibility_timeout: float = 0.0  # unacked tasks of dead workers return after this; 0: key_ttl
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

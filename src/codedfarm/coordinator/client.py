@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,10 +67,16 @@ class FarmClient:
             ) from None
         budget = prepared.deadline_s + REPLY_GRACE_S
         reply: tuple[BatchRecord, Any] | None
-        if self.collector_name:
-            reply = self._wait_for_service(prepared.batch, budget)
-        else:
-            reply = self._collector.wait_for(prepared.batch, budget)
+        lost = ""
+        try:
+            if self.collector_name:
+                reply = self._wait_for_service(prepared.batch, budget)
+            else:
+                reply = self._collector.wait_for(prepared.batch, budget)
+        except redis.RedisError as exc:  # e.g. Redis restarted: the batch's state is gone
+            reply = None
+            lost = f"lost Redis at {mask_url(self.settings.redis_url)} during the batch: {exc}"
+            self._collector = Collector(self.redis, self._own_inbox, reply_in_memory=True)
         reply_at = time.time()
         end_to_end = time.perf_counter() - start
         if reply is None:
@@ -81,13 +88,17 @@ class FarmClient:
                 n=prepared.n,
                 s=prepared.s,
                 wait_for=prepared.wait_for,
-                outcome="timeout",
+                outcome="failed" if lost else "timeout",
                 slowed=prepared.slowed,
                 queues=list(prepared.queues),
-                error="no reply from the collector"
+                error=lost
+                or "no reply from the collector"
                 + (f" {self.collector_name!r}" if self.collector_name else ""),
             )
-            self.redis.delete(self.keys.inputs(prepared.batch), self.keys.outputs(prepared.batch))
+            with contextlib.suppress(redis.RedisError):
+                self.redis.delete(
+                    self.keys.inputs(prepared.batch), self.keys.outputs(prepared.batch)
+                )
             return BatchResult(None, record)
         record, predictions = reply
         record = record.with_client_timings(
@@ -99,7 +110,10 @@ class FarmClient:
         return BatchResult(predictions, record)
 
     def _wait_for_service(self, batch: str, budget: float) -> tuple[BatchRecord, Any] | None:
-        item = self.redis.blpop([self.keys.reply(batch)], timeout=budget)
+        end = time.monotonic() + budget
+        item = None
+        while item is None and (left := end - time.monotonic()) > 0:
+            item = self.redis.blpop([self.keys.reply(batch)], timeout=max(0.01, min(left, 1.0)))
         if item is None:
             return None
         header, payload = unpack_frame(as_bytes(item[1]))
@@ -109,8 +123,9 @@ class FarmClient:
         return BatchRecord.from_dict(header["record"]), predictions
 
     def close(self) -> None:
-        self._collector.flush_cleanup()
-        self.redis.delete(self._own_inbox)
+        with contextlib.suppress(redis.RedisError):
+            self._collector.flush_cleanup()
+            self.redis.delete(self._own_inbox)
         self.redis.close()
 
     def __enter__(self) -> FarmClient:

@@ -39,6 +39,7 @@ __all__ = ["Collector", "CollectorHooks"]
 log = logging.getLogger(__name__)
 
 FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
+MAX_BLOCK_S = 1.0  # longest single BLPOP
 
 
 class CollectorHooks:
@@ -121,7 +122,8 @@ class Collector:
         self.flush_cleanup()
         now = self.clock()
         nearest = min((b.reg.deadline for b in self._open.values()), default=now + timeout)
-        wait = max(0.0, min(timeout, nearest - now))
+        # short blocking calls: redis-py's socket timeout (5 s by default) bounds one BLPOP
+        wait = max(0.0, min(timeout, nearest - now, MAX_BLOCK_S))
         finished: list[BatchRecord] = []
         item = self.redis.blpop([self.inbox], timeout=wait) if wait >= 0.001 else None
         raw_messages: list[bytes] = []

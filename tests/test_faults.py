@@ -1,0 +1,143 @@
+"""Faults on real processes: failures beyond S, Redis restarts, dead workers, pickle, auth."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import redis
+
+from codedfarm.coordinator import FarmClient
+from codedfarm.coordinator.dispatch import BatchSpec
+from codedfarm.errors import RedisUnavailableError
+from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local_redis import LocalRedis
+from codedfarm.models.digits import load_digits_split
+from codedfarm.protocol import Keys, TaskMessage
+from codedfarm.settings import Settings
+from codedfarm.tasks.app import INFER_TASK, make_celery
+
+QUEUES = ("f1", "f2")
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_digits_split().test_x[:6]
+
+
+@pytest.fixture(scope="module")
+def fault_farm(model_cache):
+    base = Settings(key_prefix="flt", key_ttl=60.0, deadline=10.0, cache_dir=model_cache,
+                    visibility_timeout=3.0)  # fmt: skip
+    workers = [WorkerSpec("f1", 8, preload="lenet5"), WorkerSpec("f2", 8, preload="lenet5")]
+    with LocalFarm(workers, settings=base) as farm:
+        yield farm
+
+
+def submit(settings: Settings, x, **spec):
+    with FarmClient(settings) as client:
+        start = time.perf_counter()
+        spec.setdefault("queues", QUEUES)
+        result = client.submit(x, BatchSpec(model="lenet5", **spec))
+        return result, time.perf_counter() - start
+
+
+def test_more_than_s_failures_answer_by_the_deadline(fault_farm, digits):
+    result, elapsed = submit(fault_farm.settings, digits, codec="spline", n=16, s=2,
+                             straggle="fail:p=0.5", seed=3, deadline=1.0)  # fmt: skip
+    failed = sum(d["fail"] for d in result.record.slowed)
+    assert failed > 2  # more than S
+    assert result.outcome == "deadline_decoded" and result.predictions.shape == (6, 10)
+    assert len(result.record.workers_used) == 16 - failed
+    assert 1.0 <= elapsed < 2.0, elapsed
+    result, elapsed = submit(fault_farm.settings, digits, codec="mds", n=8, s=2,
+                             straggle="fail:p=0.6", seed=4, deadline=1.0)  # fmt: skip
+    assert result.outcome == "timeout" and result.predictions is None
+    assert result.record.results_received < 6 and 1.0 <= elapsed < 2.0
+
+
+def test_a_killed_workers_unacked_task_is_not_lost(fault_farm, digits):
+    victim = fault_farm.add_worker(
+        WorkerSpec("acks", 1, preload="lenet5", straggle="exp:shift=2,rate=100")
+    )
+    results = []
+
+    def run() -> None:
+        results.append(submit(fault_farm.settings, digits[:1], codec="uncoded", deadline=20.0,
+                              queues=("acks",)))  # fmt: skip
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.8)  # the task is sleeping inside the victim
+    victim.kill()
+    fault_farm.add_worker(WorkerSpec("acks", 1, preload="lenet5"))  # a fresh node
+    thread.join(30)
+    ((result, elapsed),) = results
+    # acks_late: the message stayed unacked, came back after the visibility timeout (3 s)
+    # and ran on the new worker
+    assert result.outcome == "decoded", (result.record.error, result.record.results_received)
+    assert 3.0 < elapsed < 20.0
+
+
+def test_pickle_messages_are_refused(fault_farm):
+    settings = fault_farm.settings
+    sender = make_celery(settings)
+    sender.conf.accept_content = ["json", "pickle"]
+    inbox = Keys(settings.key_prefix).inbox("pickle-test")
+    message = TaskMessage(batch="p", index=0, model="lenet5", input_key="none", offset=0,
+                          nbytes=4096, dtype="float32", shape=[1, 32, 32],
+                          output_key="none", inbox=inbox, ttl=60.0)  # fmt: skip
+    sender.send_task(INFER_TASK, kwargs=message.to_dict(), queue="f1", serializer="pickle")
+    time.sleep(2.0)
+    client = redis.Redis.from_url(settings.redis_url)
+    assert client.llen("f1") == 0  # consumed ...
+    assert client.llen(inbox) == 0  # ... but never executed
+    log = "".join(w.log.read_text(errors="replace") for w in fault_farm.workers)
+    assert "pickle" in log.lower() and "refus" in log.lower()
+
+
+def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm, digits):
+    settings = fault_farm.settings
+    outcomes = []
+
+    def run() -> None:
+        outcomes.append(submit(settings, digits, codec="spline", n=12, s=2,
+                               straggle="fixed:S=12,delay=3", deadline=8.0))  # fmt: skip
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.7)
+    assert fault_farm.redis_server is not None
+    fault_farm.redis_server.restart()  # no persistence: every key and queued task is gone
+    restarted = time.monotonic()
+    thread.join(20)
+    ((result, _),) = outcomes
+    assert result.outcome == "failed" and "lost Redis" in result.record.error
+    # workers and clients reconnect: a new batch succeeds within 10 s of the restart
+    while True:
+        try:
+            result, _ = submit(settings, digits, codec="berrut", n=12, s=2, deadline=2.0)
+        except RedisUnavailableError:
+            result = None
+        if result is not None and result.outcome == "decoded":
+            break
+        assert time.monotonic() - restarted < 10.0, "farm did not recover within 10 s"
+    assert time.monotonic() - restarted < 10.0
+
+
+def test_farm_through_a_password_protected_redis(model_cache, digits):
+    with LocalRedis(extra_args=("--requirepass", "s3cret pass")) as server:
+        url = f"redis://:s3cret%20pass@127.0.0.1:{server.port}/0"
+        base = Settings(key_prefix="auth", key_ttl=60.0, cache_dir=model_cache)
+        with LocalFarm([WorkerSpec("a1", 4, preload="lenet5")], redis_url=url,
+                       settings=base) as farm:  # fmt: skip
+            result, _ = submit(replace(farm.settings), digits, codec="berrut", n=8, s=1,
+                               queues=("a1",))  # fmt: skip
+            assert result.outcome == "decoded"
+        wrong = replace(base, redis_url=f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(RedisUnavailableError, match=r"redis://:\*\*\*@127.0.0.1") as info:
+            FarmClient(wrong)
+        assert "nope" not in str(info.value)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import redis
 
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.errors import RedisUnavailableError
+from codedfarm.errors import ConfigError, RedisUnavailableError
 from codedfarm.local_farm import LocalFarm, WorkerSpec
 from codedfarm.local_redis import LocalRedis
 from codedfarm.models.digits import load_digits_split
@@ -141,3 +144,61 @@ def test_farm_through_a_password_protected_redis(model_cache, digits):
         with pytest.raises(RedisUnavailableError, match=r"redis://:\*\*\*@127.0.0.1") as info:
             FarmClient(wrong)
         assert "nope" not in str(info.value)
+
+
+def _make_certs(folder: Path) -> None:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=codedfarm-test-ca",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+
+
+def test_farm_over_tls(model_cache, digits, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    _make_certs(tmp_path)
+    try:
+        server = LocalRedis(tls_dir=tmp_path).start()
+    except ConfigError as exc:
+        pytest.skip(f"this redis-server has no TLS support: {exc}")
+    try:
+        base = Settings(key_prefix="tls", key_ttl=60.0, cache_dir=model_cache)
+        with LocalFarm([WorkerSpec("t1", 4, preload="lenet5")], redis_url=server.url,
+                       settings=base) as farm:  # fmt: skip
+            assert farm.settings.redis_url.startswith("rediss://")
+            result, _ = submit(farm.settings, digits, codec="berrut", n=8, s=1, queues=("t1",))
+            assert result.outcome == "decoded"
+        plain = replace(base, redis_url=f"redis://127.0.0.1:{server.port}/0")
+        with pytest.raises(RedisUnavailableError, match="cannot reach Redis"):
+            FarmClient(plain)  # a TLS-only server refuses plain connections
+    finally:
+        server.close()

@@ -48,21 +48,40 @@ class LocalRedis:
     No persistence, ``noeviction``; ``extra_args`` go to redis-server (e.g. ``--requirepass``).
     """
 
-    def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        tls_dir: Path | None = None,
+    ) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.extra_args = extra_args
+        self.tls_dir = tls_dir  # holds server.crt, server.key and ca.crt: serve TLS only
         self._dir = tempfile.TemporaryDirectory(prefix="codedfarm-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls_dir is not None:
+            ca = self.tls_dir / "ca.crt"
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
+        port_args = ["--port", str(self.port)]
+        if self.tls_dir is not None:
+            port_args = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls_dir / "server.crt"),
+                "--tls-key-file", str(self.tls_dir / "server.key"),
+                "--tls-ca-cert-file", str(self.tls_dir / "ca.crt"),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         args = [
             self.binary,
-            "--port", str(self.port),
+            *port_args,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -81,7 +100,7 @@ class LocalRedis:
             if self.process.poll() is not None:
                 raise ConfigError(f"redis-server exited with {self.process.returncode} at start")
             try:
-                redis.Redis(port=self.port, password=password, socket_timeout=0.5).ping()
+                redis.Redis.from_url(self.url, password=password, socket_timeout=0.5).ping()
                 return self
             except redis.RedisError:
                 time.sleep(0.05)

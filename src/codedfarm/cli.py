@@ -193,6 +193,80 @@ def evaluate(
     click.echo(f"results in {out}/ ({result['seconds']} s)")
 
 
+@cli.command()
+@click.option("-k", type=int, default=8, show_default=True, help="Inputs per batch.")
+@click.option(
+    "-n", type=int, default=24, show_default=True, help="Workers (equal for every scheme)."
+)
+@click.option("-s", type=int, default=4, show_default=True, help="Stragglers the codes tolerate.")
+@click.option("--batches", type=int, default=100, show_default=True, help="Batches per scheme.")
+@click.option(
+    "--compute",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Simulated compute per task, seconds.",
+)
+@click.option(
+    "--slow-factor",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Stragglers take this many times the compute.",
+)
+@click.option(
+    "--stragglers",
+    default="none,fixed,exp",
+    show_default=True,
+    help="Straggler models: none, fixed, exp, pareto, fail, slownode.",
+)
+@click.option(
+    "--schemes",
+    default=",".join(["uncoded", "replication", "hedged", "mds", "berrut", "spline"]),
+    show_default=True,
+)
+@click.option("--quick", is_flag=True, help="20 batches per scheme.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True
+)
+def bench(
+    k: int,
+    n: int,
+    s: int,
+    batches: int,
+    compute: float,
+    slow_factor: float,
+    stragglers: str,
+    schemes: str,
+    quick: bool,
+    out: Path,
+) -> None:
+    """Latency of uncoded, replication, hedged requests and the coded schemes on a live local
+    farm at equal worker count, under straggler models. Writes bench.json, bench.md and
+    latency_cdf.png to --out."""
+    from codedfarm.evaluation.latency import BenchConfig, run_bench
+    from codedfarm.settings import Settings
+
+    config = BenchConfig(
+        k=k,
+        n=n,
+        s=s,
+        batches=20 if quick else batches,
+        compute=compute,
+        slow_factor=slow_factor,
+        stragglers=tuple(x.strip() for x in stragglers.split(",") if x.strip()),
+        schemes=tuple(x.strip() for x in schemes.split(",") if x.strip()),
+    )
+    config.validate()
+    units = len(config.stragglers) * len(config.schemes) * config.batches
+    with click.progressbar(length=units, label="benchmarking", file=sys.stderr) as bar:
+        report = run_bench(config, out, Settings.from_env(), echo=lambda _: None,
+                           progress=bar.update)  # fmt: skip
+    click.echo((out / "bench.md").read_text())
+    click.echo(f"results in {out}/ (bench.json, bench.md, latency_cdf.png); "
+               f"{len(report['rows'])} rows")  # fmt: skip
+
+
 from codedfarm.farm_commands import register_commands  # noqa: E402
 
 register_commands(cli)

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import redis
 
 from codedfarm.coordinator.collector import Collector
-from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
+from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
 from codedfarm.coordinator.records import BatchRecord
 from codedfarm.errors import RedisUnavailableError
 from codedfarm.protocol import Keys, array_from_bytes, as_bytes, unpack_frame
@@ -68,9 +68,13 @@ class FarmClient:
         budget = prepared.deadline_s + REPLY_GRACE_S
         reply: tuple[BatchRecord, Any] | None
         lost = ""
+        tasks_sent = prepared.n + (0 if prepared.reference is None else prepared.k)
         try:
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
+            elif spec.hedge_after is not None:
+                reply, hedged = self._wait_hedged(prepared, budget, spec.hedge_after)
+                tasks_sent += hedged
             else:
                 reply = self._collector.wait_for(prepared.batch, budget)
         except redis.RedisError as exc:  # e.g. Redis restarted: the batch's state is gone
@@ -106,8 +110,24 @@ class FarmClient:
             dispatch=dispatch_s,
             end_to_end=end_to_end,
             reply_at=reply_at,
+            tasks_sent=tasks_sent,
         )
         return BatchResult(predictions, record)
+
+    def _wait_hedged(
+        self, prepared: PreparedBatch, budget: float, hedge_after: float
+    ) -> tuple[tuple[BatchRecord, Any] | None, int]:
+        """Hedged requests ("The Tail at Scale"): after ``hedge_after`` s, send a second copy
+        of every task that has not answered; the first copy to answer wins."""
+        start = time.monotonic()
+        reply = self._collector.wait_for(prepared.batch, hedge_after)
+        if reply is not None:
+            return reply, 0
+        answered = self._collector.answered(prepared.batch) or set()
+        missing = [j for j in range(prepared.n) if j not in answered]
+        sent = self.dispatcher.redispatch(prepared, self._own_inbox, missing) if missing else 0
+        left = budget - (time.monotonic() - start)
+        return self._collector.wait_for(prepared.batch, max(left, 0.0)), sent
 
     def _wait_for_service(self, batch: str, budget: float) -> tuple[BatchRecord, Any] | None:
         end = time.monotonic() + budget

@@ -443,6 +443,12 @@ class Collector:
         while len(self.records) > 1000:
             self.records.popitem(last=False)
 
+    def answered(self, batch: str) -> set[int] | None:
+        """Coded indices of an open batch that have answered (result or error); None if the
+        batch is not open here."""
+        state = self._open.get(batch)
+        return None if state is None else set(state.received) | set(state.errors)
+
     def flush_cleanup(self) -> None:
         """Housekeeping for batches finished since the last call, in one pipeline: delete
         their inputs and outputs, and (in-process) store their results under the reply key."""

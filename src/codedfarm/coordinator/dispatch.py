@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,9 @@ class BatchSpec:
     deadline: float | None = None  # seconds after submit; None: settings.deadline
     queues: tuple[str, ...] | None = None
     seed: int | None = None
+    plan: tuple[TaskFate, ...] | None = None  # explicit fate per task (overrides straggle)
+    hedge_after: float | None = None  # re-send tasks still missing after this many seconds
+    hedge_plan: tuple[TaskFate, ...] | None = None  # fates of the re-sent copies, per index
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,8 @@ class Dispatcher:
                 f"wait_for must be in [{codec.min_results}, {n}] for {codec.spec}, got {wait_for}"
             )
         deadline = self.settings.deadline if spec.deadline is None else spec.deadline
+        if spec.hedge_after is not None and not 0 < spec.hedge_after < deadline:
+            raise ConfigError(f"hedge_after must be in (0, deadline), got {spec.hedge_after}")
         if not 0 < deadline < self.settings.key_ttl:
             raise ConfigError(
                 f"deadline must be in (0, {self.settings.key_ttl:g}) seconds "
@@ -164,7 +170,11 @@ class Dispatcher:
         if not queues or any(not q or ":" in q for q in queues):
             raise ConfigError(f"queue names must be non-empty without ':', got {queues}")
         fates = None
-        if spec.straggle is not None:
+        if spec.plan is not None:
+            if len(spec.plan) != n:
+                raise ConfigError(f"plan must give one fate per task: {len(spec.plan)} for n={n}")
+            fates = list(spec.plan)
+        elif spec.straggle is not None:
             plan = parse_straggler_spec(spec.straggle)
             fates = plan.sample(n, np.random.default_rng(spec.seed))
         start = time.perf_counter()
@@ -217,17 +227,18 @@ class Dispatcher:
             reference_key=self.keys.reference(batch.batch) if batch.reference is not None else "",
         )
 
-    def dispatch(self, batch: PreparedBatch, inbox: str) -> float:
-        """Inputs + registration + every task in one pipeline; returns seconds spent."""
-        start = time.perf_counter()
-        ttl = int(self.settings.key_ttl)
-        registration = self.registration(batch)
+    def _messages(
+        self,
+        batch: PreparedBatch,
+        registration: BatchRegistration,
+        inbox: str,
+        tasks: Sequence[tuple[int, TaskFate | None]],
+    ) -> dict[str, list[bytes]]:
+        """Celery messages for (index, fate) pairs, grouped by queue (round-robin by index)."""
         per_input = batch.coded[0].nbytes
         shape = list(batch.coded.shape[1:])
         by_queue: dict[str, list[bytes]] = {q: [] for q in batch.queues}
-        extra = 0 if batch.reference is None else batch.k  # uncoded reference tasks, no stragglers
-        for j in range(batch.n + extra):
-            fate = None if batch.fates is None else (batch.fates[j] if j < batch.n else TaskFate())
+        for j, fate in tasks:
             queue = batch.queues[j % len(batch.queues)]
             key, offset = registration.input_key, j * per_input
             if j >= batch.n:  # reference task i = j - n reads raw input i
@@ -249,15 +260,42 @@ class Dispatcher:
                 queue=queue,
             )
             by_queue[queue].append(task_envelope(INFER_TASK, message.to_dict(), queue))
+        return by_queue
+
+    def dispatch(self, batch: PreparedBatch, inbox: str) -> float:
+        """Inputs + registration + every task in one pipeline; returns seconds spent."""
+        start = time.perf_counter()
+        ttl = int(self.settings.key_ttl)
+        registration = self.registration(batch)
+        extra = 0 if batch.reference is None else batch.k  # uncoded reference tasks
+        tasks = [
+            (j, None if batch.fates is None else (batch.fates[j] if j < batch.n else TaskFate()))
+            for j in range(batch.n + extra)
+        ]
+        by_queue = self._messages(batch, registration, inbox, tasks)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(registration.input_key, batch.coded.tobytes(), ex=ttl)
         if batch.reference is not None:
             pipe.set(registration.reference_key, batch.reference.tobytes(), ex=ttl)
         pipe.rpush(inbox, registration.to_json())
         pipe.expire(inbox, ttl)
+        self._push(pipe, by_queue, ttl)
+        pipe.execute()
+        return time.perf_counter() - start
+
+    def redispatch(self, batch: PreparedBatch, inbox: str, indices: list[int]) -> int:
+        """Hedging: send another copy of tasks ``indices``; returns how many were sent."""
+        plan = batch.spec.hedge_plan
+        tasks = [(j, plan[j] if plan is not None else TaskFate()) for j in indices]
+        by_queue = self._messages(batch, self.registration(batch), inbox, tasks)
+        pipe = self.redis.pipeline(transaction=False)
+        self._push(pipe, by_queue, int(self.settings.key_ttl))
+        pipe.execute()
+        return len(tasks)
+
+    @staticmethod
+    def _push(pipe: Any, by_queue: dict[str, list[bytes]], ttl: int) -> None:
         for queue, messages in by_queue.items():
             if messages:
                 pipe.lpush(queue, *messages)
                 pipe.expire(queue, ttl)
-        pipe.execute()
-        return time.perf_counter() - start

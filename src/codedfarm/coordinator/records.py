@@ -45,6 +45,7 @@ class BatchRecord:
     slowed: list[dict[str, Any]] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
     lam_dec: float | None = None
+    tasks_sent: int = 0  # coded tasks dispatched, hedged copies included (client side)
     error: str = ""
     timings: StageTimings = field(default_factory=StageTimings)
     needed_written_at: float | None = None  # wall time the policy-meeting result was written
@@ -59,7 +60,13 @@ class BatchRecord:
         return cls(**values)
 
     def with_client_timings(
-        self, *, encode: float, dispatch: float, end_to_end: float, reply_at: float
+        self,
+        *,
+        encode: float,
+        dispatch: float,
+        end_to_end: float,
+        reply_at: float,
+        tasks_sent: int = 0,
     ) -> BatchRecord:
         """Fill in the stages only the client sees."""
         overhead = None if self.needed_written_at is None else reply_at - self.needed_written_at
@@ -71,4 +78,4 @@ class BatchRecord:
             end_to_end=end_to_end,
             overhead=overhead,
         )
-        return replace(self, timings=timings)
+        return replace(self, timings=timings, tasks_sent=tasks_sent)

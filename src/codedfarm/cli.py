@@ -267,6 +267,34 @@ def bench(
                f"{len(report['rows'])} rows")  # fmt: skip
 
 
+@cli.command()
+@click.option("--seconds", type=click.FloatRange(min=1), default=600.0, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Batches per second.",
+)
+@click.option("--sample-every", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("soak.json"), show_default=True
+)
+def soak(seconds: float, rate: float, sample_every: float, out: Path) -> None:
+    """A bounded steady load on a local farm: prints collector and worker RSS and Redis keys
+    over time, and their growth from the first to the last third of the run."""
+    from codedfarm.evaluation.soak import SoakConfig, run_soak, write_report
+    from codedfarm.settings import Settings
+
+    config = SoakConfig(seconds=seconds, rate=rate, sample_every=sample_every)
+    report = run_soak(config, Settings.from_env(), echo=click.echo)
+    write_report(report, out)
+    click.echo(f"outcomes: {report.outcomes}")
+    for attr in ("collector_rss_mb", "workers_rss_mb", "redis_keys", "redis_memory_mb"):
+        click.echo(f"growth {attr}: {report.growth(attr):+.2f}")
+    click.echo(f"samples in {out}")
+
+
 from codedfarm.farm_commands import register_commands  # noqa: E402
 
 register_commands(cli)

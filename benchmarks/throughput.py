@@ -1,0 +1,86 @@
+"""Sustained coded-task throughput on this machine, with a no-op model.
+
+Run:  .venv/bin/python benchmarks/throughput.py [--seconds 20] [--clients 4]
+
+A private Redis and worker processes with the no-op model; several client processes each
+submit batches (k = 8, n = 24, berrut) back to back, collecting in-process, so many batches
+are in flight at once. Reports coded tasks completed per second for a few worker layouts,
+all measured in this one run. Everything shares this machine's cores: clients, collector
+loops, workers and Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from codedfarm.coordinator import FarmClient
+from codedfarm.coordinator.dispatch import BatchSpec
+from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.settings import Settings
+
+N, K = 24, 8
+
+
+def client(settings: Settings, queues: tuple[str, ...], seconds: float, out: mp.Queue) -> None:
+    x = np.random.default_rng(0).random((K, 1, 32, 32)).astype(np.float32)
+    spec = BatchSpec(model="noop", codec="berrut", n=N, s=0, queues=queues, deadline=20.0)
+    done = decoded = 0
+    with FarmClient(settings) as farm:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            result = farm.submit(x, spec)
+            done += 1
+            decoded += result.outcome == "decoded"
+    out.put((done, decoded))
+
+
+def measure(layout: str, workers: list[WorkerSpec], clients: int, seconds: float) -> None:
+    queues = tuple(dict.fromkeys(w.queues for w in workers))
+    with LocalFarm(workers, settings=Settings(key_ttl=120)) as farm:
+        settings = replace(farm.settings)
+        warm: mp.Queue = mp.Queue()
+        client(settings, queues, 1.0, warm)  # warm up
+        out: mp.Queue = mp.Queue()
+        procs = [mp.Process(target=client, args=(settings, queues, seconds, out))
+                 for _ in range(clients)]  # fmt: skip
+        start = time.monotonic()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        wall = time.monotonic() - start
+        batches = decoded = 0
+        for _ in procs:
+            b, d = out.get()
+            batches, decoded = batches + b, decoded + d
+    print(f"{layout:34} {batches:7d} {decoded:7d} {batches * N / wall:12.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    print(f"{args.clients} client processes, {args.seconds:g} s each, n={N} coded tasks per batch")
+    print(f"{'worker layout':34} {'batches':>7} {'decoded':>7} {'tasks/s':>12}")
+    layouts = {
+        "2 x prefork(2)": [
+            WorkerSpec("t0", 2, preload="noop"),
+            WorkerSpec("t1", 2, preload="noop"),
+        ],
+        "3 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(3)],
+        "2 x threads(4)": [
+            WorkerSpec(f"t{i}", 4, pool="threads", preload="noop") for i in range(2)
+        ],
+    }
+    for layout, workers in layouts.items():
+        measure(layout, workers, args.clients, args.seconds)
+
+
+if __name__ == "__main__":
+    main()

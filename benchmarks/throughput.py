@@ -74,6 +74,7 @@ def main() -> None:
             WorkerSpec("t1", 2, preload="noop"),
         ],
         "3 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(3)],
+        "4 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(4)],
         "2 x threads(4)": [
             WorkerSpec(f"t{i}", 4, pool="threads", preload="noop") for i in range(2)
         ],

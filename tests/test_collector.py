@@ -45,7 +45,7 @@ def report(worker, prepared, inbox, index, *, payload=None, shape=None, ok=True)
         batch=prepared.batch,
         index=index,
         model="linear",
-        input_key="unused",
+        input_key=Keys(worker.settings.key_prefix).inputs(prepared.batch),
         offset=0,
         nbytes=4096,
         dtype="float32",

@@ -118,14 +118,25 @@ def _predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.nd
     return output, compute
 
 
+# One atomic round trip: store the output only while the batch is open (its inputs still
+# exist), so results that lose the race to the decode leave nothing behind; the notice is
+# always pushed, so the collector can count late results.
+REPORT_SCRIPT = """
+if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+
+
 def _report(worker: WorkerState, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
-    """Output bytes and the completion notice in one atomic pipeline."""
+    """Output bytes and the completion notice in one atomic call (a Lua script)."""
     ttl = max(1, int(msg.ttl))
     stamped = Notice(**{**notice.__dict__, "written_at": time.time()})
-    with worker.redis.pipeline(transaction=True) as pipe:
-        if payload:
-            pipe.hset(msg.output_key, str(msg.index), payload)
-            pipe.expire(msg.output_key, ttl)
-        pipe.rpush(msg.inbox, stamped.to_json())
-        pipe.expire(msg.inbox, ttl)
-        pipe.execute()
+    worker.report_script(
+        keys=[msg.input_key, msg.output_key, msg.inbox],
+        args=[str(msg.index), payload, stamped.to_json(), ttl],
+    )

@@ -61,6 +61,7 @@ class WorkerState:
     straggle: StragglerSpec
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _redis: redis.Redis | None = None
+    _report_script: Any = None
     _models: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,6 +76,15 @@ class WorkerState:
                 retry_on_timeout=True,
             )
         return self._redis
+
+    @property
+    def report_script(self) -> Any:
+        """The worker's report script (see ``tasks.inference``), registered once."""
+        if self._report_script is None:
+            from codedfarm.tasks.inference import REPORT_SCRIPT
+
+            self._report_script = self.redis.register_script(REPORT_SCRIPT)
+        return self._report_script
 
     def model(self, name: str) -> nn.Module:
         """The model ``name`` on this worker's device, loaded once per process."""

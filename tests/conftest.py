@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +63,3 @@ def farm(model_cache: Path) -> Iterator[LocalFarm]:
     with LocalFarm(workers, settings=base) as local:
         yield local
 
-
-def farm_settings(farm: LocalFarm, **changes: object) -> Settings:
-    return replace(farm.settings, **changes)  # type: ignore[arg-type]

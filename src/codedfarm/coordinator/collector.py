@@ -364,13 +364,7 @@ class Collector:
         else:
             self._cleanup += [reg.output_key, reg.reference_key] if reg.reference else [
                 reg.output_key]  # fmt: skip
-        if self.reply_in_memory:  # the caller gets it now; the result key is written later
-            self._replies[reg.batch] = (record, predictions)
-            self._late_replies.append((reg, record, predictions))
-        else:
-            with self.redis.pipeline(transaction=False) as pipe:
-                self._push_reply(pipe, reg, record, predictions)
-                pipe.execute()
+        self._deliver(reg, record, predictions)
         self._open.pop(reg.batch, None)
         self._remember(reg.batch, record)
         self.hooks.batch_finished(record)
@@ -399,6 +393,19 @@ class Collector:
         for batch in [b for b, s in self._sampled.items() if s.expires_at <= now]:
             del self._sampled[batch]
 
+    def _deliver(
+        self, reg: BatchRegistration, record: BatchRecord, predictions: np.ndarray | None
+    ) -> None:
+        """Answer the client: in memory (in-process; the result key is written at the next
+        poll, off the hot path) or under the batch's reply key (collector service)."""
+        if self.reply_in_memory:
+            self._replies[reg.batch] = (record, predictions)
+            self._late_replies.append((reg, record, predictions))
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._push_reply(pipe, reg, record, predictions)
+            pipe.execute()
+
     @staticmethod
     def _push_reply(
         pipe: Any, reg: BatchRegistration, record: BatchRecord, predictions: np.ndarray | None
@@ -425,13 +432,7 @@ class Collector:
             error=error,
         )
         self._cleanup.append(reg.input_key)
-        if self.reply_in_memory:
-            self._replies[reg.batch] = (record, None)
-            self._late_replies.append((reg, record, None))
-        else:
-            with self.redis.pipeline(transaction=False) as pipe:
-                self._push_reply(pipe, reg, record, None)
-                pipe.execute()
+        self._deliver(reg, record, None)
         self._remember(reg.batch, record)
         self.hooks.batch_finished(record)
 

@@ -62,4 +62,3 @@ def farm(model_cache: Path) -> Iterator[LocalFarm]:
     ]
     with LocalFarm(workers, settings=base) as local:
         yield local
-

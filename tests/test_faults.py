@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -105,6 +106,11 @@ def test_pickle_messages_are_refused(fault_farm):
 def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm, digits):
     settings = fault_farm.settings
     outcomes = []
+    log = open(fault_farm.log_dir / "collector-flt.log", "wb")  # noqa: SIM115
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "codedfarm", "collector", "--name", "flt", "--metrics-port", "0"],
+        env=fault_farm.env(), stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
     def run() -> None:
         outcomes.append(submit(settings, digits, codec="spline", n=12, s=2,
@@ -128,7 +134,20 @@ def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm
         if result is not None and result.outcome == "decoded":
             break
         assert time.monotonic() - restarted < 10.0, "farm did not recover within 10 s"
-    assert time.monotonic() - restarted < 10.0
+    # the collector service reconnected too: a batch through it succeeds
+    try:
+        while True:
+            spec = BatchSpec(model="lenet5", codec="berrut", n=12, s=2, queues=QUEUES,
+                             deadline=2.0)  # fmt: skip
+            with FarmClient(settings, collector="flt") as client:
+                result = client.submit(digits, spec)
+            if result.outcome == "decoded":
+                break
+            assert time.monotonic() - restarted < 15.0, result.record
+    finally:
+        collector.terminate()
+        collector.wait(10)
+        log.close()
 
 
 def test_farm_through_a_password_protected_redis(model_cache, digits):

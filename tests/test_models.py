@@ -84,3 +84,17 @@ def test_offline_downloads_fail_with_a_clear_error(monkeypatch, tmp_path):
         load_dataset("imagenet", (3, 224, 224), tmp_path)
     with pytest.raises(DatasetUnavailableError, match="unknown data set 'svhn'"):
         load_dataset("svhn", (3, 32, 32), tmp_path)
+
+
+def test_models_command_lists_the_zoo_with_accuracy(model_cache, monkeypatch):
+    from click.testing import CliRunner
+
+    from codedfarm.cli import cli
+
+    monkeypatch.setenv("CODEDFARM_CACHE_DIR", str(model_cache))
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("lenet5") and "1x32x32 -> 10" in lines[0]
+    assert "digits test accuracy 0.9" in lines[1]
+    assert any(line.startswith("vit ") and "3x224x224 -> 1000" in line for line in lines)

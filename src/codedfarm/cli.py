@@ -295,6 +295,37 @@ def soak(seconds: float, rate: float, sample_every: float, out: Path) -> None:
     click.echo(f"samples in {out}")
 
 
+@cli.command()
+@click.option(
+    "--train", is_flag=True, help="Train (and cache) the offline models that are missing."
+)
+def models(train: bool) -> None:
+    """List the model zoo, with the test accuracy of cached weights."""
+    import json as json_module
+
+    from codedfarm.models.registry import MODELS
+    from codedfarm.models.training import TRAINABLE, training_metadata
+    from codedfarm.settings import Settings
+
+    cache = Settings.from_env().cache_dir
+    for name, spec in MODELS.items():
+        shape = "x".join(map(str, spec.input_shape))
+        status = ""
+        if name in TRAINABLE:
+            meta_file = cache / f"{name}-digits.json"
+            if train and not meta_file.exists():
+                training_metadata(name, cache)
+            if meta_file.exists():
+                meta = json_module.loads(meta_file.read_text())
+                status = (f"digits test accuracy {meta['test_accuracy']:.3f} "
+                          f"({meta['train_seconds']} s to train)")  # fmt: skip
+            else:
+                status = "not trained yet (trains on first use, or run with --train)"
+        click.echo(f"{name:10} {shape:>10} -> {spec.num_outputs:<5} {spec.description}")
+        if status:
+            click.echo(f"{'':10} {status}")
+
+
 from codedfarm.farm_commands import register_commands  # noqa: E402
 
 register_commands(cli)

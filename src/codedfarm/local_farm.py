@@ -34,6 +34,7 @@ class WorkerSpec:
     preload: str = ""
     device: str = "cpu"
     metrics_port: int = 0
+    loglevel: str = "warning"  # "info" logs every task: costly at high task rates
 
     def argv(self, hostname: str) -> list[str]:
         return [
@@ -47,7 +48,7 @@ class WorkerSpec:
             "--device", self.device,
             "--hostname", hostname,
             "--metrics-port", str(self.metrics_port),
-            "--loglevel", "info",
+            "--loglevel", self.loglevel,
         ]  # fmt: skip
 
 

@@ -5,6 +5,8 @@ Start a worker with ``codedfarm worker``; ``celery -A codedfarm.tasks.app worker
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 
 from codedfarm.settings import Settings
@@ -73,8 +75,21 @@ def no_restore_on_connection_loss() -> None:
     kombu_redis.QoS.restore_at_shutdown = False
 
 
+_signals_connected = False
+
+
 def _connect_signals() -> None:
-    from celery.signals import worker_process_init
+    global _signals_connected
+    if _signals_connected:
+        return
+    _signals_connected = True
+    from celery.signals import worker_process_init, worker_ready
+
+    @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _announce_ready(sender: object = None, **_: object) -> None:
+        # printed whatever the log level, so supervisors can wait for it
+        hostname = getattr(sender, "hostname", "worker")
+        print(f"codedfarm worker {hostname} ready.", file=sys.stderr, flush=True)
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _load_models_after_fork(**_: object) -> None:

@@ -61,9 +61,6 @@ class Keys:
     def inbox(self, name: str) -> str:
         return f"{self.prefix}:inbox:{name}"
 
-    def pattern(self) -> str:
-        return f"{self.prefix}:*"
-
 
 def _from_mapping(cls: type[T], data: object, what: str) -> T:
     if not isinstance(data, dict):

@@ -38,17 +38,12 @@ class LRUCache(Generic[K, V]):
         self.maxsize = maxsize
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: K) -> V | None:
         with self._lock:
             value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
+            if value is not None:
+                self._data.move_to_end(key)
             return value
 
     def put(self, key: K, value: V) -> None:

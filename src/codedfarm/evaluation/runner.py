@@ -21,9 +21,6 @@ from codedfarm.evaluation.tuning import DEFAULT_LAM_DEC, DEFAULT_LAM_ENC, Lambda
 
 __all__ = ["EvalConfig", "run_evaluation"]
 
-BASE_CODECS = ("berrut", "spline:lam_enc=0,lam_dec=0", "spline:lam_enc=0,lam_dec=auto", "letcc")
-EXACT_CODECS = ("mds", "replication")
-
 
 @dataclass(frozen=True)
 class EvalConfig:

@@ -40,7 +40,7 @@ def start_batch(settings, redis_client, codec="mds", n=6, s=2, deadline=5.0, k=2
     return prepared, inbox, x
 
 
-def report(worker, prepared, inbox, index, *, payload=None, shape=None, ok=True):
+def report(worker, prepared, inbox, index, *, payload=None, shape=None, ok=True, dtype="float32"):
     msg = TaskMessage(
         batch=prepared.batch,
         index=index,
@@ -56,7 +56,7 @@ def report(worker, prepared, inbox, index, *, payload=None, shape=None, ok=True)
     )
     out = linear_f(prepared.coded[index : index + 1])[0]
     data = out.tobytes() if payload is None else payload
-    notice = Notice(batch=prepared.batch, index=index, ok=ok, shape=shape or [10])
+    notice = Notice(batch=prepared.batch, index=index, ok=ok, shape=shape or [10], dtype=dtype)
     _report(worker, msg, data if ok else b"", notice)
 
 
@@ -100,15 +100,18 @@ def test_wrong_byte_size_is_dropped_and_decode_waits_for_a_good_result(
 ):
     prepared, inbox, _x = start_batch(settings, redis_client, n=5, s=1)
     collector = Collector(redis_client, inbox)
-    report(worker, prepared, inbox, 0)
+    report(worker, prepared, inbox, 0, dtype="float64")  # wrong dtype: dropped at once
     report(worker, prepared, inbox, 1, payload=b"\x00" * 12)  # 12 bytes, not 40
     report(worker, prepared, inbox, 2)
     report(worker, prepared, inbox, 3)
-    assert drain(collector) == []  # the corrupt one does not count
+    assert drain(collector) == []  # the corrupt ones do not count
     report(worker, prepared, inbox, 4)
+    assert drain(collector) == []
+    report(worker, prepared, inbox, 0)  # a good copy of result 0
     (record,) = drain(collector)
     assert record.outcome == "decoded" and record.workers_used == [0, 2, 3, 4]
-    assert record.corrupt == 1
+    assert record.corrupt == 2
+    assert collector.dropped["corrupt"] == 2
 
 
 def test_deadline_decodes_from_what_arrived_or_times_out(settings, redis_client, worker):

@@ -231,8 +231,8 @@ class Collector:
             return None
         if not notice.ok:
             batch.errors[notice.index] = notice.error
-        elif batch.out_shape is not None and (
-            notice.shape != batch.out_shape or notice.dtype != "float32"
+        elif notice.dtype != "float32" or (
+            batch.out_shape is not None and notice.shape != batch.out_shape
         ):
             self._drop("corrupt")
             batch.corrupt += 1

@@ -12,6 +12,7 @@ Exception hierarchy::
     ├── InputError                  a batch the farm cannot serve (file, shape, NaN, size)
     ├── RedisUnavailableError       Redis cannot be reached (names the URL)
     ├── ProtocolError               a malformed task, notice or batch message
+    │   └── MessageRefusedError     a queue message a worker will not run (pickle, ...)
     └── CodecError                  misuse of a codec (names the codec, parameter, shapes)
         ├── CodecParameterError     k, n, degree, lambda ... out of range
         │   └── UnknownCodecError   no codec of that name
@@ -29,6 +30,7 @@ __all__ = [
     "CodedFarmError",
     "ConfigError",
     "InputError",
+    "MessageRefusedError",
     "NonFiniteError",
     "NotEnoughResultsError",
     "ProtocolError",
@@ -67,6 +69,17 @@ class RedisUnavailableError(CodedFarmError):
 
 class ProtocolError(CodedFarmError):
     """A task message, completion notice or batch registration is malformed."""
+
+
+class MessageRefusedError(ProtocolError):
+    """A queue message a worker will not run (pickle, an unknown task, a bad body).
+
+    ``tag`` is its kombu delivery tag, when the envelope had one (so it can be acknowledged).
+    """
+
+    def __init__(self, reason: str, tag: str | None = None) -> None:
+        super().__init__(reason)
+        self.tag = tag
 
 
 class CodecError(CodedFarmError):

@@ -60,18 +60,26 @@ def _check_device(device: str) -> None:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option(
+    "--engine",
+    type=click.Choice(["celery", "batch"]),
+    default="celery",
+    show_default=True,
+    help="celery: a Celery worker; batch: one process that serves many tasks per Redis "
+    "round trip and per forward pass (same queues and messages, late acks).",
+)
+@click.option(
     "--concurrency",
     "-c",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (one per GPU is the rule).",
+    default=None,
+    help="celery: pool processes (default 1; one per GPU is the rule). "
+    "batch: tasks in flight, run as one forward pass (default 32).",
 )
 @click.option(
     "--pool",
     type=click.Choice(["prefork", "threads", "solo"]),
-    default="prefork",
-    show_default=True,
+    default=None,
+    help="Celery pool (default prefork); not for --engine batch.",
 )
 @click.option(
     "--slowdown",
@@ -102,8 +110,9 @@ def _check_device(device: str) -> None:
 def worker(
     queues: str | None,
     device: str,
-    concurrency: int,
-    pool: str,
+    engine: str,
+    concurrency: int | None,
+    pool: str | None,
     slowdown: float,
     straggle: str,
     preload: str,
@@ -123,6 +132,8 @@ def worker(
         raise ConfigError(
             "--straggle fixed:... picks S tasks of a batch; give it per submit, not per worker"
         )
+    if engine == "batch" and pool is not None:
+        raise ConfigError("--pool is for --engine celery; the batch engine is one process")
     models = tuple(m for m in preload.split(",") if m)
     for name in models:
         get_model_spec(name)
@@ -145,11 +156,19 @@ def worker(
 
     connect(settings).close()
     queue_list = queues or _queue_for_device(device)
+    from codedfarm.tasks.app import no_restore_on_connection_loss
+    from codedfarm.tasks.supervisor import supervise
+
+    if engine == "batch":
+        from codedfarm.tasks.batch_engine import serve
+
+        names = [q for q in queue_list.split(",") if q]
+        sys.exit(supervise(lambda: serve(app, names, concurrency or 32, hostname)))
     argv = [
         "worker",
         f"--queues={queue_list}",
-        f"--concurrency={concurrency}",
-        f"--pool={pool}",
+        f"--concurrency={concurrency or 1}",
+        f"--pool={pool or 'prefork'}",
         f"--loglevel={loglevel}",
         "--without-gossip",
         "--without-mingle",
@@ -157,9 +176,6 @@ def worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    from codedfarm.tasks.app import no_restore_on_connection_loss
-    from codedfarm.tasks.supervisor import supervise
-
     no_restore_on_connection_loss()
     sys.exit(supervise(lambda: app.worker_main(argv)))
 

@@ -35,13 +35,16 @@ class WorkerSpec:
     device: str = "cpu"
     metrics_port: int = 0
     loglevel: str = "warning"  # "info" logs every task: costly at high task rates
+    engine: str = "celery"  # or "batch": one process, ``concurrency`` tasks in flight
 
     def argv(self, hostname: str) -> list[str]:
+        pool = ["--pool", self.pool] if self.engine == "celery" else []
         return [
             sys.executable, "-m", "codedfarm", "worker",
+            "--engine", self.engine,
             "--queues", self.queues,
             "--concurrency", str(self.concurrency),
-            "--pool", self.pool,
+            *pool,
             "--slowdown", repr(self.slowdown),
             "--straggle", self.straggle,
             "--preload", self.preload,

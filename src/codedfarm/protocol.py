@@ -132,7 +132,7 @@ class Notice:
     kind: str = "result"
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # flat fields
 
 
 @dataclass(frozen=True)

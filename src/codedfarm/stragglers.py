@@ -92,6 +92,11 @@ class StragglerSpec:
         """True if the spec picks tasks within a batch (``fixed``), so needs the whole batch."""
         return any(m.kind == "fixed" for m in self.models)
 
+    @property
+    def trivial(self) -> bool:
+        """True for ``none``: every task runs at once and succeeds (no draw needed)."""
+        return all(m.kind == "none" for m in self.models)
+
     def sample(self, n: int, rng: np.random.Generator | None = None) -> list[TaskFate]:
         """Fates of ``n`` tasks."""
         rng = rng or np.random.default_rng()

@@ -14,7 +14,7 @@ from codedfarm.protocol import Notice, TaskMessage, array_from_bytes
 from codedfarm.stragglers import TaskFate
 from codedfarm.tasks.worker_state import WorkerState, state
 
-__all__ = ["InjectedFailure", "run_inference"]
+__all__ = ["REPORT_SCRIPT", "InjectedFailure", "predict", "run_inference", "task_fate"]
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,15 @@ class InjectedFailure(Exception):  # noqa: N818 - reads as what happened
     """The straggler plan said this task dies without a result."""
 
 
-def _fate(msg: TaskMessage, worker: WorkerState) -> TaskFate:
+NO_FATE = TaskFate()
+
+
+def task_fate(msg: TaskMessage, worker: WorkerState) -> TaskFate:
+    """The batch's plan for this task, else a draw from the worker's default straggler spec."""
     if msg.delay is not None:
         return TaskFate(msg.delay, msg.fail)
+    if worker.straggle.trivial:
+        return NO_FATE
     return worker.straggle.sample(1)[0]
 
 
@@ -38,7 +44,7 @@ def run_inference(**kwargs: Any) -> str:
         log.error("dropping malformed task message: %s", exc)
         return "malformed"
     start = time.perf_counter()
-    fate = _fate(msg, worker)
+    fate = task_fate(msg, worker)
     status = "error"
     try:
         status = _run(worker, msg, fate)
@@ -63,7 +69,8 @@ def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate) -> str:
         return "skipped"
     try:
         x = array_from_bytes(data, msg.dtype, msg.shape)
-        output, compute = _predict(worker, msg.model, x)
+        outputs, compute = predict(worker, msg.model, x[None])
+        output = outputs[0]
         payload = output.astype("<f4", copy=False).tobytes()
         notice = Notice(
             batch=msg.batch,
@@ -102,15 +109,21 @@ def _straggle(worker: WorkerState, msg: TaskMessage, delay: float) -> bool:
     return True
 
 
-def _predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+def predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Model outputs ``(G, *in_shape) -> (G, *out_shape)`` float32 on the worker's device,
+    and the compute time in seconds (times ``--slowdown`` on a persistently slow node).
+
+    The models are in eval mode, so each output row depends only on its own input: G coded
+    inputs in one forward pass give the same outputs as G passes of one.
+    """
     import torch
 
     model = worker.model(model_name)
     device = worker.options.device
     start = time.perf_counter()
     with torch.inference_mode():
-        tensor = torch.from_numpy(np.array(x, dtype=np.float32))[None].to(device)
-        output = model(tensor)[0].float().cpu().numpy()
+        tensor = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)
+        output = model(tensor).float().cpu().numpy()
     compute = time.perf_counter() - start
     if worker.options.slowdown > 1:
         time.sleep((worker.options.slowdown - 1.0) * compute)

@@ -4,9 +4,10 @@ Run:  .venv/bin/python benchmarks/throughput.py [--seconds 20] [--clients 4]
 
 A private Redis and worker processes with the no-op model; several client processes each
 submit batches (k = 8, n = 24, berrut) back to back, collecting in-process, so many batches
-are in flight at once. Reports coded tasks completed per second for a few worker layouts,
-all measured in this one run. Everything shares this machine's cores: clients, collector
-loops, workers and Redis.
+are in flight at once. Reports coded tasks completed per second for Celery worker layouts
+and batch-engine layouts (``codedfarm worker --engine batch``), all measured in this one
+run, and the ratio of the best of each kind. Everything shares this machine's cores:
+clients, collector loops, workers and Redis.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def client(settings: Settings, queues: tuple[str, ...], seconds: float, out: mp.
     out.put((done, decoded))
 
 
-def measure(layout: str, workers: list[WorkerSpec], clients: int, seconds: float) -> None:
+def measure(layout: str, workers: list[WorkerSpec], clients: int, seconds: float) -> float:
     queues = tuple(dict.fromkeys(w.queues for w in workers))
     with LocalFarm(workers, settings=Settings(key_ttl=120)) as farm:
         settings = replace(farm.settings)
@@ -58,7 +59,12 @@ def measure(layout: str, workers: list[WorkerSpec], clients: int, seconds: float
         for _ in procs:
             b, d = out.get()
             batches, decoded = batches + b, decoded + d
-    print(f"{layout:34} {batches:7d} {decoded:7d} {batches * N / wall:12.0f}")
+    rate = batches * N / wall
+    print(f"{layout:34} {batches:7d} {decoded:7d} {rate:12.0f}", flush=True)
+    return rate
+
+
+GOAL = 1500.0  # coded tasks per second
 
 
 def main() -> None:
@@ -68,19 +74,29 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.clients} client processes, {args.seconds:g} s each, n={N} coded tasks per batch")
     print(f"{'worker layout':34} {'batches':>7} {'decoded':>7} {'tasks/s':>12}")
-    layouts = {
-        "2 x prefork(2)": [
+    celery = {
+        "celery: 2 x prefork(2)": [
             WorkerSpec("t0", 2, preload="noop"),
             WorkerSpec("t1", 2, preload="noop"),
         ],
-        "3 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(3)],
-        "4 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(4)],
-        "2 x threads(4)": [
+        "celery: 3 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(3)],
+        "celery: 2 x threads(4)": [
             WorkerSpec(f"t{i}", 4, pool="threads", preload="noop") for i in range(2)
         ],
     }
-    for layout, workers in layouts.items():
-        measure(layout, workers, args.clients, args.seconds)
+    batch = {
+        "batch: 1 x batch(64)": [WorkerSpec("t0", 64, preload="noop", engine="batch")],
+        "batch: 2 x batch(32)": [
+            WorkerSpec(f"t{i}", 32, preload="noop", engine="batch") for i in range(2)
+        ],
+    }
+    best_celery = max(measure(n, w, args.clients, args.seconds) for n, w in celery.items())
+    best_batch = max(measure(n, w, args.clients, args.seconds) for n, w in batch.items())
+    print(f"best celery layout: {best_celery:.0f} tasks/s; best batch engine: {best_batch:.0f}"
+          f" tasks/s; ratio {best_batch / best_celery:.2f}")  # fmt: skip
+    for name, rate in (("celery", best_celery), ("batch engine", best_batch)):
+        verdict = "met" if rate >= GOAL else "missed"
+        print(f"goal >= {GOAL:.0f} coded tasks/s, {name}: {verdict} ({rate / GOAL:.2f} x goal)")
 
 
 if __name__ == "__main__":

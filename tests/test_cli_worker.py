@@ -16,6 +16,7 @@ from codedfarm.cli import cli
         (["worker", "--preload", "resnet"], "unknown model 'resnet'"),
         (["worker", "--straggle", "fixed:S=1,delay=1"], "give it per submit, not per worker"),
         (["worker", "--straggle", "exp:shift=1"], "needs shift, rate; missing rate"),
+        (["worker", "--engine", "batch", "--pool", "solo"], "--pool is for --engine celery"),
         (["--redis-url", "redis://127.0.0.1:1/0", "worker"],
          "cannot reach Redis at redis://127.0.0.1:1/0"),
         (["--redis-url", "redis://127.0.0.1:1/0", "collector", "--metrics-port", "0"],

@@ -35,6 +35,10 @@ def test_scale_grows_and_shrinks_local_workers(settings, tmp_path, monkeypatch):
         assert len(LocalWorkers(settings, run_dir).list()) == 1
         result = runner.invoke(cli, [*base, "--workers", "1"])
         assert result.output.strip() == "local worker processes: 1 (started 0, stopped 0)"
+        result = runner.invoke(cli, [*base, "--workers", "2", "--engine", "batch"])
+        assert result.output.strip() == "local worker processes: 2 (started 1, stopped 0)"
+        engines = sorted(w.spec.engine for w in LocalWorkers(settings, run_dir).list())
+        assert engines == ["batch", "celery"]
     finally:
         result = runner.invoke(cli, [*base, "--workers", "0", "--now"])
     assert result.output.strip().startswith("local worker processes: 0")

@@ -70,12 +70,12 @@ def test_bad_specs_raise_clear_errors(spec, message):
 def test_slowdown_multiplies_compute_time(settings, monkeypatch):
     fast = WorkerState(settings, WorkerOptions(), parse_straggler_spec("none"))
     slow = WorkerState(settings, WorkerOptions(slowdown=4.0), parse_straggler_spec("none"))
-    x = np.zeros((1, 32, 32), np.float32)
+    x = np.zeros((3, 1, 32, 32), np.float32)  # a group of 3 coded inputs
     sleeps: list[float] = []
     monkeypatch.setattr(inference.time, "sleep", sleeps.append)
-    out, _compute_fast = inference._predict(fast, "linear", x)
-    assert out.shape == (10,) and sleeps == []
-    _, compute_slow = inference._predict(slow, "linear", x)
+    out, _compute_fast = inference.predict(fast, "linear", x)
+    assert out.shape == (3, 10) and sleeps == []
+    _, compute_slow = inference.predict(slow, "linear", x)
     (slept,) = sleeps
     assert compute_slow == pytest.approx(slept * 4 / 3)
 
@@ -85,5 +85,7 @@ def test_worker_default_straggle_applies_only_without_a_batch_plan(settings):
     base = {"batch": "b", "index": 0, "model": "noop", "input_key": "k", "offset": 0,
             "nbytes": 4096, "dtype": "float32", "shape": [1, 32, 32], "output_key": "o",
             "inbox": "i", "ttl": 60.0}  # fmt: skip
-    assert inference._fate(TaskMessage(**base, delay=0.5), worker) == TaskFate(0.5)
-    assert inference._fate(TaskMessage(**base), worker) == TaskFate(7.0)
+    assert inference.task_fate(TaskMessage(**base, delay=0.5), worker) == TaskFate(0.5)
+    assert inference.task_fate(TaskMessage(**base), worker) == TaskFate(7.0)
+    idle = WorkerState(settings, WorkerOptions(), parse_straggler_spec("none"))
+    assert inference.task_fate(TaskMessage(**base), idle) == TaskFate()

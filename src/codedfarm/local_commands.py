@@ -90,7 +90,14 @@ def demo(
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Pool size of new worker processes.",
+    help="Pool size (celery) or tasks in flight (batch) of new worker processes.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["celery", "batch"]),
+    default="celery",
+    show_default=True,
+    help="Worker engine of new processes (see codedfarm worker --help).",
 )
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--preload", default="", help="Models new workers load at start.")
@@ -117,6 +124,7 @@ def scale(
     workers: int,
     queues: str,
     concurrency: int,
+    engine: str,
     device: str,
     preload: str,
     run_dir: Path | None,
@@ -140,6 +148,8 @@ def scale(
         return
     settings = settings_from_context()
     connect(settings).close()
-    spec = WorkerSpec(queues=queues, concurrency=concurrency, device=device, preload=preload)
+    spec = WorkerSpec(
+        queues=queues, concurrency=concurrency, device=device, preload=preload, engine=engine
+    )
     count, started, stopped = LocalWorkers(settings, run_dir).scale(workers, spec, now=now)
     click.echo(f"local worker processes: {count} (started {started}, stopped {stopped})")

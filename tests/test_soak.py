@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from codedfarm.evaluation.soak import SoakConfig, run_soak
 from codedfarm.settings import Settings
 
 
-def test_short_soak_keeps_memory_and_keys_flat(model_cache):
+@pytest.mark.parametrize("engine", ["celery", "batch"])
+def test_short_soak_keeps_memory_and_keys_flat(model_cache, engine):
     settings = Settings(key_prefix="soak", key_ttl=30.0, cache_dir=model_cache)
-    config = SoakConfig(seconds=24.0, rate=5.0, sample_every=2.0)
+    config = SoakConfig(seconds=24.0, rate=5.0, sample_every=2.0, engine=engine)
     report = run_soak(config, settings, echo=lambda _: None)
     assert report.outcomes.get("decoded", 0) >= 100 and set(report.outcomes) == {"decoded"}
     assert len(report.samples) >= 10

@@ -278,15 +278,22 @@ def bench(
 )
 @click.option("--sample-every", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
 @click.option(
+    "--engine",
+    type=click.Choice(["celery", "batch"]),
+    default="celery",
+    show_default=True,
+    help="Worker engine of the soak's two workers.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=Path("soak.json"), show_default=True
 )
-def soak(seconds: float, rate: float, sample_every: float, out: Path) -> None:
+def soak(seconds: float, rate: float, sample_every: float, engine: str, out: Path) -> None:
     """A bounded steady load on a local farm: prints collector and worker RSS and Redis keys
     over time, and their growth from the first to the last third of the run."""
     from codedfarm.evaluation.soak import SoakConfig, run_soak, write_report
     from codedfarm.settings import Settings
 
-    config = SoakConfig(seconds=seconds, rate=rate, sample_every=sample_every)
+    config = SoakConfig(seconds=seconds, rate=rate, sample_every=sample_every, engine=engine)
     report = run_soak(config, Settings.from_env(), echo=click.echo)
     write_report(report, out)
     click.echo(f"outcomes: {report.outcomes}")

@@ -39,6 +39,7 @@ class SoakConfig:
     s: int = 4
     model: str = "noop"
     codec: str = "spline"
+    engine: str = "celery"  # worker engine: celery (2 x 4 pool processes) or batch (2 x 16)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,10 @@ def _tree_rss(pid: int) -> float:
 def run_soak(
     config: SoakConfig, settings: Settings, echo: Callable[[str], None] = print
 ) -> SoakReport:
-    workers = [WorkerSpec(f"soak{i}", 4, preload=config.model) for i in range(2)]
+    slots = 4 if config.engine == "celery" else 16
+    workers = [
+        WorkerSpec(f"soak{i}", slots, preload=config.model, engine=config.engine) for i in range(2)
+    ]
     report = SoakReport(config)
     with LocalFarm(workers, settings=settings) as farm:
         log = open(farm.log_dir / "collector.log", "ab")  # noqa: SIM115 - closed below

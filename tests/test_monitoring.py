@@ -71,7 +71,8 @@ def monitored(model_cache: Path):
     base = Settings(key_prefix="mon", key_ttl=60.0, cache_dir=model_cache)
     workers = [
         WorkerSpec("m1", 6, preload="lenet5", metrics_port=ports["w1"]),
-        WorkerSpec("m2", 6, preload="lenet5", metrics_port=ports["w2"]),
+        # the batch engine exports the same worker metrics
+        WorkerSpec("m2", 6, preload="lenet5", metrics_port=ports["w2"], engine="batch"),
     ]
     tmp = Path(tempfile.mkdtemp(prefix="codedfarm-prom-"))
     with LocalFarm(workers, settings=base) as farm:
@@ -160,6 +161,9 @@ def test_prometheus_sees_batches_outcomes_and_workers(monitored, digits_batch):
     # the timed-out batch's tasks), from all their pool processes
     result = query(port, "sum(codedfarm_worker_tasks_total)")
     assert float(result[0]["value"][1]) >= 4 * 10 + 4
+    for worker in ("w1", "w2"):  # half of every batch's tasks went to each worker
+        expr = f'sum(codedfarm_worker_tasks_total{{instance="127.0.0.1:{ports[worker]}"}})'
+        assert float(query(port, expr)[0]["value"][1]) >= 4 * 5, worker
     result = query(port, "sum(codedfarm_worker_injected_delay_seconds_count)")
     assert float(result[0]["value"][1]) >= 40
 

@@ -121,7 +121,7 @@ def worker(
     hostname: str | None,
     loglevel: str,
 ) -> None:
-    """Run a Celery worker that serves coded inference tasks."""
+    """Run a worker that serves coded inference tasks (a Celery worker, or the batch engine)."""
     from codedfarm.models.registry import get_model_spec
     from codedfarm.stragglers import parse_straggler_spec
     from codedfarm.tasks.worker_state import WorkerOptions

@@ -180,7 +180,7 @@ class BatchEngine:
         while not stop.is_set():
             try:
                 self.step()
-            except redis.ConnectionError as exc:
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # Redis restarted (its queues and batches are gone) or the network dropped
                 # (the unacked records bring the tasks back): start over with a clean slate
                 log.warning("redis unavailable (%s); retrying", exc)
@@ -223,9 +223,10 @@ class BatchEngine:
         raws: list[bytes] = self._pop(keys=keys, args=[free, time.time()])
         if raws or not block:
             return raws
-        wait = 1.0 if not self._waiting else self._waiting[0].due - time.monotonic()
-        wait = max(0.001, min(wait, 1.0 if not self._waiting else CANCEL_POLL_S))
-        item = client.brpop(keys[:-2], timeout=wait)
+        wait = 1.0  # idle; with stragglers waiting, wake for the next due or cancel check
+        if self._waiting:
+            wait = min(CANCEL_POLL_S, self._waiting[0].due - time.monotonic())
+        item = client.brpop(keys[:-2], timeout=max(0.001, wait))
         if item is None:
             return []
         # record the message BRPOP took (and any more that came) in the unacked set at once

@@ -156,7 +156,7 @@ def worker(
 
     connect(settings).close()
     queue_list = queues or _queue_for_device(device)
-    from codedfarm.tasks.app import no_restore_on_connection_loss
+    from codedfarm.tasks.app import survive_connection_loss
     from codedfarm.tasks.supervisor import supervise
 
     if engine == "batch":
@@ -176,7 +176,7 @@ def worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    no_restore_on_connection_loss()
+    survive_connection_loss()
     sys.exit(supervise(lambda: app.worker_main(argv)))
 
 

@@ -6,12 +6,13 @@ Start a worker with ``codedfarm worker``; ``celery -A codedfarm.tasks.app worker
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from celery import Celery
 
 from codedfarm.settings import Settings
 
-__all__ = ["INFER_TASK", "app", "make_celery", "no_restore_on_connection_loss"]
+__all__ = ["INFER_TASK", "app", "make_celery", "survive_connection_loss"]
 
 INFER_TASK = "codedfarm.infer"
 
@@ -61,18 +62,43 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def no_restore_on_connection_loss() -> None:
-    """Stop kombu's Redis channel from re-queueing unacked messages when it closes.
+def survive_connection_loss() -> None:
+    """Patch kombu's Redis QoS so a Redis restart never stops a Celery worker.
 
-    With kombu 5.7, a Redis restart while late-ack tasks run makes that re-queue fail inside
-    kombu ("'NoneType' object has no attribute 'hostname'"), and the worker stops with
-    "Unrecoverable error". Unacked messages are not lost without it: they stay in Redis's
-    unacked set and come back after the visibility timeout, as they do when a worker is
-    SIGKILLed.
+    With kombu 5.7 and late acks, a restart made the worker exit with "Unrecoverable
+    error" in two ways, both seen in our fault tests:
+
+    - when its channel closes, kombu re-queues the unacked messages, and that fails inside
+      kombu ("'NoneType' object has no attribute 'hostname'"): the re-queue is switched off;
+    - a task that finishes after the channel closed is acknowledged on that dead channel
+      ("'NoneType' object has no attribute 'client'"): such an ack now raises a
+      connection error, which Celery logs ("Couldn't ack") and survives.
+
+    No message is lost either way: it stays in Redis's unacked set and comes back after
+    the visibility timeout, as when a worker is SIGKILLed (or it went with the restart).
     """
     from kombu.transport import redis as kombu_redis
 
-    kombu_redis.QoS.restore_at_shutdown = False
+    qos = kombu_redis.QoS
+    qos.restore_at_shutdown = False
+    if getattr(qos, "_codedfarm_guarded", False):
+        return
+    for name in ("ack", "reject"):
+        setattr(qos, name, _on_open_channel(getattr(qos, name)))
+    setattr(qos, "_codedfarm_guarded", True)  # noqa: B010 - a class attribute kombu lacks
+
+
+def _on_open_channel(method: Any) -> Any:
+    import redis
+
+    def guarded(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.channel.connection is None:
+            raise redis.ConnectionError(
+                f"channel closed: message {delivery_tag} stays unacked until it is restored"
+            )
+        return method(self, delivery_tag, *args, **kwargs)
+
+    return guarded
 
 
 _signals_connected = False

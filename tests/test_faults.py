@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from codedfarm.local_redis import LocalRedis
 from codedfarm.models.digits import load_digits_split
 from codedfarm.protocol import Keys, TaskMessage
 from codedfarm.settings import Settings
-from codedfarm.tasks.app import INFER_TASK, make_celery
+from codedfarm.tasks.app import INFER_TASK, make_celery, survive_connection_loss
 
 QUEUES = ("f1", "f2")
 
@@ -148,6 +149,21 @@ def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm
         collector.terminate()
         collector.wait(10)
         log.close()
+
+
+def test_an_ack_on_a_channel_closed_by_a_restart_is_a_connection_error():
+    # kombu would fail with AttributeError ("Unrecoverable error": the worker stops); a
+    # connection error is what Celery logs and survives ("Couldn't ack")
+    from kombu.transport import redis as kombu_redis
+
+    survive_connection_loss()
+    survive_connection_loss()  # idempotent: the methods are wrapped once
+    qos = kombu_redis.QoS.__new__(kombu_redis.QoS)
+    qos.channel = SimpleNamespace(connection=None)
+    for method in (qos.ack, qos.reject):
+        with pytest.raises(redis.ConnectionError, match="tag-1 stays unacked"):
+            method("tag-1")
+    assert kombu_redis.QoS.restore_at_shutdown is False
 
 
 def test_farm_through_a_password_protected_redis(model_cache, digits):

@@ -227,6 +227,13 @@ def evaluate(
 )
 @click.option("--quick", is_flag=True, help="20 batches per scheme.")
 @click.option(
+    "--engine",
+    type=click.Choice(["celery", "batch"]),
+    default="celery",
+    show_default=True,
+    help="Worker engine of the farm's two workers.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True
 )
 def bench(
@@ -239,6 +246,7 @@ def bench(
     stragglers: str,
     schemes: str,
     quick: bool,
+    engine: str,
     out: Path,
 ) -> None:
     """Latency of uncoded, replication, hedged requests and the coded schemes on a live local
@@ -256,6 +264,7 @@ def bench(
         slow_factor=slow_factor,
         stragglers=tuple(x.strip() for x in stragglers.split(",") if x.strip()),
         schemes=tuple(x.strip() for x in schemes.split(",") if x.strip()),
+        engine=engine,
     )
     config.validate()
     units = len(config.stragglers) * len(config.schemes) * config.batches

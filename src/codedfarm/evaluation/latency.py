@@ -44,6 +44,7 @@ class BenchConfig:
     schemes: tuple[str, ...] = SCHEMES
     deadline: float = 20.0
     seed: int = 0
+    engine: str = "celery"  # worker engine: 2 Celery workers, or 2 batch engines, of N/2+k slots
 
     def validate(self) -> None:
         if self.n % self.k or not 0 <= self.s < self.n - self.k + 1 or self.k < 1:
@@ -62,6 +63,8 @@ class BenchConfig:
             )
         if self.batches < 5 or self.compute <= 0 or self.slow_factor < 1:
             raise ConfigError("need batches >= 5, compute > 0 and slow_factor >= 1")
+        if self.engine not in ("celery", "batch"):
+            raise ConfigError(f"engine must be celery or batch, got {self.engine!r}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ def run_bench(
         with torch.inference_mode():
             truth[name] = [module(torch.from_numpy(x)).numpy() for x in inputs]
     half = -(-config.n // 2) + config.k  # slots for N tasks plus hedged copies
-    workers = [WorkerSpec(f"bench{i}", half, preload="lenet5,linear") for i in range(2)]
+    workers = [WorkerSpec(f"bench{i}", half, preload="lenet5,linear", engine=config.engine)
+               for i in range(2)]  # fmt: skip
     results: list[SchemeResult] = []
     echo(f"starting a farm with {2 * half} slots ...")
     with LocalFarm(workers, settings=settings) as farm, FarmClient(farm.settings) as client:
@@ -245,7 +249,8 @@ def _targets(results: list[SchemeResult]) -> dict[str, Any]:
 def markdown(results: list[SchemeResult], targets: dict[str, Any], config: BenchConfig) -> str:
     lines = [
         f"K={config.k}, N={config.n}, S={config.s}, {config.batches} batches per row, compute "
-        f"{config.compute * 1e3:g} ms per task, stragglers {config.slow_factor:g}x compute",
+        f"{config.compute * 1e3:g} ms per task, stragglers {config.slow_factor:g}x compute, "
+        f"{config.engine} workers",
         "",
         "| stragglers | scheme | p50 ms | p95 ms | p99 ms | max ms | mean ms | theory mean ms "
         "| decoded | tasks/prediction | MSE vs uncoded |",

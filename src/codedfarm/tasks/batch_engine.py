@@ -42,6 +42,7 @@ from codedfarm.protocol import Notice, TaskMessage, array_from_bytes
 from codedfarm.stragglers import TaskFate
 from codedfarm.tasks.envelopes import read_envelope
 from codedfarm.tasks.inference import CANCEL_POLL_S, predict, task_fate
+from codedfarm.tasks.wake_alarm import WakeAlarm
 from codedfarm.tasks.worker_state import WorkerState
 
 __all__ = ["BatchEngine", "queue_keys", "serve"]
@@ -171,6 +172,7 @@ class BatchEngine:
         self._rotation = 0
         self._next_restore = 0.0
         self._next_cancel_check = 0.0
+        self._alarm = WakeAlarm(worker.redis, f"{worker.settings.key_prefix}:wake:{worker.name}")
         self._pop = worker.redis.register_script(POP_SCRIPT)
         self._report = worker.redis.register_script(REPORT_ACK_SCRIPT)
 
@@ -223,11 +225,13 @@ class BatchEngine:
         raws: list[bytes] = self._pop(keys=keys, args=[free, time.time()])
         if raws or not block:
             return raws
-        wait = 1.0  # idle; with stragglers waiting, wake for the next due or cancel check
-        if self._waiting:
-            wait = min(CANCEL_POLL_S, self._waiting[0].due - time.monotonic())
-        item = client.brpop(keys[:-2], timeout=max(0.001, wait))
-        if item is None:
+        if self._waiting:  # wake for the next due task or cancel check
+            self._alarm.arm(min(self._waiting[0].due, self._next_cancel_check))
+        try:
+            item = client.brpop([*keys[:-2], self._alarm.key], timeout=1)
+        finally:
+            self._alarm.disarm()
+        if item is None or item[0] == self._alarm.key_bytes:
             return []
         # record the message BRPOP took (and any more that came) in the unacked set at once
         return list(self._pop(keys=keys, args=[free - 1, time.time(), item[1]]))

@@ -115,6 +115,7 @@ class Collector:
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
         self._late_replies: list[tuple[BatchRegistration, BatchRecord, np.ndarray | None]] = []
+        self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
 
     # ----- the loop ----------------------------------------------------------------------
     def poll(self, timeout: float) -> list[BatchRecord]:
@@ -133,9 +134,8 @@ class Collector:
             if isinstance(more, list):
                 raw_messages.extend(as_bytes(m) for m in more)
         for raw in raw_messages:
-            record = self._handle(raw)
-            if record is not None:
-                finished.append(record)
+            self._handle(raw)
+        finished.extend(self._finish_ready())
         finished.extend(self._expire_deadlines())
         self._expire_sampled()
         self.hooks.open_batches(len(self._open))
@@ -170,17 +170,29 @@ class Collector:
         return self._replies.pop(batch, None)
 
     # ----- messages ----------------------------------------------------------------------
-    def _handle(self, raw: bytes) -> BatchRecord | None:
+    def _handle(self, raw: bytes) -> None:
         try:
             message = parse_inbox_message(raw)
         except ProtocolError as exc:
             log.warning("dropping malformed inbox message: %s", exc)
             self._drop("corrupt")
-            return None
+            return
         if isinstance(message, BatchRegistration):
             self._register(message)
-            return None
-        return self._on_notice(message)
+        else:
+            self._on_notice(message)
+
+    def _finish_ready(self) -> list[BatchRecord]:
+        """Decode the batches whose wait policy the messages of this poll met. A batch uses
+        every result in by then, which is often more than N−S: workers that answer in groups
+        (the batch engine) send several at once, and more results mean a better decode."""
+        ready, self._ready = self._ready, {}
+        records = []
+        for batch_id, at_deadline in ready.items():
+            batch = self._open.get(batch_id)
+            if batch is not None and (record := self._try_finish(batch, at_deadline=at_deadline)):
+                records.append(record)
+        return records
 
     def _codec(self, reg: BatchRegistration) -> Codec:
         key = (reg.codec, reg.k, reg.n, repr(sorted(reg.codec_params.items())))
@@ -206,29 +218,29 @@ class Collector:
         self.dropped[reason] += 1
         self.hooks.result_dropped(reason)
 
-    def _on_notice(self, notice: Notice) -> BatchRecord | None:
+    def _on_notice(self, notice: Notice) -> None:
         batch = self._open.get(notice.batch)
         if batch is not None and batch.reg.reference and notice.index >= batch.reg.n:
             if notice.ok and notice.index < batch.reg.n + batch.reg.k:
                 batch.references.add(notice.index - batch.reg.n)
-            return None
+            return
         sampled = self._sampled.get(notice.batch)
         if sampled is not None and notice.index >= sampled.reg.n:
             if notice.ok:
                 sampled.references.add(notice.index - sampled.reg.n)
                 self._check_fidelity(notice.batch)
-            return None
+            return
         if batch is None:
             self._drop("late" if notice.batch in self._finished else "unknown")
-            return None
+            return
         if not 0 <= notice.index < batch.reg.n:
             self._drop("corrupt")
             batch.corrupt += 1
-            return None
+            return
         if notice.index in batch.received or notice.index in batch.errors:
             self._drop("duplicate")
             batch.duplicates += 1
-            return None
+            return
         if not notice.ok:
             batch.errors[notice.index] = notice.error
         elif notice.dtype != "float32" or (
@@ -236,7 +248,7 @@ class Collector:
         ):
             self._drop("corrupt")
             batch.corrupt += 1
-            return None
+            return
         else:
             batch.out_shape = list(notice.shape)
             batch.received[notice.index] = notice
@@ -244,10 +256,9 @@ class Collector:
                 batch.needed_written_at = notice.written_at
                 batch.policy_met_at = self.clock()
         if len(batch.received) >= batch.reg.wait_for:
-            return self._try_finish(batch, at_deadline=False)
-        if len(batch.received) + len(batch.errors) >= batch.reg.n:  # nobody else will answer
-            return self._try_finish(batch, at_deadline=True)
-        return None
+            self._ready[batch.reg.batch] = False
+        elif len(batch.received) + len(batch.errors) >= batch.reg.n:  # nobody else will answer
+            self._ready[batch.reg.batch] = True  # decode like at the deadline, if it can
 
     def _expire_deadlines(self) -> list[BatchRecord]:
         now = self.clock()

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from codedfarm.errors import CodedFarmError
+from codedfarm.farm_commands import engine_option
 
 __all__ = ["cli", "main"]
 
@@ -226,13 +227,7 @@ def evaluate(
     show_default=True,
 )
 @click.option("--quick", is_flag=True, help="20 batches per scheme.")
-@click.option(
-    "--engine",
-    type=click.Choice(["celery", "batch"]),
-    default="celery",
-    show_default=True,
-    help="Worker engine of the farm's two workers.",
-)
+@engine_option("Worker engine of the farm's two workers.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True
 )
@@ -286,13 +281,7 @@ def bench(
     help="Batches per second.",
 )
 @click.option("--sample-every", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
-@click.option(
-    "--engine",
-    type=click.Choice(["celery", "batch"]),
-    default="celery",
-    show_default=True,
-    help="Worker engine of the soak's two workers.",
-)
+@engine_option("Worker engine of the soak's two workers.")
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("soak.json"), show_default=True
 )

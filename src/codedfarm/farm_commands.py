@@ -9,8 +9,9 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import numpy as np
@@ -18,7 +19,21 @@ import numpy as np
 from codedfarm.errors import ConfigError, InputError
 from codedfarm.settings import Settings
 
-__all__ = ["load_batch_file", "register_commands", "settings_from_context"]
+__all__ = ["engine_option", "load_batch_file", "register_commands", "settings_from_context"]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def engine_option(help_text: str) -> Callable[[F], F]:
+    """The ``--engine celery|batch`` option (worker engine), shared by every command."""
+    return click.option(
+        "--engine",
+        type=click.Choice(["celery", "batch"]),
+        default="celery",
+        show_default=True,
+        help=help_text,
+    )
 
 
 def settings_from_context() -> Settings:
@@ -59,13 +74,9 @@ def _check_device(device: str) -> None:
     help="Comma-separated queues (default: from --device: cpu, gpu0, gpu1, ...).",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option(
-    "--engine",
-    type=click.Choice(["celery", "batch"]),
-    default="celery",
-    show_default=True,
-    help="celery: a Celery worker; batch: one process that serves many tasks per Redis "
-    "round trip and per forward pass (same queues and messages, late acks).",
+@engine_option(
+    "celery: a Celery worker; batch: one process that serves many tasks per Redis "
+    "round trip and per forward pass (same queues and messages, late acks)."
 )
 @click.option(
     "--concurrency",

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from codedfarm.errors import ConfigError
-from codedfarm.farm_commands import settings_from_context
+from codedfarm.farm_commands import engine_option, settings_from_context
 
 __all__ = ["demo", "scale"]
 
@@ -92,13 +92,7 @@ def demo(
     show_default=True,
     help="Pool size (celery) or tasks in flight (batch) of new worker processes.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["celery", "batch"]),
-    default="celery",
-    show_default=True,
-    help="Worker engine of new processes (see codedfarm worker --help).",
-)
+@engine_option("Worker engine of new processes (see codedfarm worker --help).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--preload", default="", help="Models new workers load at start.")
 @click.option(

@@ -8,7 +8,8 @@ Exception hierarchy::
     CodedFarmError
     ├── ConfigError                 bad settings, options or environment values
     │   ├── UnknownModelError       no model of that name
-    │   └── StragglerSpecError      a straggler spec that does not parse
+    │   ├── StragglerSpecError      a straggler spec that does not parse
+    │   └── DatasetUnavailableError a data set that cannot be downloaded or found
     ├── InputError                  a batch the farm cannot serve (file, shape, NaN, size)
     ├── RedisUnavailableError       Redis cannot be reached (names the URL)
     ├── ProtocolError               a malformed task, notice or batch message
@@ -29,6 +30,7 @@ __all__ = [
     "CodecParameterError",
     "CodedFarmError",
     "ConfigError",
+    "DatasetUnavailableError",
     "InputError",
     "MessageRefusedError",
     "NonFiniteError",
@@ -57,6 +59,10 @@ class UnknownModelError(ConfigError):
 
 class StragglerSpecError(ConfigError):
     """A straggler spec does not parse or has out-of-range parameters."""
+
+
+class DatasetUnavailableError(ConfigError):
+    """A data set could not be downloaded or found (the evaluation's ``--dataset``)."""
 
 
 class InputError(CodedFarmError):

@@ -34,7 +34,6 @@ class Settings:
     max_workers: int = 1024  # largest n a batch may use
     collector: str = ""  # name of a collector service to use; empty: in-process
     cache_dir: Path = field(default_factory=_default_cache_dir)
-    device: str = "cpu"
     fidelity_sample: float = 0.0  # fraction of batches also computed uncoded (decode MSE)
     visibility_timeout: float = 0.0  # unacked tasks of dead workers return after this; 0: key_ttl
 

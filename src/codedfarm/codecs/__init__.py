@@ -5,13 +5,15 @@
 >>> coded = codec.encode(x)            # (k, *in_shape) -> (n, *in_shape)
 >>> y_hat = codec.decode(y, workers)   # (m, *out_shape) -> (k, *out_shape)
 
-This package never imports Celery or Redis.
+This package never imports Celery, Redis or torch (a torch tensor passed in is handled
+with the torch that is already loaded).
 """
 
-from codedfarm.codecs.base import Codec
+from codedfarm.codecs.base import Codec, Decoded
 from codedfarm.codecs.berrut import BerrutCodec, berrut_matrix
 from codedfarm.codecs.lagrange import LagrangeCodec
 from codedfarm.codecs.mds import MDSCodec
+from codedfarm.codecs.plan import CodecPlan, plan_codec
 from codedfarm.codecs.points import data_points, worker_points
 from codedfarm.codecs.registry import available_codecs, make_codec, parse_codec_spec
 from codedfarm.codecs.replication import ReplicationCodec, UncodedCodec
@@ -21,6 +23,8 @@ from codedfarm.codecs.spline import LetccCodec, SplineCodec, letcc_lambdas
 __all__ = [
     "BerrutCodec",
     "Codec",
+    "CodecPlan",
+    "Decoded",
     "LagrangeCodec",
     "LetccCodec",
     "MDSCodec",
@@ -33,6 +37,7 @@ __all__ = [
     "letcc_lambdas",
     "make_codec",
     "parse_codec_spec",
+    "plan_codec",
     "smoothing_spline_matrix",
     "worker_points",
 ]

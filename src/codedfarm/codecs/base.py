@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import abc
 import operator
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Hashable, Iterable
-from typing import Any, ClassVar, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
+from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
 from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import (
     CodecParameterError,
@@ -20,41 +21,23 @@ from codedfarm.errors import (
     WorkerSetError,
 )
 
-__all__ = ["Codec", "LRUCache", "Workers", "check_int"]
+__all__ = ["Codec", "Decoded", "Workers", "check_int"]
 
 Workers = tuple[int, ...]
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-DEFAULT_CACHE_SIZE = 256
 
 
-class LRUCache(Generic[K, V]):
-    """A small thread-safe least-recently-used map (the decoder-matrix cache)."""
+@dataclass(frozen=True)
+class Decoded:
+    """What one decode produced: the values and what the decode chose on the way.
 
-    def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE) -> None:
-        if maxsize < 1:
-            raise CodecParameterError(f"cache size must be >= 1, got {maxsize}")
-        self.maxsize = maxsize
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
+    ``values``: ``(k, *out_shape)``, the type, device and dtype of the results.
+    ``workers``: the results used, in order. ``lam_dec``: the smoothing the decoder used
+    (spline codes; the GCV choice under ``lam_dec="auto"``), else None.
+    """
 
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    values: Array
+    workers: Workers
+    lam_dec: float | None = None
 
 
 def check_int(codec: str, name: str, value: object, minimum: int) -> int:
@@ -86,6 +69,16 @@ class Codec(abc.ABC):
     name: ClassVar[str]
     exact: ClassVar[bool] = False
     """True if decode is exact for the functions the code is made for."""
+    PARAMS: ClassVar[dict[str, type]] = {}
+    """Spec parameters beyond k and n, with their types (``spline:lam_enc=0`` -> float)."""
+    takes_s: ClassVar[bool] = False
+    """True if the code's parameters depend on S, the stragglers tolerated (given as ``s``)."""
+
+    @classmethod
+    def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
+        """Workers used when a batch names none: ``k + s`` for exact codes (the fewest that
+        tolerate ``s`` stragglers), ``3k`` for approximate ones (NeRCC's ratio)."""
+        return k + s if cls.exact else 3 * k
 
     def __init__(self, k: int, n: int, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.k = check_int(self.name, "k", k, 1)
@@ -216,6 +209,13 @@ class Codec(abc.ABC):
 
     def decode(self, y: Array, workers: Iterable[int]) -> Array:
         """Decode: results ``(m, *out_shape)`` of ``workers`` -> ``(k, *out_shape)``."""
+        return self.decode_report(y, workers).values
+
+    def decode_report(self, y: Array, workers: Iterable[int]) -> Decoded:
+        """As :meth:`decode`, returning the values with what the decode chose (its lambda).
+
+        The codec keeps no per-decode state, so one codec can serve many batches at once.
+        """
         ids = self.validate_workers(workers)
         shape = tuple(getattr(y, "shape", np.shape(y)))
         if not shape or shape[0] != len(ids):
@@ -224,18 +224,17 @@ class Codec(abc.ABC):
                 "given; y's leading dimension must equal len(workers)"
             )
         self._check_decodable(ids)
-        key, matrix = self._decoder_for(y, ids)
-        return apply_matrix(
+        key, matrix, lam = self._decoder_for(y, ids)
+        values = apply_matrix(
             matrix,
             y,
             codec=self.name,
             what="worker results y",
             torch_matrix=self._device_matrix(key, matrix, y),
         )
+        return Decoded(values, ids, lam)
 
-    def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix]:
-        """The cache key (None: not cacheable) and decoder matrix for results ``y``.
-
-        Data-adaptive codes override this.
-        """
-        return ids, self._cached_decoder(ids)
+    def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix, float | None]:
+        """The cache key (None: not cacheable), decoder matrix and decoder lambda (None for
+        codes without one) for results ``y``. Data-adaptive codes override this."""
+        return ids, self._cached_decoder(ids), None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.polynomial import chebyshev
@@ -27,6 +27,7 @@ class LagrangeCodec(Codec):
 
     name = "lagrange"
     exact = True
+    PARAMS: ClassVar[dict[str, type]] = {"degree": int}
 
     def __init__(self, k: int, n: int, *, degree: int = 1, **kwargs: Any) -> None:
         super().__init__(k, n, **kwargs)
@@ -38,6 +39,11 @@ class LagrangeCodec(Codec):
             )
         self._alpha = data_points(self.k)
         self._beta = worker_points(self.n)
+
+    @classmethod
+    def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
+        """The fewest workers that tolerate ``s`` stragglers: ``(k-1)*degree + 1 + s``."""
+        return (k - 1) * int(params.get("degree", 1)) + 1 + s
 
     @property
     def min_results(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class MDSCodec(Codec):
 
     name = "mds"
     exact = True
+    PARAMS: ClassVar[dict[str, type]] = {"seed": int}
 
     def __init__(self, k: int, n: int, *, seed: int = DEFAULT_SEED, **kwargs: Any) -> None:
         super().__init__(k, n, **kwargs)

@@ -12,7 +12,7 @@ from codedfarm.codecs.replication import ReplicationCodec, UncodedCodec
 from codedfarm.codecs.spline import LetccCodec, SplineCodec
 from codedfarm.errors import CodecParameterError, UnknownCodecError
 
-__all__ = ["CODECS", "available_codecs", "make_codec", "parse_codec_spec"]
+__all__ = ["CODECS", "available_codecs", "codec_class", "make_codec", "parse_codec_spec"]
 
 CODECS: dict[str, type[Codec]] = {
     cls.name: cls
@@ -27,33 +27,28 @@ CODECS: dict[str, type[Codec]] = {
     )
 }
 
-_PARAMS: dict[str, dict[str, type]] = {
-    "uncoded": {},
-    "replication": {},
-    "mds": {"seed": int},
-    "lagrange": {"degree": int},
-    "berrut": {},
-    "spline": {"lam_enc": float, "lam_dec": float},
-    "letcc": {"s": int, "sigma": float},
-}
-
 
 def available_codecs() -> list[str]:
     """Names accepted by :func:`make_codec`, in a stable order."""
     return list(CODECS)
 
 
-def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
-    """Build codec ``name`` for ``k`` inputs and ``n`` workers (``n`` defaults to ``k``)."""
+def codec_class(name: str) -> type[Codec]:
+    """The codec class registered as ``name``; raises :class:`UnknownCodecError`."""
     try:
-        cls = CODECS[name]
+        return CODECS[name]
     except KeyError:
         raise UnknownCodecError(
             f"unknown codec {name!r}; available: {', '.join(available_codecs())}"
         ) from None
-    unknown = sorted(set(params) - set(_PARAMS[name]) - {"cache_size"})
+
+
+def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
+    """Build codec ``name`` for ``k`` inputs and ``n`` workers (``n`` defaults to ``k``)."""
+    cls = codec_class(name)
+    unknown = sorted(set(params) - set(cls.PARAMS) - {"cache_size"})
     if unknown:
-        allowed = ", ".join(_PARAMS[name]) or "none"
+        allowed = ", ".join(cls.PARAMS) or "none"
         raise CodecParameterError(
             f"{name}: unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}"
         )
@@ -68,11 +63,11 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
         raise UnknownCodecError(
             f"unknown codec {name!r} in spec {spec!r}; available: {', '.join(available_codecs())}"
         )
+    kinds = CODECS[name].PARAMS
     params: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        kinds = _PARAMS[name]
         if not sep or key not in kinds:
             allowed = ", ".join(kinds) or "none"
             raise CodecParameterError(

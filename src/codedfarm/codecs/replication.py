@@ -31,6 +31,11 @@ class ReplicationCodec(Codec):
                 f"got k={self.k}, n={self.n}"
             )
 
+    @classmethod
+    def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
+        """``s + 1`` copies of every input: any ``s`` stragglers leave one of each."""
+        return k * (s + 1)
+
     @property
     def replicas(self) -> int:
         """Copies of each input, ``r = n / k``."""
@@ -81,6 +86,11 @@ class UncodedCodec(ReplicationCodec):
         if n != k:
             raise CodecParameterError(f"{self.name}: n must equal k, got k={k}, n={n}")
         super().__init__(k, n, **kwargs)
+
+    @classmethod
+    def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
+        """One worker per input."""
+        return k
 
     def params(self) -> dict[str, Any]:
         return {}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from codedfarm.codecs.arrays import Array, FloatMatrix, is_torch
-from codedfarm.codecs.base import Codec, LRUCache, Workers, check_int
+from codedfarm.codecs.base import Codec, Workers, check_int
+from codedfarm.codecs.cache import LRUCache
 from codedfarm.codecs.points import data_points, worker_points
 from codedfarm.codecs.smoothing import SplineBasis, gcv_scores, smoothing_spline_matrix
 from codedfarm.codecs.threads import single_threaded_blas
@@ -45,6 +46,7 @@ class SplineCodec(Codec):
 
     name = "spline"
     exact = False
+    PARAMS: ClassVar[dict[str, type]] = {"lam_enc": float, "lam_dec": float}
 
     def __init__(
         self,
@@ -63,8 +65,6 @@ class SplineCodec(Codec):
         self._alpha = data_points(self.k)
         self._beta = worker_points(self.n)
         self._bases: LRUCache[Workers, SplineBasis] = LRUCache(self._decoders.maxsize)
-        self.last_lam_dec: float | None = None
-        """The decoder lambda used by the latest ``decode`` (the GCV choice under 'auto')."""
 
     @property
     def min_results(self) -> int:
@@ -129,16 +129,14 @@ class SplineCodec(Codec):
         fine = np.exp(np.linspace(lo, hi, 41))
         return float(fine[int(np.argmin(gcv_scores(basis.eigenvalues, rotated, fine)))])
 
-    def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix]:
+    def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix, float | None]:
         if self.lam_dec != "auto":
-            self.last_lam_dec = self.lam_dec
-            return super()._decoder_for(y, ids)
+            return ids, self._cached_decoder(ids), self.lam_dec
         with single_threaded_blas():
             lam = self.choose_lam_dec(y, ids)
             matrix = self._basis(ids).matrix(lam)
-        self.last_lam_dec = lam
         # a fresh lam per decode: not cached, so one-off keys do not fill the cache
-        return None, matrix
+        return None, matrix, lam
 
 
 def basis_rotate_torch(eigenvectors: FloatMatrix, y: Array) -> FloatMatrix:
@@ -192,6 +190,8 @@ class LetccCodec(SplineCodec):
     """The spline code with ``(lam_enc, lam_dec)`` from :func:`letcc_lambdas` ``(k, n, s)``."""
 
     name = "letcc"
+    PARAMS: ClassVar[dict[str, type]] = {"s": int, "sigma": float}
+    takes_s = True
 
     def __init__(self, k: int, n: int, *, s: int = 0, sigma: float = 0.0, **kwargs: Any) -> None:
         for forbidden in ("lam_enc", "lam_dec"):

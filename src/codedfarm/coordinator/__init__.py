@@ -2,6 +2,6 @@
 
 from codedfarm.coordinator.client import BatchResult, FarmClient
 from codedfarm.coordinator.collector import Collector
-from codedfarm.coordinator.records import BatchRecord
+from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
 
-__all__ = ["BatchRecord", "BatchResult", "Collector", "FarmClient"]
+__all__ = ["BatchResult", "BatchSpec", "Collector", "Dispatcher", "FarmClient"]

@@ -14,9 +14,8 @@ import redis
 
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
-from codedfarm.coordinator.records import BatchRecord
 from codedfarm.errors import RedisUnavailableError
-from codedfarm.protocol import Keys, array_from_bytes, as_bytes, unpack_frame
+from codedfarm.protocol import BatchRecord, Keys, array_from_bytes, as_bytes, unpack_frame
 from codedfarm.redis_conn import connect, mask_url
 from codedfarm.settings import Settings
 

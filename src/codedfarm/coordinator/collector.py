@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import redis
 
-from codedfarm.codecs import make_codec
-from codedfarm.codecs.base import Codec, LRUCache
-from codedfarm.codecs.spline import SplineCodec
-from codedfarm.coordinator.records import BatchRecord, StageTimings
+from codedfarm.codecs import Codec, CodecPlan
+from codedfarm.coordinator.fidelity import FidelitySampler
 from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
+from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
+    BatchRecord,
     BatchRegistration,
     Notice,
+    StageTimings,
     array_from_bytes,
     as_bytes,
     pack_frame,
@@ -40,22 +41,6 @@ log = logging.getLogger(__name__)
 
 FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
 MAX_BLOCK_S = 1.0  # longest single BLPOP
-
-
-class CollectorHooks:
-    """Observer interface (metrics plug in here); every method is a no-op by default."""
-
-    def batch_registered(self, reg: BatchRegistration) -> None: ...
-
-    def batch_finished(self, record: BatchRecord) -> None: ...
-
-    def result_dropped(self, reason: str) -> None: ...
-
-    def open_batches(self, count: int) -> None: ...
-
-    def queue_depths(self, depths: dict[str, int]) -> None: ...
-
-    def fidelity(self, codec: str, model: str, mse: float) -> None: ...
 
 
 @dataclass
@@ -71,17 +56,6 @@ class _Open:
     needed_written_at: float | None = None
     policy_met_at: float | None = None
     references: set[int] = field(default_factory=set)  # reference (uncoded) results in
-
-
-@dataclass
-class _Sampled:
-    """A decoded batch waiting for its uncoded reference results (fidelity sampling)."""
-
-    reg: BatchRegistration
-    codec: str
-    predictions: np.ndarray
-    references: set[int]
-    expires_at: float
 
 
 class Collector:
@@ -102,7 +76,6 @@ class Collector:
         self.clock = clock
         self._open: dict[str, _Open] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
-        self._codecs: LRUCache[tuple[str, int, int, str], Codec] = LRUCache(64)
         self.dropped: dict[str, int] = {"late": 0, "duplicate": 0, "corrupt": 0, "unknown": 0}
         self.records: OrderedDict[str, BatchRecord] = OrderedDict()  # recent, bounded
         # in-process use: hand predictions to the caller instead of a reply key in Redis
@@ -110,7 +83,7 @@ class Collector:
         self._replies: dict[str, tuple[BatchRecord, np.ndarray | None]] = {}
         # housekeeping of finished batches, done at the next poll instead of on the hot path
         self._cleanup: list[str] = []  # inputs and outputs to delete
-        self._sampled: dict[str, _Sampled] = {}
+        self._fidelity = FidelitySampler(client, self.hooks.fidelity, self._cleanup.extend)
         self._queues: set[str] = set()
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
@@ -137,7 +110,7 @@ class Collector:
             self._handle(raw)
         finished.extend(self._finish_ready())
         finished.extend(self._expire_deadlines())
-        self._expire_sampled()
+        self._fidelity.expire(self.clock())
         self.hooks.open_batches(len(self._open))
         if self._queues and self.clock() >= self._next_depth_check:
             self._next_depth_check = self.clock() + self.depth_interval
@@ -194,20 +167,13 @@ class Collector:
                 records.append(record)
         return records
 
-    def _codec(self, reg: BatchRegistration) -> Codec:
-        key = (reg.codec, reg.k, reg.n, repr(sorted(reg.codec_params.items())))
-        codec = self._codecs.get(key)
-        if codec is None:
-            codec = make_codec(reg.codec, reg.k, reg.n, **reg.codec_params)
-            self._codecs.put(key, codec)
-        return codec
-
     def _register(self, reg: BatchRegistration) -> None:
         if reg.batch in self._open or reg.batch in self._finished:
             return
         try:
-            codec = self._codec(reg)
-        except CodecError as exc:
+            plan = CodecPlan(reg.codec, tuple(sorted(reg.codec_params.items())))
+            codec = plan.codec(reg.k, reg.n, reg.s)
+        except (CodecError, TypeError) as exc:  # TypeError: unhashable JSON parameters
             self._finish_failed(reg, f"bad codec in registration: {exc}")
             return
         self._open[reg.batch] = _Open(reg, codec, self.clock())
@@ -224,11 +190,7 @@ class Collector:
             if notice.ok and notice.index < batch.reg.n + batch.reg.k:
                 batch.references.add(notice.index - batch.reg.n)
             return
-        sampled = self._sampled.get(notice.batch)
-        if sampled is not None and notice.index >= sampled.reg.n:
-            if notice.ok:
-                sampled.references.add(notice.index - sampled.reg.n)
-                self._check_fidelity(notice.batch)
+        if self._fidelity.on_reference(notice.batch, notice.index, notice.ok):
             return
         if batch is None:
             self._drop("late" if notice.batch in self._finished else "unknown")
@@ -306,7 +268,7 @@ class Collector:
         workers, y = fetched
         start = time.perf_counter()
         try:
-            predictions = batch.codec.decode(y, workers)
+            decoded = batch.codec.decode_report(y, workers)
         except NotEnoughResultsError:
             return None  # e.g. replication without a copy of every input yet: keep waiting
         except CodecError as exc:
@@ -314,7 +276,8 @@ class Collector:
             return self._finish(batch, "failed", None, None, None, error=str(exc))
         decode_s = time.perf_counter() - start
         outcome = "deadline_decoded" if at_deadline and batch.policy_met_at is None else "decoded"
-        return self._finish(batch, outcome, np.asarray(predictions, np.float32), workers, decode_s)
+        predictions = np.asarray(decoded.values, np.float32)
+        return self._finish(batch, outcome, predictions, workers, decode_s, lam=decoded.lam_dec)
 
     @staticmethod
     def _error_summary(batch: _Open) -> str:
@@ -331,11 +294,11 @@ class Collector:
         workers: list[int] | None,
         decode_s: float | None,
         error: str = "",
+        lam: float | None = None,
     ) -> BatchRecord:
         reg = batch.reg
         now = self.clock()
         met = batch.policy_met_at if batch.policy_met_at is not None else now
-        lam = batch.codec.last_lam_dec if isinstance(batch.codec, SplineCodec) else None
         registered = batch.registered_at
         record = BatchRecord(
             batch=reg.batch,
@@ -367,11 +330,7 @@ class Collector:
         # the reply, at the next poll: the client should not wait for housekeeping
         self._cleanup.append(reg.input_key)
         if reg.reference and predictions is not None:
-            self._sampled[reg.batch] = _Sampled(
-                reg, record.codec.split(":", 1)[0], predictions, set(batch.references),
-                now + reg.ttl,
-            )  # fmt: skip
-            self._check_fidelity(reg.batch)
+            self._fidelity.add(reg, reg.codec, predictions, batch.references, now + reg.ttl)
         else:
             self._cleanup += [reg.output_key, reg.reference_key] if reg.reference else [
                 reg.output_key]  # fmt: skip
@@ -380,29 +339,6 @@ class Collector:
         self._remember(reg.batch, record)
         self.hooks.batch_finished(record)
         return record
-
-    def _check_fidelity(self, batch: str) -> None:
-        """Once every reference result of a sampled batch is in: MSE of the decode against it."""
-        sampled = self._sampled[batch]
-        reg = sampled.reg
-        if len(sampled.references) < reg.k:
-            return
-        del self._sampled[batch]
-        raw = self.redis.hmget(reg.output_key, [str(reg.n + i) for i in range(reg.k)])
-        self._cleanup += [reg.output_key, reg.reference_key]
-        try:
-            shape = list(sampled.predictions.shape[1:])
-            truth = np.stack([array_from_bytes(r or b"", "float32", shape) for r in raw])
-        except ProtocolError as exc:
-            log.warning("batch %s: reference results unusable: %s", batch, exc)
-            return
-        mse = float(np.mean(np.sum((sampled.predictions - truth) ** 2, axis=1)))
-        self.hooks.fidelity(sampled.codec, reg.model, mse)
-
-    def _expire_sampled(self) -> None:
-        now = self.clock()
-        for batch in [b for b, s in self._sampled.items() if s.expires_at <= now]:
-            del self._sampled[batch]
 
     def _deliver(
         self, reg: BatchRegistration, record: BatchRecord, predictions: np.ndarray | None

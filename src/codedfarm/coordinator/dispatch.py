@@ -12,23 +12,26 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from codedfarm.codecs import make_codec, parse_codec_spec
-from codedfarm.codecs.base import Codec, LRUCache
-from codedfarm.coordinator.celery_messages import task_envelope
+from codedfarm.codecs import Codec, CodecPlan, plan_codec
 from codedfarm.errors import CodecError, ConfigError, InputError
 from codedfarm.models.registry import get_model_spec
-from codedfarm.protocol import BatchRegistration, Keys, TaskMessage
+from codedfarm.protocol import INFER_TASK, BatchRegistration, Keys, TaskMessage, task_envelope
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate, parse_straggler_spec
-from codedfarm.tasks.app import INFER_TASK
 
 __all__ = ["BatchSpec", "Dispatcher", "PreparedBatch"]
 
 
 @dataclass(frozen=True)
 class BatchSpec:
-    """How to serve one batch. ``n`` defaults to ``k`` for uncoded, else ``k + s`` for exact
-    codes and ``3k`` for approximate ones; ``wait_for`` defaults to ``n - s``."""
+    """How to serve one batch (a frozen value object; every field but ``model`` optional).
+
+    ``codec`` is a spec such as ``spline:lam_dec=auto``. ``n`` defaults to what the codec
+    class says (``k`` for uncoded, ``k(s+1)`` for replication, the fewest that tolerate
+    ``s`` for exact codes, ``3k`` for approximate ones); ``wait_for`` to ``n - s``;
+    ``deadline`` (seconds after submit) and ``queues`` to the settings'. ``straggle``
+    injects stragglers (``fixed:S=4,delay=2``), ``plan`` gives one fate per task instead.
+    """
 
     model: str
     codec: str = "spline"
@@ -48,6 +51,7 @@ class BatchSpec:
 class PreparedBatch:
     batch: str
     spec: BatchSpec
+    plan: CodecPlan
     codec: Codec
     k: int
     n: int
@@ -103,45 +107,25 @@ class Dispatcher:
         self.settings = settings
         self.redis = client
         self.keys = Keys(settings.key_prefix)
-        self._codecs: LRUCache[tuple[str, int, int, str], Codec] = LRUCache(64)
         self._sampler = np.random.default_rng()
-
-    def _codec(self, spec: str, k: int, n: int, s: int) -> Codec:
-        name, params = parse_codec_spec(spec)
-        if name == "letcc":
-            params.setdefault("s", s)
-        key = (name, k, n, repr(sorted(params.items())))
-        codec = self._codecs.get(key)
-        if codec is None:
-            codec = make_codec(name, k, n, **params)
-            self._codecs.put(key, codec)
-        return codec
 
     def prepare(self, x: Any, spec: BatchSpec) -> PreparedBatch:
         """Validate everything, then encode. Raises before anything is written to Redis."""
         model = get_model_spec(spec.model)
         inputs = _as_float32_batch(x, model.input_shape, spec.model)
         k = inputs.shape[0]
-        name, _ = parse_codec_spec(spec.codec)
-        exact = name in ("uncoded", "replication", "mds", "lagrange")
+        plan = plan_codec(spec.codec)
         s = spec.s
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ConfigError(f"s (stragglers to tolerate) must be an integer >= 0, got {s!r}")
-        if spec.n is not None:
-            n = spec.n
-        elif name == "uncoded":
-            n = k
-        elif name == "replication":
-            n = k * (s + 1)
-        else:
-            n = k + s if exact else 3 * k
+        n = plan.default_n(k, s) if spec.n is None else spec.n
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.settings.max_workers:
             raise ConfigError(
                 f"n must be an integer in [1, {self.settings.max_workers}], got {n!r}"
             )
         if s >= n:
             raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
-        codec = self._codec(spec.codec, k, n, s)
+        codec = plan.codec(k, n, s)
         wait_for = n - s if spec.wait_for is None else spec.wait_for
         if not codec.min_results <= wait_for <= n:
             if spec.wait_for is None and codec.exact:
@@ -175,19 +159,20 @@ class Dispatcher:
                 raise ConfigError(f"plan must give one fate per task: {len(spec.plan)} for n={n}")
             fates = list(spec.plan)
         elif spec.straggle is not None:
-            plan = parse_straggler_spec(spec.straggle)
-            fates = plan.sample(n, np.random.default_rng(spec.seed))
+            stragglers = parse_straggler_spec(spec.straggle)
+            fates = stragglers.sample(n, np.random.default_rng(spec.seed))
         start = time.perf_counter()
         coded = codec.encode(inputs)
         encode_s = time.perf_counter() - start
         sampled = (
             self.settings.fidelity_sample > 0
-            and name != "uncoded"
+            and plan.name != "uncoded"
             and self._sampler.random() < self.settings.fidelity_sample
         )
         return PreparedBatch(
             batch=uuid.uuid4().hex,
             spec=spec,
+            plan=plan,
             codec=codec,
             k=k,
             n=n,
@@ -202,13 +187,10 @@ class Dispatcher:
         )
 
     def registration(self, batch: PreparedBatch) -> BatchRegistration:
-        name, params = parse_codec_spec(batch.spec.codec)
-        if name == "letcc":
-            params.setdefault("s", batch.s)
         return BatchRegistration(
             batch=batch.batch,
-            codec=name,
-            codec_params=params,
+            codec=batch.plan.name,
+            codec_params=batch.plan.parameters(batch.s),
             k=batch.k,
             n=batch.n,
             s=batch.s,

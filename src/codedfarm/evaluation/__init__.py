@@ -1,5 +1,7 @@
-"""Fidelity and latency experiments (no Redis needed; the same codec objects as the farm)."""
+"""Offline experiments: codec fidelity on real models, lambda tuning, convergence in N, the
+toy comparison and their plots. Nothing here starts Redis or worker processes (the live-farm
+experiments, ``bench`` and ``soak``, are in :mod:`codedfarm.local`)."""
 
-from codedfarm.evaluation.toy import CodecComparison, compare_codecs
+from codedfarm.evaluation.compare import CodecComparison, compare_codecs
 
 __all__ = ["CodecComparison", "compare_codecs"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from codedfarm.codecs import make_codec, parse_codec_spec
+from codedfarm.codecs import plan_codec
 from codedfarm.codecs.base import Codec
 from codedfarm.errors import ConfigError, NotEnoughResultsError
 
@@ -68,11 +68,8 @@ def batches(
 
 
 def build_codec(spec: str, k: int, n: int, s: int) -> Codec:
-    """A codec from a spec; ``letcc`` gets ``s`` unless the spec sets it."""
-    name, params = parse_codec_spec(spec)
-    if name == "letcc":
-        params.setdefault("s", s)
-    return make_codec(name, k, n, **params)
+    """A codec from a spec; codes that take S (``letcc``) get ``s`` unless the spec sets it."""
+    return plan_codec(spec).codec(k, n, s)
 
 
 def _patterns(n: int, s: int, count: int, rng: np.random.Generator) -> Iterator[list[int]]:
@@ -114,7 +111,7 @@ def measure_fidelity(
                 coded_out = coded_out + rng.normal(0, noise, coded_out.shape).astype(np.float32)
             base_acc = _accuracy(batch.truth, batch.labels)
             for s in stragglers:
-                if "letcc" in spec:  # its smoothing depends on S
+                if plan_codec(spec).takes_s:  # its smoothing depends on S
                     codec = build_codec(spec, k, n, s)
                 mses, accs, attempts = per_s[s]
                 for workers in _patterns(n, s, patterns, rng):

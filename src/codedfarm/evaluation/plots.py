@@ -12,10 +12,17 @@ from codedfarm.evaluation.convergence import ConvergenceCurve
 from codedfarm.evaluation.fidelity import FidelityRow
 from codedfarm.evaluation.tuning import LambdaGrid
 
-__all__ = ["coded_samples_png", "convergence_png", "lambda_sweep_png", "metric_vs_s_png"]
+__all__ = [
+    "coded_samples_png",
+    "convergence_png",
+    "headless_pyplot",
+    "lambda_sweep_png",
+    "metric_vs_s_png",
+]
 
 
-def _pyplot() -> Any:
+def headless_pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +33,7 @@ def _pyplot() -> Any:
 
 def metric_vs_s_png(rows: Sequence[FidelityRow], metric: str, path: Path) -> None:
     """One panel per model: ``metric`` (mse or rel_acc) against S, a line per codec."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     models = sorted({r.model for r in rows}, key=[r.model for r in rows].index)
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
@@ -57,7 +64,7 @@ def metric_vs_s_png(rows: Sequence[FidelityRow], metric: str, path: Path) -> Non
 
 def lambda_sweep_png(grids: dict[str, LambdaGrid], path: Path) -> None:
     """MSE against lam_dec, a line per lam_enc (NeRCC's smoothness-effect figure)."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4), squeeze=False)
     for ax, (model, grid) in zip(axes[0], grids.items(), strict=True):
         xs = np.array(grid.lam_dec)
@@ -77,7 +84,7 @@ def lambda_sweep_png(grids: dict[str, LambdaGrid], path: Path) -> None:
 
 
 def convergence_png(curves: Sequence[ConvergenceCurve], path: Path) -> None:
-    plt = _pyplot()
+    plt = headless_pyplot()
     groups = list(dict.fromkeys((c.function, c.noise) for c in curves))
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
     for ax, (function, noise) in zip(axes[0], groups, strict=True):
@@ -98,7 +105,7 @@ def convergence_png(curves: Sequence[ConvergenceCurve], path: Path) -> None:
 
 def coded_samples_png(images: dict[str, np.ndarray], path: Path, columns: int = 8) -> None:
     """Rows of images: the originals, then each codec's coded inputs, ``(B, C, H, W)``."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, axes = plt.subplots(
         len(images), columns, figsize=(1.3 * columns, 1.4 * len(images)), squeeze=False
     )

@@ -14,9 +14,9 @@ import numpy as np
 
 from codedfarm.errors import ConfigError
 from codedfarm.evaluation import plots
+from codedfarm.evaluation.compare import toy_model
 from codedfarm.evaluation.convergence import ConvergenceCurve, convergence
 from codedfarm.evaluation.fidelity import FidelityRow, Model, batches, build_codec, measure_fidelity
-from codedfarm.evaluation.toy import toy_model
 from codedfarm.evaluation.tuning import DEFAULT_LAM_DEC, DEFAULT_LAM_ENC, LambdaGrid, grid_search
 
 __all__ = ["EvalConfig", "run_evaluation"]

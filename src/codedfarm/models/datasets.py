@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codedfarm.errors import ConfigError
+from codedfarm.errors import DatasetUnavailableError
 from codedfarm.models.digits import DigitsSplit, load_digits_split, resize_images
 
 __all__ = ["DATASETS", "DatasetUnavailableError", "load_dataset"]
@@ -20,10 +20,6 @@ __all__ = ["DATASETS", "DatasetUnavailableError", "load_dataset"]
 DATASETS = ("digits", "mnist", "cifar10", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DatasetUnavailableError(ConfigError):
-    """A data set could not be downloaded or found."""
 
 
 def _to_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

@@ -15,9 +15,8 @@ from prometheus_client import (
     start_http_server,
 )
 
-from codedfarm.coordinator.collector import CollectorHooks
-from codedfarm.coordinator.records import BatchRecord
-from codedfarm.protocol import BatchRegistration
+from codedfarm.monitoring.hooks import CollectorHooks
+from codedfarm.protocol import BatchRecord, BatchRegistration
 
 __all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "serve_metrics"]
 

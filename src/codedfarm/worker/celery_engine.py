@@ -1,20 +1,40 @@
-"""The Celery app: JSON only, late acks, one prefetched task per process.
+"""The Celery engine: a Celery app (JSON only, late acks, one prefetched task per process)
+whose one task runs the model on a coded input.
 
-Start a worker with ``codedfarm worker``; ``celery -A codedfarm.tasks.app worker`` also works.
+Start a worker with ``codedfarm worker --engine celery``; ``celery -A
+codedfarm.worker.celery_engine worker`` also works (the ``app`` attribute is built from the
+``CODEDFARM_*`` environment on first access, not at import).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
+import time
 from typing import Any
 
 from celery import Celery
 
+from codedfarm.errors import ProtocolError
+from codedfarm.monitoring.worker_metrics import worker_metrics
+from codedfarm.protocol import INFER_TASK, TaskMessage, array_from_bytes
 from codedfarm.settings import Settings
+from codedfarm.stragglers import TaskFate
+from codedfarm.worker.core import (
+    CANCEL_POLL_S,
+    InjectedFailure,
+    Report,
+    announce_ready,
+    batch_open,
+    predict,
+    preload_models,
+    task_fate,
+)
+from codedfarm.worker.state import WorkerState, state
 
-__all__ = ["INFER_TASK", "app", "make_celery", "survive_connection_loss"]
+__all__ = ["make_celery", "run_inference", "survive_connection_loss"]
 
-INFER_TASK = "codedfarm.infer"
+log = logging.getLogger(__name__)
+_app: Celery | None = None
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -55,8 +75,6 @@ def make_celery(settings: Settings) -> Celery:
         worker_enable_remote_control=True,
         broker_pool_limit=4,
     )
-    from codedfarm.tasks.inference import InjectedFailure, run_inference
-
     app.task(name=INFER_TASK, throws=(InjectedFailure,), ignore_result=True)(run_inference)
     _connect_signals()
     return app
@@ -113,17 +131,76 @@ def _connect_signals() -> None:
 
     @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _announce_ready(sender: object = None, **_: object) -> None:
-        # printed whatever the log level, so supervisors can wait for it
-        hostname = getattr(sender, "hostname", "worker")
-        print(f"codedfarm worker {hostname} ready.", file=sys.stderr, flush=True)
+        announce_ready(getattr(sender, "hostname", "worker"))
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _load_models_after_fork(**_: object) -> None:
-        from codedfarm.tasks.worker_state import state
-
-        worker = state()
-        for name in worker.options.preload:
-            worker.model(name)
+        preload_models(state())
 
 
-app = make_celery(Settings.from_env())
+def run_inference(**kwargs: Any) -> str:
+    """The Celery task body. Returns a short status string (results are not stored)."""
+    worker = state()
+    try:
+        msg = TaskMessage.from_dict(kwargs)
+    except ProtocolError as exc:
+        log.error("dropping malformed task message: %s", exc)
+        return "malformed"
+    start = time.perf_counter()
+    fate = task_fate(msg, worker)
+    status = "error"
+    try:
+        status = _run(worker, msg, fate)
+    except InjectedFailure:
+        status = "failed"
+        raise
+    finally:
+        worker_metrics().observe(
+            msg.queue, msg.model, status, time.perf_counter() - start, fate.delay
+        )
+    return status
+
+
+def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate) -> str:
+    if fate.delay > 0 and not _straggle(worker, msg, fate.delay):
+        return "cancelled"  # the batch finished while this task straggled
+    if fate.fail:
+        raise InjectedFailure(f"batch {msg.batch} task {msg.index}: injected failure")
+    data = worker.redis.getrange(msg.input_key, msg.offset, msg.offset + msg.nbytes - 1)
+    if not data:  # the batch is finished (inputs deleted) or expired: nothing to do
+        return "skipped"
+    report = Report()
+    try:
+        x = array_from_bytes(data, msg.dtype, msg.shape)
+        outputs, compute = predict(worker, msg.model, x[None])
+        status = report.ok(msg, outputs[0], compute, fate.delay, worker.name)
+    except Exception as exc:  # a model or data error: tell the collector instead of hanging
+        log.exception("task %s/%d failed", msg.batch, msg.index)
+        status = report.error(msg, exc, worker.name)
+    report.send(worker)
+    return status
+
+
+def _straggle(worker: WorkerState, msg: TaskMessage, delay: float) -> bool:
+    """Sleep ``delay`` seconds, waking every 50 ms to see whether the batch is still open.
+
+    Returns False as soon as it is not: a straggling task whose result nobody needs gives
+    its slot back, like a revoked task.
+    """
+    end = time.monotonic() + delay
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, CANCEL_POLL_S))
+        if left > CANCEL_POLL_S and not batch_open(worker, msg):
+            return False
+    return True
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: the Celery app for the ``CODEDFARM_*`` environment, built on first access
+    (for ``celery -A codedfarm.worker.celery_engine``; importing this module builds none)."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = make_celery(Settings.from_env())
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

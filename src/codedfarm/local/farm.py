@@ -12,59 +12,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from codedfarm.errors import ConfigError
-from codedfarm.local_redis import LocalRedis
+from codedfarm.local.redis_server import LocalRedis
 from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
 
-__all__ = ["LocalFarm", "WorkerProcess", "WorkerSpec"]
+__all__ = ["LocalFarm", "WorkerProcess", "collector_argv"]
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Arguments of one ``codedfarm worker`` process."""
-
-    queues: str = "cpu"
-    concurrency: int = 1
-    pool: str = "prefork"
-    slowdown: float = 1.0
-    straggle: str = "none"
-    preload: str = ""
-    device: str = "cpu"
-    metrics_port: int = 0
-    loglevel: str = "warning"  # "info" logs every task: costly at high task rates
-    engine: str = "celery"  # or "batch": one process, ``concurrency`` tasks in flight
-
-    def argv(self, hostname: str) -> list[str]:
-        pool = ["--pool", self.pool] if self.engine == "celery" else []
-        return [
-            sys.executable, "-m", "codedfarm", "worker",
-            "--engine", self.engine,
-            "--queues", self.queues,
-            "--concurrency", str(self.concurrency),
-            *pool,
-            "--slowdown", repr(self.slowdown),
-            "--straggle", self.straggle,
-            "--preload", self.preload,
-            "--device", self.device,
-            "--hostname", hostname,
-            "--metrics-port", str(self.metrics_port),
-            "--loglevel", self.loglevel,
-        ]  # fmt: skip
+def collector_argv(name: str, metrics_port: int = 0) -> list[str]:
+    """The command line of a ``codedfarm collector`` service process."""
+    return [sys.executable, "-m", "codedfarm", "collector", "--name", name,
+            "--metrics-port", str(metrics_port)]  # fmt: skip
 
 
 class WorkerProcess:
     """One worker process group (the Celery main process and its pool children)."""
 
-    def __init__(self, spec: WorkerSpec, hostname: str, env: dict[str, str], log: Path) -> None:
-        self.spec = spec
+    def __init__(
+        self, options: WorkerOptions, hostname: str, env: dict[str, str], log: Path
+    ) -> None:
+        self.options = replace(options, hostname=hostname)
         self.hostname = hostname
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
-            spec.argv(hostname),
+            self.options.argv(),
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -116,19 +92,20 @@ class LocalFarm:
 
     def __init__(
         self,
-        workers: list[WorkerSpec],
+        workers: list[WorkerOptions],
         *,
         redis_url: str | None = None,
         settings: Settings | None = None,
         log_dir: Path | None = None,
     ) -> None:
-        self.worker_specs = workers
+        self.worker_options = workers
         self.base_settings = settings or Settings.from_env()
         self._redis_url = redis_url
         self.redis_server: LocalRedis | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="codedfarm-farm-")
         self.log_dir = log_dir or Path(self._tmp.name)
         self.workers: list[WorkerProcess] = []
+        self.collectors: list[subprocess.Popen[bytes]] = []
         self._counter = 0
 
     @property
@@ -154,23 +131,47 @@ class LocalFarm:
     def start(self) -> LocalFarm:
         if self._redis_url is None:
             self.redis_server = LocalRedis().start()
-        for spec in self.worker_specs:
-            self.add_worker(spec, wait=False)
+        for options in self.worker_options:
+            self.add_worker(options, wait=False)
         for worker in self.workers:
             worker.wait_ready()
         return self
 
-    def add_worker(self, spec: WorkerSpec, *, wait: bool = True) -> WorkerProcess:
+    def add_worker(self, options: WorkerOptions, *, wait: bool = True) -> WorkerProcess:
         self._counter += 1
         name = f"w{self._counter}-{os.getpid()}@localhost"
         log = self.log_dir / f"worker-{self._counter}.log"
-        worker = WorkerProcess(spec, name, self.env(), log)
+        worker = WorkerProcess(options, name, self.env(), log)
         self.workers.append(worker)
         if wait:
             worker.wait_ready()
         return worker
 
+    def start_collector(self, name: str, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        """Start a ``codedfarm collector --name NAME`` service; returns once it listens."""
+        log_path = self.log_dir / f"collector-{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                collector_argv(name), env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        self.collectors.append(process)
+        end = time.monotonic() + timeout
+        while b"listening" not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > end:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ConfigError(f"collector {name!r} did not start:\n{tail}")
+            time.sleep(0.05)
+        return process
+
     def stop(self) -> None:
+        for collector in self.collectors:
+            collector.terminate()
+            try:
+                collector.wait(10)
+            except subprocess.TimeoutExpired:
+                collector.kill()
+                collector.wait(5)
+        self.collectors.clear()
         for worker in self.workers:
             worker.stop()
         self.workers.clear()

@@ -1,4 +1,5 @@
-"""The record a client gets for each batch: who answered, how long each stage took."""
+"""The record a client gets for each batch (it travels in the collector's reply): who
+answered, how long each stage took."""
 
 from __future__ import annotations
 

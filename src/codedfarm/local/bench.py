@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from codedfarm.coordinator import FarmClient
-from codedfarm.coordinator.dispatch import BatchSpec
+from codedfarm.coordinator import BatchSpec, FarmClient
 from codedfarm.errors import ConfigError
-from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local.farm import LocalFarm
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate
+from codedfarm.worker import WorkerOptions
 
 __all__ = ["STRAGGLER_MODELS", "BenchConfig", "SchemeResult", "run_bench"]
 
@@ -184,7 +184,7 @@ def run_bench(
         with torch.inference_mode():
             truth[name] = [module(torch.from_numpy(x)).numpy() for x in inputs]
     half = -(-config.n // 2) + config.k  # slots for N tasks plus hedged copies
-    workers = [WorkerSpec(f"bench{i}", half, preload="lenet5,linear", engine=config.engine)
+    workers = [WorkerOptions((f"bench{i}",), config.engine, half, preload=("lenet5", "linear"))
                for i in range(2)]  # fmt: skip
     results: list[SchemeResult] = []
     echo(f"starting a farm with {2 * half} slots ...")
@@ -270,9 +270,9 @@ def markdown(results: list[SchemeResult], targets: dict[str, Any], config: Bench
 
 
 def _cdf_png(results: list[SchemeResult], path: Path) -> None:
-    from codedfarm.evaluation.plots import _pyplot
+    from codedfarm.evaluation.plots import headless_pyplot
 
-    plt = _pyplot()
+    plt = headless_pyplot()
     models = list(dict.fromkeys(r.stragglers for r in results))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):

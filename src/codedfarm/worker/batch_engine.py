@@ -38,20 +38,29 @@ import redis
 
 from codedfarm.errors import MessageRefusedError, ProtocolError
 from codedfarm.monitoring.worker_metrics import worker_metrics
-from codedfarm.protocol import Notice, TaskMessage, array_from_bytes
+from codedfarm.protocol import (
+    INFER_TASK,
+    Keys,
+    TaskMessage,
+    array_from_bytes,
+    queue_keys,
+    read_envelope,
+)
 from codedfarm.stragglers import TaskFate
-from codedfarm.tasks.envelopes import read_envelope
-from codedfarm.tasks.inference import CANCEL_POLL_S, predict, task_fate
-from codedfarm.tasks.wake_alarm import WakeAlarm
-from codedfarm.tasks.worker_state import WorkerState
+from codedfarm.worker.core import (
+    CANCEL_POLL_S,
+    Report,
+    announce_ready,
+    predict,
+    preload_models,
+    task_fate,
+)
+from codedfarm.worker.state import WorkerState
+from codedfarm.worker.wake_alarm import WakeAlarm
 
-__all__ = ["BatchEngine", "queue_keys", "serve"]
+__all__ = ["BatchEngine", "serve"]
 
 log = logging.getLogger(__name__)
-
-# kombu's Redis transport keeps priority levels 3, 6 and 9 of queue Q in lists "Q\x06\x16P"
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
 
 # KEYS: queue lists in order, then unacked index (zset) and unacked hash; ARGV: how many to
 # pop, the time, then messages already popped by BRPOP. Each message is recorded as kombu
@@ -87,36 +96,6 @@ end
 return out
 """
 
-# KEYS: (inputs, outputs, inbox) per reported task, then unacked index and hash.
-# ARGV: the number of reported tasks, then (index, output bytes, notice, ttl) per task,
-# then the delivery tags to acknowledge. As the Celery task's report script: outputs are
-# stored only while the batch is open; notices are always pushed (late ones are counted).
-REPORT_ACK_SCRIPT = """
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do
-  local a = 2 + 4 * i
-  local ttl = ARGV[a + 3]
-  if ARGV[a + 1] ~= '' and redis.call('EXISTS', KEYS[3 * i + 1]) == 1 then
-    redis.call('HSET', KEYS[3 * i + 2], ARGV[a], ARGV[a + 1])
-    redis.call('EXPIRE', KEYS[3 * i + 2], ttl)
-  end
-  redis.call('RPUSH', KEYS[3 * i + 3], ARGV[a + 2])
-  redis.call('EXPIRE', KEYS[3 * i + 3], ttl)
-end
-local tags = {}
-for j = 2 + 4 * n, #ARGV do tags[#tags + 1] = ARGV[j] end
-if #tags > 0 then
-  redis.call('ZREM', KEYS[3 * n + 1], unpack(tags))
-  redis.call('HDEL', KEYS[3 * n + 2], unpack(tags))
-end
-return #tags
-"""
-
-
-def queue_keys(queues: Sequence[str]) -> list[str]:
-    """The Redis lists of ``queues``, in kombu's BRPOP order (every priority 0 list first)."""
-    return [q if p == 0 else f"{q}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS for q in queues]
-
 
 @dataclass(order=True)
 class _Task:
@@ -126,21 +105,6 @@ class _Task:
     msg: TaskMessage = field(compare=False)
     fate: TaskFate = field(compare=False)
     received: float = field(compare=False)  # perf_counter at receipt
-
-
-@dataclass
-class _Report:
-    """What one step writes back: notices with outputs, and the tags to acknowledge."""
-
-    keys: list[str] = field(default_factory=list)
-    args: list[Any] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    reported: int = 0
-
-    def notice(self, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
-        self.keys += [msg.input_key, msg.output_key, msg.inbox]
-        self.args += [str(msg.index), payload, notice.to_json(), max(1, int(msg.ttl))]
-        self.reported += 1
 
 
 class BatchEngine:
@@ -153,7 +117,7 @@ class BatchEngine:
         slots: int,
         *,
         kombu_connection: Any,
-        task_name: str,
+        task_name: str = INFER_TASK,
         restore_interval: float = 5.0,
     ) -> None:
         if slots < 1:
@@ -172,9 +136,8 @@ class BatchEngine:
         self._rotation = 0
         self._next_restore = 0.0
         self._next_cancel_check = 0.0
-        self._alarm = WakeAlarm(worker.redis, f"{worker.settings.key_prefix}:wake:{worker.name}")
-        self._pop = worker.redis.register_script(POP_SCRIPT)
-        self._report = worker.redis.register_script(REPORT_ACK_SCRIPT)
+        self._alarm = WakeAlarm(worker.redis, Keys(worker.settings.key_prefix).wake(worker.name))
+        self._pop = worker.script(POP_SCRIPT)
 
     # ----- the loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -279,7 +242,7 @@ class BatchEngine:
 
     # ----- running tasks -----------------------------------------------------------------
     def _execute(self, ready: list[_Task]) -> int:
-        report = _Report()
+        report = Report()
         live: list[_Task] = []
         for task in ready:
             if task.fate.fail:  # the plan says this task dies without a result
@@ -302,7 +265,7 @@ class BatchEngine:
             self._observe(task, status)
         return len(ready)
 
-    def _run_models(self, tasks: list[_Task], inputs: list[bytes], report: _Report) -> list[str]:
+    def _run_models(self, tasks: list[_Task], inputs: list[bytes], report: Report) -> list[str]:
         """Forward passes, one per (model, dtype, shape) group; fills ``report``."""
         statuses = ["skipped"] * len(tasks)  # no input: the batch is finished or expired
         groups: dict[tuple[str, str, tuple[int, ...]], list[int]] = defaultdict(list)
@@ -314,7 +277,7 @@ class BatchEngine:
             try:
                 arrays[i] = array_from_bytes(data, m.dtype, m.shape)
             except ProtocolError as exc:
-                statuses[i] = self._report_error(report, task, exc)
+                statuses[i] = report.error(task.msg, exc, self.worker.name)
                 continue
             groups[(m.model, m.dtype, tuple(m.shape))].append(i)
         for (model, _, _), members in groups.items():
@@ -328,41 +291,26 @@ class BatchEngine:
                     statuses[i] = self._run_one(report, tasks[i], arrays[i])
                 continue
             for row, i in enumerate(members):
-                statuses[i] = self._report_ok(
-                    report, tasks[i], outputs[row], compute / len(members)
+                task = tasks[i]
+                share = compute / len(members)
+                statuses[i] = report.ok(
+                    task.msg, outputs[row], share, task.fate.delay, self.worker.name
                 )
         return statuses
 
-    def _run_one(self, report: _Report, task: _Task, x: np.ndarray) -> str:
+    def _run_one(self, report: Report, task: _Task, x: np.ndarray) -> str:
         try:
             outputs, compute = predict(self.worker, task.msg.model, x[None])
         except Exception as exc:
             log.exception("task %s/%d failed", task.msg.batch, task.msg.index)
-            return self._report_error(report, task, exc)
-        return self._report_ok(report, task, outputs[0], compute)
+            return report.error(task.msg, exc, self.worker.name)
+        return report.ok(task.msg, outputs[0], compute, task.fate.delay, self.worker.name)
 
-    def _report_ok(self, report: _Report, task: _Task, output: np.ndarray, compute: float) -> str:
-        notice = Notice(batch=task.msg.batch, index=task.msg.index, ok=True, dtype="float32",
-                        shape=list(output.shape), compute_s=compute, delay_s=task.fate.delay,
-                        worker=self.worker.name, written_at=time.time())  # fmt: skip
-        report.notice(task.msg, output.astype("<f4", copy=False).tobytes(), notice)
-        return "ok"
-
-    def _report_error(self, report: _Report, task: _Task, exc: Exception) -> str:
-        error = " ".join(str(exc).split())[:300]
-        notice = Notice(batch=task.msg.batch, index=task.msg.index, ok=False, error=error,
-                        worker=self.worker.name, written_at=time.time())  # fmt: skip
-        report.notice(task.msg, b"", notice)
-        return "error"
-
-    def _flush(self, report: _Report) -> None:
+    def _flush(self, report: Report) -> None:
         """Notices, outputs and acknowledgements in one round trip."""
         report.tags += self._acks
         self._acks = []
-        if not report.reported and not report.tags:
-            return
-        self._report(keys=[*report.keys, *self._unacked],
-                     args=[report.reported, *report.args, *report.tags])  # fmt: skip
+        report.send(self.worker, self._unacked)
 
     def _observe(self, task: _Task, status: str) -> None:
         m = task.msg
@@ -381,7 +329,7 @@ class BatchEngine:
 
     def requeue_waiting(self) -> None:
         """Warm shutdown: tasks still straggling go back on their queues at once."""
-        self._flush(_Report())
+        self._flush(Report())
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return
@@ -395,29 +343,22 @@ class BatchEngine:
         log.warning("requeued %d straggling task(s) at shutdown", len(waiting))
 
 
-def serve(app: Any, queues: Sequence[str], slots: int, hostname: str | None) -> None:
+def serve(app: Any, worker: WorkerState) -> None:
     """``codedfarm worker --engine batch``: load the models, then serve until SIGTERM or
     SIGINT (warm: straggling tasks are requeued) or SIGQUIT (cold: exit at once)."""
     import signal
-    import sys
 
-    from codedfarm.tasks.app import INFER_TASK
-    from codedfarm.tasks.worker_state import state
-
-    worker = state()
-    for name in worker.options.preload:
-        worker.model(name)
+    preload_models(worker)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     options = app.conf.broker_transport_options
     engine = BatchEngine(
         worker,
-        queues,
-        slots,
+        worker.options.queue_names,
+        worker.options.slots,
         kombu_connection=app.connection_for_read(),
-        task_name=INFER_TASK,
         restore_interval=float(options.get("unacked_restore_interval", 5)),
     )
-    print(f"codedfarm worker {hostname or worker.name} ready.", file=sys.stderr, flush=True)
+    announce_ready(worker.options.hostname or worker.name)
     engine.run(stop)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from codedfarm.codecs import make_codec, parse_codec_spec
+from codedfarm.codecs import plan_codec
 from codedfarm.codecs.base import Codec
 from codedfarm.errors import ConfigError, NotEnoughResultsError
 
@@ -73,12 +73,8 @@ class CodecComparison:
 
 
 def _build(spec: str, k: int, n: int, stragglers: int) -> Codec:
-    name, params = parse_codec_spec(spec)
-    if name == "uncoded":
-        return make_codec(name, k, k)
-    if name == "letcc":
-        params.setdefault("s", stragglers)
-    return make_codec(name, k, n, **params)
+    plan = plan_codec(spec)
+    return plan.codec(k, k if plan.name == "uncoded" else n, stragglers)
 
 
 def compare_codecs(

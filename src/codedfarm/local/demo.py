@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from codedfarm.coordinator.client import FarmClient
-from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.codecs import plan_codec
+from codedfarm.coordinator import BatchSpec, FarmClient
+from codedfarm.errors import ConfigError
+from codedfarm.local.farm import LocalFarm
 from codedfarm.settings import Settings
+from codedfarm.stragglers import parse_straggler_spec
+from codedfarm.worker import WorkerOptions
 
 __all__ = ["DemoConfig", "DemoRow", "run_demo"]
 
@@ -29,6 +30,16 @@ class DemoConfig:
     codecs: tuple[str, ...] = ("uncoded", "replication", "berrut", "spline")
     worker_processes: int = 2
     deadline: float = 20.0
+
+    def validate(self) -> DemoConfig:
+        """Check every option before anything starts; returns self."""
+        if self.k < 1 or self.n < self.k or not 0 <= self.s < self.n:
+            raise ConfigError(f"need 1 <= k <= n and 0 <= s < n, got k={self.k}, n={self.n}, "
+                              f"s={self.s}")  # fmt: skip
+        parse_straggler_spec(self.straggle)
+        for codec in self.codecs:
+            plan_codec(codec)  # unknown codecs and bad parameters fail here
+        return self
 
 
 @dataclass(frozen=True)
@@ -69,9 +80,10 @@ def _reference(cache_dir: object, x: np.ndarray) -> np.ndarray:
 
 
 def _spec(codec: str, config: DemoConfig) -> BatchSpec:
-    if codec == "uncoded":
+    name = plan_codec(codec).name
+    if name == "uncoded":
         n = config.k
-    elif codec == "replication":
+    elif name == "replication":
         n = config.n if config.n % config.k == 0 else config.k * (config.s + 1)
     else:
         n = config.n
@@ -79,7 +91,7 @@ def _spec(codec: str, config: DemoConfig) -> BatchSpec:
         model="lenet5",
         codec=codec,
         n=n,
-        s=0 if codec == "uncoded" else config.s,
+        s=0 if name == "uncoded" else config.s,
         straggle=config.straggle,
         deadline=config.deadline,
         queues=tuple(f"demo{i}" for i in range(config.worker_processes)),
@@ -100,7 +112,7 @@ def run_demo(
     data = load_digits_split()
     per_process = -(-config.n // config.worker_processes)
     workers = [
-        WorkerSpec(queues=f"demo{i}", concurrency=per_process, preload="lenet5")
+        WorkerOptions(queues=(f"demo{i}",), concurrency=per_process, preload=("lenet5",))
         for i in range(config.worker_processes)
     ]
     redis_url = settings.redis_url if _redis_named() else None
@@ -110,40 +122,18 @@ def run_demo(
         "and a collector ..."
     )
     farm = LocalFarm(workers, redis_url=redis_url, settings=settings)
-    collector: subprocess.Popen[bytes] | None = None
     try:
         farm.start()
-        collector = _start_collector(farm)
+        farm.start_collector("demo")
         rows = _run(config, farm.settings, data.test_x, data.test_y, echo)
     finally:
         echo("shutting down ...")
-        if collector is not None:
-            collector.terminate()
-            collector.wait(10)
         farm.stop()
     return rows
 
 
 def _redis_named() -> bool:
-    import os
-
     return bool(os.environ.get("CODEDFARM_REDIS_URL"))
-
-
-def _start_collector(farm: LocalFarm) -> subprocess.Popen[bytes]:
-    log = open(farm.log_dir / "collector.log", "ab")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "codedfarm", "collector", "--name", "demo", "--metrics-port", "0"],
-        env=farm.env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    end = time.monotonic() + 30
-    while b"listening" not in (farm.log_dir / "collector.log").read_bytes():
-        if process.poll() is not None or time.monotonic() > end:
-            raise RuntimeError("the collector did not start; see " + str(log.name))
-        time.sleep(0.05)
-    return process
 
 
 def _run(

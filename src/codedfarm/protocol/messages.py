@@ -1,15 +1,7 @@
-"""What travels through Redis: key names, task messages, notices, registrations, replies.
+"""The farm's own messages: task kwargs, completion notices, registrations, reply frames.
 
-Tensors travel as raw little-endian bytes in Redis keys; every message is small JSON.
-Nothing here is pickled, and nothing that arrives is unpickled.
-
-Keys of batch ``B`` (prefix ``P``, all with a TTL)::
-
-    P:b:B:in      the N coded inputs, one contiguous blob (worker j reads its slice)
-    P:b:B:ref     a fidelity-sampled batch's K raw inputs (reference tasks n..n+k-1)
-    P:b:B:out     hash: coded index j -> the worker's output bytes
-    P:b:B:reply   list: the collector's reply (record + predictions) for the client
-    P:inbox:NAME  list: batch registrations and completion notices for one collector
+Tensors travel as raw little-endian bytes in Redis keys (see :mod:`codedfarm.protocol.keys`);
+every message is small JSON. Nothing here is pickled, and nothing that arrives is unpickled.
 """
 
 from __future__ import annotations
@@ -27,39 +19,17 @@ from codedfarm.errors import ProtocolError
 __all__ = [
     "ALLOWED_DTYPES",
     "BatchRegistration",
-    "Keys",
     "Notice",
     "TaskMessage",
     "array_from_bytes",
     "as_bytes",
     "pack_frame",
+    "parse_inbox_message",
     "unpack_frame",
 ]
 
 ALLOWED_DTYPES = ("float32", "float64", "float16")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Key names under one prefix."""
-
-    prefix: str = "cf"
-
-    def inputs(self, batch: str) -> str:
-        return f"{self.prefix}:b:{batch}:in"
-
-    def reference(self, batch: str) -> str:
-        return f"{self.prefix}:b:{batch}:ref"
-
-    def outputs(self, batch: str) -> str:
-        return f"{self.prefix}:b:{batch}:out"
-
-    def reply(self, batch: str) -> str:
-        return f"{self.prefix}:b:{batch}:reply"
-
-    def inbox(self, name: str) -> str:
-        return f"{self.prefix}:inbox:{name}"
 
 
 def _from_mapping(cls: type[T], data: object, what: str) -> T:

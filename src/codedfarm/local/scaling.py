@@ -14,21 +14,21 @@ import signal
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from codedfarm.errors import ConfigError
-from codedfarm.local_farm import WorkerSpec
 from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
 
-__all__ = ["LocalWorkers", "TrackedWorker"]
+__all__ = ["LocalWorkers", "TrackedWorker", "scale_compose", "scale_local"]
 
 
 @dataclass(frozen=True)
 class TrackedWorker:
     pid: int
     hostname: str
-    spec: WorkerSpec
+    options: WorkerOptions
     log: str
 
     def alive(self) -> bool:
@@ -67,7 +67,10 @@ class LocalWorkers:
             try:
                 data = json.loads(path.read_text())
                 worker = TrackedWorker(
-                    data["pid"], data["hostname"], WorkerSpec(**data["spec"]), data["log"]
+                    data["pid"],
+                    data["hostname"],
+                    WorkerOptions.from_dict(data["options"]),
+                    data["log"],
                 )
             except (OSError, ValueError, KeyError, TypeError):
                 path.unlink(missing_ok=True)
@@ -78,23 +81,25 @@ class LocalWorkers:
                 path.unlink(missing_ok=True)
         return live
 
-    def start(self, spec: WorkerSpec) -> TrackedWorker:
+    def start(self, options: WorkerOptions) -> TrackedWorker:
         index = uuid.uuid4().hex[:10]  # unique even for workers started in the same instant
         hostname = f"scaled-{index}@localhost"
+        options = replace(options, hostname=hostname)
         log = self.run_dir / f"worker-{index}.log"
         env = dict(os.environ)
         env["CODEDFARM_REDIS_URL"] = self.settings.redis_url
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                spec.argv(hostname),
+                options.argv(),
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives this command
             )
-        worker = TrackedWorker(process.pid, hostname, spec, str(log))
-        record = {**asdict(worker), "spec": asdict(spec)}
+        worker = TrackedWorker(process.pid, hostname, options, str(log))
+        record = {"pid": worker.pid, "hostname": hostname, "options": options.to_dict(),
+                  "log": worker.log}  # fmt: skip
         (self.run_dir / f"worker-{index}.json").write_text(json.dumps(record))
         return worker
 
@@ -104,7 +109,7 @@ class LocalWorkers:
             os.killpg(worker.pid, signal.SIGQUIT if now else signal.SIGTERM)
 
     def scale(
-        self, count: int, spec: WorkerSpec, *, now: bool = False, wait: float = 60.0
+        self, count: int, options: WorkerOptions, *, now: bool = False, wait: float = 60.0
     ) -> tuple[int, int, int]:
         """Start or stop processes until ``count`` run; returns (count, started, stopped)."""
         if count < 0:
@@ -113,7 +118,7 @@ class LocalWorkers:
         started = stopped = 0
         new: list[TrackedWorker] = []
         while len(live) + len(new) < count:
-            new.append(self.start(spec))
+            new.append(self.start(options))
             started += 1
         for worker in live[count:]:
             self.stop(worker, now=now)
@@ -149,3 +154,20 @@ def scale_compose(count: int, files: tuple[Path, ...] = (), service: str = "work
         raise ConfigError(f"docker compose failed ({' '.join(up)}): {detail}")
     ps = subprocess.run([*base, "ps", "-q", service], capture_output=True, text=True, timeout=60)
     return len([line for line in ps.stdout.splitlines() if line.strip()])
+
+
+def scale_local(
+    settings: Settings,
+    options: WorkerOptions,
+    count: int,
+    run_dir: Path | None = None,
+    *,
+    now: bool = False,
+) -> tuple[int, int, int]:
+    """``codedfarm scale --workers N``: check the options and Redis, then start or stop local
+    worker processes; returns (count, started, stopped)."""
+    from codedfarm.redis_conn import connect
+
+    options.validate()
+    connect(settings).close()
+    return LocalWorkers(settings, run_dir).scale(count, options, now=now)

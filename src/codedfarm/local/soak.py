@@ -9,8 +9,6 @@ healthy farm stays flat: keys expire or are deleted, nothing accumulates per bat
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,10 +19,11 @@ import numpy as np
 import psutil
 import redis
 
-from codedfarm.coordinator import FarmClient
-from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.coordinator import BatchSpec, FarmClient
+from codedfarm.local.farm import LocalFarm
+from codedfarm.models.registry import get_model_spec
 from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
 
 __all__ = ["SoakConfig", "SoakSample", "run_soak"]
 
@@ -40,6 +39,15 @@ class SoakConfig:
     model: str = "noop"
     codec: str = "spline"
     engine: str = "celery"  # worker engine: celery (2 x 4 pool processes) or batch (2 x 16)
+
+    def validate(self) -> SoakConfig:
+        """Check the model, codec and engine before anything starts; returns self."""
+        from codedfarm.codecs import plan_codec
+
+        get_model_spec(self.model)
+        plan_codec(self.codec)
+        WorkerOptions(engine=self.engine).validate()
+        return self
 
 
 @dataclass(frozen=True)
@@ -88,54 +96,44 @@ def run_soak(
 ) -> SoakReport:
     slots = 4 if config.engine == "celery" else 16
     workers = [
-        WorkerSpec(f"soak{i}", slots, preload=config.model, engine=config.engine) for i in range(2)
+        WorkerOptions((f"soak{i}",), config.engine, slots, preload=(config.model,))
+        for i in range(2)
     ]
     report = SoakReport(config)
     with LocalFarm(workers, settings=settings) as farm:
-        log = open(farm.log_dir / "collector.log", "ab")  # noqa: SIM115 - closed below
-        collector = subprocess.Popen(
-            [sys.executable, "-m", "codedfarm", "collector", "--name", "soak",
-             "--metrics-port", "0"],
-            env=farm.env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            while b"listening" not in (farm.log_dir / "collector.log").read_bytes():
-                time.sleep(0.05)
-            store = redis.Redis.from_url(farm.settings.redis_url)
-            x = np.random.default_rng(0).random((config.k, 1, 32, 32)).astype(np.float32)
-            spec = BatchSpec(model=config.model, codec=config.codec, n=config.n, s=config.s,
-                             queues=("soak0", "soak1"), deadline=10.0)  # fmt: skip
-            with FarmClient(farm.settings, collector="soak") as client:
-                start = time.monotonic()
-                next_sample = start
-                submitted = 0
-                while (now := time.monotonic()) - start < config.seconds:
-                    if now >= next_sample:
-                        info = store.info("memory")
-                        sample = SoakSample(
-                            t=round(now - start, 1),
-                            batches=submitted,
-                            collector_rss_mb=_tree_rss(collector.pid),
-                            workers_rss_mb=sum(_tree_rss(w.pid) for w in farm.workers),
-                            redis_keys=int(store.dbsize()),
-                            redis_memory_mb=info["used_memory"] / 2**20,
-                        )
-                        report.samples.append(sample)
-                        echo(f"t={sample.t:6.1f}s batches={sample.batches:6d} "
-                             f"collector={sample.collector_rss_mb:6.1f}MB "
-                             f"workers={sample.workers_rss_mb:7.1f}MB keys={sample.redis_keys:4d} "
-                             f"redis={sample.redis_memory_mb:5.1f}MB")  # fmt: skip
-                        next_sample += config.sample_every
-                    result = client.submit(x, spec)
-                    report.outcomes[result.outcome] = report.outcomes.get(result.outcome, 0) + 1
-                    submitted += 1
-                    target = start + submitted / config.rate
-                    if target > time.monotonic():
-                        time.sleep(target - time.monotonic())
-        finally:
-            collector.terminate()
-            collector.wait(10)
-            log.close()
+        collector = farm.start_collector("soak")
+        store = redis.Redis.from_url(farm.settings.redis_url)
+        shape = get_model_spec(config.model).input_shape
+        x = np.random.default_rng(0).random((config.k, *shape)).astype(np.float32)
+        spec = BatchSpec(model=config.model, codec=config.codec, n=config.n, s=config.s,
+                         queues=("soak0", "soak1"), deadline=10.0)  # fmt: skip
+        with FarmClient(farm.settings, collector="soak") as client:
+            start = time.monotonic()
+            next_sample = start
+            submitted = 0
+            while (now := time.monotonic()) - start < config.seconds:
+                if now >= next_sample:
+                    info = store.info("memory")
+                    sample = SoakSample(
+                        t=round(now - start, 1),
+                        batches=submitted,
+                        collector_rss_mb=_tree_rss(collector.pid),
+                        workers_rss_mb=sum(_tree_rss(w.pid) for w in farm.workers),
+                        redis_keys=int(store.dbsize()),
+                        redis_memory_mb=info["used_memory"] / 2**20,
+                    )
+                    report.samples.append(sample)
+                    echo(f"t={sample.t:6.1f}s batches={sample.batches:6d} "
+                         f"collector={sample.collector_rss_mb:6.1f}MB "
+                         f"workers={sample.workers_rss_mb:7.1f}MB keys={sample.redis_keys:4d} "
+                         f"redis={sample.redis_memory_mb:5.1f}MB")  # fmt: skip
+                    next_sample += config.sample_every
+                result = client.submit(x, spec)
+                report.outcomes[result.outcome] = report.outcomes.get(result.outcome, 0) + 1
+                submitted += 1
+                target = start + submitted / config.rate
+                if target > time.monotonic():
+                    time.sleep(target - time.monotonic())
     return report
 
 

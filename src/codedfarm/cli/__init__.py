@@ -1,0 +1,64 @@
+"""The ``codedfarm`` command line: a thin click layer over the package.
+
+Every command parses its options and delegates; the words it uses are the same in every
+command (docs/cli.md). Any :class:`~codedfarm.errors.CodedFarmError` becomes one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from codedfarm.cli.experiments import compare, evaluate
+from codedfarm.cli.farm import collector, submit, worker
+from codedfarm.cli.local import bench, demo, scale, soak
+from codedfarm.cli.models import models
+from codedfarm.errors import CodedFarmError
+
+__all__ = ["cli", "main"]
+
+
+class _Group(click.Group):
+    """Turns every :class:`CodedFarmError` into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CodedFarmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"auto_envvar_prefix": "CODEDFARM", "show_default": True},
+)
+@click.version_option(package_name="codedfarm")
+@click.option(
+    "--redis-url",
+    envvar="CODEDFARM_REDIS_URL",
+    default=None,
+    help="Redis URL (redis://, rediss:// for TLS; user:password@ for auth). "
+    "Default: CODEDFARM_REDIS_URL or redis://127.0.0.1:6379/0.",
+)
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None) -> None:
+    """codedfarm: straggler-resilient prediction serving with coded computing.
+
+    Every option can also be set with an environment variable CODEDFARM_<COMMAND>_<OPTION>
+    (e.g. CODEDFARM_SUBMIT_MODEL); farm-wide settings use CODEDFARM_<SETTING>
+    (CODEDFARM_REDIS_URL, CODEDFARM_QUEUES, CODEDFARM_DEADLINE, CODEDFARM_KEY_TTL, ...).
+    """
+    ctx.obj = {"redis_url": redis_url}
+
+
+for _command in (worker, collector, submit, demo, scale, bench, soak, compare, evaluate, models):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="codedfarm"))

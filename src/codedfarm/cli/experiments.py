@@ -1,0 +1,181 @@
+"""Offline experiments: ``compare`` (codecs on a toy model) and ``eval`` (fidelity on real
+models). Neither needs Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from codedfarm.cli.options import (
+    DynamicHelpOption,
+    codec_help,
+    codecs_option,
+    deprecated_alias,
+    json_option,
+    model_help,
+    split_commas,
+)
+from codedfarm.errors import ConfigError
+
+__all__ = ["compare", "evaluate"]
+
+
+def _ints(values: tuple[str, ...], option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise ConfigError(f"{option} takes integers, got {', '.join(values)}") from None
+
+
+@click.command()
+@click.option("-k", type=int, default=8, help="Inputs per batch.")
+@click.option("-n", type=int, default=24, help="Workers (coded inputs).")
+@click.option(
+    "-s", "--stragglers", "stragglers", multiple=True, callback=split_commas,
+    default=("0", "4", "8"), metavar="S[,S...]", help="Straggler counts S (repeatable).",
+)  # fmt: skip
+@codecs_option(codec_help("Codec specs (repeatable; default: a set of every kind)"))
+@click.option(
+    "--toy",
+    type=click.Choice(["tanh", "linear"]),
+    default="tanh",
+    help="Toy model: smooth nonlinear, or linear (where mds is exact).",
+)
+@deprecated_alias("--model", "--toy", "toy")
+@click.option("--trials", type=int, default=50, help="Random batches per row.")
+@click.option("--seed", type=int, default=0, help="Seed of the batches and straggler draws.")
+@json_option("the rows")
+def compare(
+    k: int,
+    n: int,
+    stragglers: tuple[str, ...],
+    codecs: tuple[str, ...],
+    toy: str,
+    trials: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Compare the codecs on a toy model (a smooth random tanh network, or a linear map).
+
+    Random batches are encoded, S random workers' results are dropped, and the rest are
+    decoded; the table shows the decode MSE against the model's true outputs.
+    """
+    from codedfarm.evaluation.compare import DEFAULT_CODECS, compare_codecs
+
+    rows = compare_codecs(
+        codecs or DEFAULT_CODECS,
+        k=k,
+        n=n,
+        stragglers=_ints(stragglers, "-s/--stragglers"),
+        trials=trials,
+        seed=seed,
+        model=toy,
+    )
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    click.echo(f"{toy} toy model, k={k}, {trials} random batches per row; MSE vs true outputs")
+    click.echo(f"{'codec':34} {'n':>4} {'S':>4} {'decoded':>8} {'MSE':>11} {'max|err|':>10}")
+    for r in rows:
+        mse = f"{r.mse:11.3e}" if r.decoded else f"{'-':>11}"
+        worst = f"{r.max_abs_error:10.2e}" if r.decoded else f"{'-':>10}"
+        decoded = f"{r.decoded}/{r.trials}"
+        click.echo(f"{r.codec:34} {r.n:4d} {r.stragglers:4d} {decoded:>8} {mse} {worst}")
+
+
+@click.command(name="eval")
+@click.option(
+    "--model", "-m", "models", multiple=True, callback=split_commas, metavar="MODEL[,MODEL...]",
+    cls=DynamicHelpOption,
+    help_fn=model_help("Models (repeatable; default lenet5, repvgg, vit_small)"),
+)  # fmt: skip
+@deprecated_alias("--models", "-m/--model", "models")
+@click.option(
+    "--dataset", default="digits", help="digits, mnist, cifar10 or imagenet (an ImageFolder)."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data set folder (imagenet: an ImageFolder).",
+)
+@click.option("-k", type=int, default=None, help="Inputs per batch (default 20).")
+@click.option("-n", type=int, default=None, help="Workers (default 100).")
+@click.option(
+    "-s", "--stragglers", "stragglers", multiple=True, callback=split_commas, metavar="S[,S...]",
+    help="Straggler counts S (repeatable; default 0,10,...,60).",
+)  # fmt: skip
+@click.option("--batches", type=int, default=None, help="Held-out batches per model.")
+@click.option("--patterns", type=int, default=None, help="Straggler patterns per batch and S.")
+@click.option("--quick", is_flag=True, help="A small run: LeNet5, K=8, N=40.")
+@click.option("--seed", type=int, default=0, help="Seed of the batches and straggler draws.")
+@click.option(
+    "--out-dir", type=click.Path(path_type=Path), default=Path("eval-results"),
+    help="Folder for results.json, fidelity.csv, table.md and the plots.",
+)  # fmt: skip
+@deprecated_alias("--out", "--out-dir", "out_dir", merge=lambda _new, old: Path(old))
+@json_option("the summary")
+def evaluate(
+    models: tuple[str, ...],
+    dataset: str,
+    data_dir: Path | None,
+    k: int | None,
+    n: int | None,
+    stragglers: tuple[str, ...],
+    batches: int | None,
+    patterns: int | None,
+    quick: bool,
+    seed: int,
+    out_dir: Path,
+    as_json: bool,
+) -> None:
+    """Measure decode fidelity (MSE, RelAcc) of every codec on real models, the lambda sweep,
+    convergence in N, and coded-sample pictures. Needs no Redis.
+
+    Writes results.json, fidelity.csv, table.md (NeRCC's Table 1) and PNG plots to --out-dir.
+    """
+    from codedfarm.evaluation.runner import EvalConfig, run_evaluation
+    from codedfarm.models.registry import get_model_spec
+    from codedfarm.settings import Settings
+
+    config = EvalConfig.quick() if quick else EvalConfig()
+    changes: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "seed": seed}
+    if models:
+        changes["models"] = models
+    for name, value in (("k", k), ("n", n), ("batches", batches), ("patterns", patterns)):
+        if value is not None:
+            changes[name] = value
+    if stragglers:
+        changes["stragglers"] = _ints(stragglers, "-s/--stragglers")
+    config = dataclasses.replace(config, **changes)
+    config.validate()
+    for name in config.models:
+        get_model_spec(name)
+    units = len(config.models) * (config.tune_batches * len(config.lam_enc) + config.batches * 8)
+    with click.progressbar(length=units, label="evaluating", file=sys.stderr) as bar:
+        result = run_evaluation(
+            config,
+            out_dir,
+            Settings.from_env().cache_dir,
+            echo=lambda line: click.echo("\n" + line, err=True),
+            progress=bar.update,
+        )
+    if as_json:
+        click.echo(json.dumps(result["summary"], indent=2, default=float))
+        return
+    click.echo((out_dir / "table.md").read_text())
+    for model, s in result["summary"]["models"].items():
+        click.echo(
+            f"{model}: tuned spline / berrut MSE = {s['tuned_over_berrut']:.3f} (target <= 0.77; "
+            f"mean of per-S ratios {s['tuned_over_berrut_per_s_mean']:.3f}); "
+            f"auto / best fixed lam_dec = {s['auto_over_best_fixed']:.3f} (target <= 1.05)"
+        )
+    slope = result["summary"]["noiseless_spline_slope"]
+    click.echo(f"noiseless smooth-function slope of log MSE vs log N (spline): {slope:.2f} "
+               "(target <= -2.5)")  # fmt: skip
+    click.echo(f"results in {out_dir}/ ({result['seconds']} s)")

@@ -1,0 +1,246 @@
+"""Farm commands: ``worker``, ``collector`` and ``submit``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from codedfarm.cli.options import (
+    DynamicHelpOption,
+    codec_help,
+    deprecated_alias,
+    engine_option,
+    json_option,
+    model_help,
+    queues_option,
+    settings_from_context,
+    split_commas,
+)
+
+__all__ = ["collector", "submit", "worker"]
+
+
+@click.command()
+@queues_option("Queues to consume (repeatable; default: from --device: cpu, gpu0, gpu1, ...).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@engine_option(
+    "celery: a Celery worker; batch: one process that serves many tasks per Redis "
+    "round trip and per forward pass (same queues and messages, late acks)."
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=None,
+    help="celery: pool processes (default 1; one per GPU is the rule). "
+    "batch: tasks in flight, run as one forward pass (default 32).",
+)
+@click.option(
+    "--pool",
+    "-P",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    default=None,
+    help="Celery pool (default prefork); not for --engine batch.",
+)
+@click.option(
+    "--slowdown",
+    type=click.FloatRange(min=1.0),
+    default=1.0,
+    help="A persistently slow node: multiply compute time by this.",
+)
+@click.option(
+    "--straggle",
+    default="none",
+    help="Default straggler spec for tasks whose batch gives none: none, exp:shift=S,rate=R, "
+    "pareto:scale=S,alpha=A, fail:p=P, joined with +.",
+)
+@click.option(
+    "--preload",
+    multiple=True,
+    callback=split_commas,
+    metavar="MODEL[,MODEL...]",
+    cls=DynamicHelpOption,
+    help_fn=model_help("Models to load in each process at start (repeatable)"),
+)
+@click.option(
+    "--torch-threads", type=click.IntRange(min=1), default=1, help="torch threads per process."
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve Prometheus /metrics of every pool process on this port (0: off).",
+)
+@click.option("--metrics-addr", default="0.0.0.0", help="Address of /metrics.")
+@click.option("--hostname", "-n", default=None, help="Node name (as Celery's -n).")
+@click.option(
+    "--loglevel",
+    "-l",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    default="warning",
+)
+def worker(
+    queues: tuple[str, ...],
+    device: str,
+    engine: str,
+    concurrency: int | None,
+    pool: str | None,
+    slowdown: float,
+    straggle: str,
+    preload: tuple[str, ...],
+    torch_threads: int,
+    metrics_port: int,
+    metrics_addr: str,
+    hostname: str | None,
+    loglevel: str,
+) -> None:
+    """Run a worker that serves coded inference tasks (a Celery worker, or the batch engine)."""
+    from codedfarm.worker import WorkerOptions, run_worker
+
+    options = WorkerOptions(
+        queues=queues, engine=engine, concurrency=concurrency, pool=pool, device=device,
+        slowdown=slowdown, straggle=straggle, preload=preload, torch_threads=torch_threads,
+        metrics_port=metrics_port, metrics_addr=metrics_addr, hostname=hostname,
+        loglevel=loglevel.lower(),
+    )  # fmt: skip
+    sys.exit(run_worker(settings_from_context(), options))
+
+
+@click.command()
+@click.option("--name", default="default", help="Collector name (its inbox).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9808,
+    help="Port of /metrics (0: none).",
+)
+@click.option("--metrics-addr", default="0.0.0.0", help="Address of /metrics.")
+def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
+    """Run the long-lived collector service (decodes batches submitted with --collector NAME)."""
+    from codedfarm.coordinator.service import run_collector
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_collector(
+        settings_from_context(), name, metrics_port, metrics_addr, stop,
+        echo=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
+
+
+@click.command()
+@click.argument("input_file", metavar="INPUT.npy", type=click.Path(path_type=Path))
+@click.option(
+    "--model", "-m", required=True, cls=DynamicHelpOption, help_fn=model_help("Model to run")
+)
+@click.option("--codec", default="spline", cls=DynamicHelpOption, help_fn=codec_help())
+@click.option(
+    "-n", "n", type=int, default=None, help="Workers / coded inputs (default depends on the codec)."
+)
+@click.option("-s", "--stragglers", "s", type=int, default=0, help="Stragglers to tolerate (S).")
+@click.option(
+    "--wait",
+    "wait_for",
+    type=int,
+    default=None,
+    help="Decode once this many results are in (default n - s).",
+)
+@click.option("--straggle", default=None, help="Straggler spec, e.g. fixed:S=4,delay=2.")
+@click.option(
+    "--deadline",
+    type=float,
+    default=None,
+    help="Seconds; decode from what arrived, or time out (default CODEDFARM_DEADLINE, 30).",
+)
+@queues_option("Worker queues (repeatable; tasks go round-robin; default CODEDFARM_QUEUES).")
+@deprecated_alias("--queue", "-Q/--queues", "queues", multiple=True)
+@click.option(
+    "--collector",
+    "collector_name",
+    default=None,
+    help="Use this collector service instead of collecting in-process.",
+)
+@click.option("--seed", type=int, default=None, help="Seed of the straggler draw.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Save predictions to this .npy file.",
+)
+@json_option("the batch record")
+def submit(
+    input_file: Path,
+    model: str,
+    codec: str,
+    n: int | None,
+    s: int,
+    wait_for: int | None,
+    straggle: str | None,
+    deadline: float | None,
+    queues: tuple[str, ...],
+    collector_name: str | None,
+    seed: int | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Submit a batch (a .npy array of shape (K, *input_shape)) and print the result."""
+    from codedfarm.coordinator import BatchSpec, FarmClient
+    from codedfarm.coordinator.batch_file import load_batch_file
+
+    batch = load_batch_file(input_file)
+    spec = BatchSpec(
+        model=model,
+        codec=codec,
+        n=n,
+        s=s,
+        wait_for=wait_for,
+        straggle=straggle,
+        deadline=deadline,
+        queues=queues or None,
+        seed=seed,
+    )
+    with FarmClient(settings_from_context(), collector=collector_name) as client:
+        result = client.submit(batch, spec)
+    record = result.record
+    if out is not None and result.predictions is not None:
+        np.save(out, result.predictions)
+    if as_json:
+        click.echo(json.dumps(record.to_dict(), indent=2))
+    else:
+        click.echo(_summary(record, result.predictions, out))
+    if result.predictions is None:
+        sys.exit(1)
+
+
+def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> str:
+    t = record.timings
+    lines = [
+        f"batch {record.batch}: {record.outcome}  ({record.codec}, model {record.model})",
+        f"  k={record.k} n={record.n} s={record.s} wait_for={record.wait_for}; "
+        f"results received {record.results_received}, used {len(record.workers_used)}",
+        f"  timings ms: encode {t.encode * 1e3:.2f}  dispatch {t.dispatch * 1e3:.2f}  "
+        f"wait {t.wait * 1e3:.1f}  decode {t.decode * 1e3:.2f}  "
+        f"end-to-end {t.end_to_end * 1e3:.1f}",
+    ]
+    if record.slowed:
+        shown = ", ".join(
+            f"{d['index']}:{'fail' if d['fail'] else format(d['delay'], '.2f') + 's'}"
+            for d in record.slowed[:12]
+        )
+        more = f" (+{len(record.slowed) - 12})" if len(record.slowed) > 12 else ""
+        lines.append(f"  slowed tasks: {shown}{more}")
+    if record.error:
+        lines.append(f"  error: {record.error}")
+    if predictions is not None:
+        argmax = predictions.reshape(len(predictions), -1).argmax(-1).tolist()
+        lines.append(f"  predictions {tuple(predictions.shape)}; argmax: {argmax[:20]}")
+        if out is not None:
+            lines.append(f"  saved to {out}")
+    return "\n".join(lines)

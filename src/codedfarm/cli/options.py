@@ -1,0 +1,184 @@
+"""The command line's shared vocabulary: options written once, used by every command.
+
+The table of words is in docs/cli.md. Repeatable options also take comma lists
+(``-Q gpu0,gpu1`` is ``-Q gpu0 -Q gpu1``); old spellings are kept for one release as
+hidden aliases that print a deprecation warning (:func:`deprecated_alias`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import click
+
+from codedfarm.settings import Settings
+
+__all__ = [
+    "REMOVED_IN",
+    "DynamicHelpOption",
+    "codec_help",
+    "codec_list",
+    "deprecated_alias",
+    "engine_option",
+    "json_option",
+    "model_help",
+    "queues_option",
+    "settings_from_context",
+    "split_commas",
+    "warn",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REMOVED_IN = "0.3"
+"""The release that drops the deprecated spellings."""
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr."""
+    click.echo(f"warning: {message}", err=True)
+
+
+def settings_from_context() -> Settings:
+    """Settings from ``CODEDFARM_*`` plus the group's ``--redis-url``."""
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj or {}
+    return Settings.from_env(redis_url=obj.get("redis_url"))
+
+
+def _flatten(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = (values,)
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def split_commas(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
+    """Callback of a repeatable option: ``-x a,b -x c`` -> ``("a", "b", "c")``."""
+    return _flatten(value)
+
+
+def codec_list(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """Codec specs from repeated and comma-separated values. A spec's own parameters are
+    comma-separated too, so a piece ``key=value`` joins the spec before it:
+    ``"berrut,spline:lam_enc=0,lam_dec=0"`` -> ``("berrut", "spline:lam_enc=0,lam_dec=0")``."""
+    specs: list[str] = []
+    for piece in _flatten(values):
+        if "=" in piece and ":" not in piece and specs:
+            specs[-1] = f"{specs[-1]},{piece}"
+        else:
+            specs.append(piece)
+    return tuple(specs)
+
+
+def _split_codecs(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
+    return codec_list(value)
+
+
+class DynamicHelpOption(click.Option):
+    """An option whose help text is computed when help is shown (so listing the models or
+    codecs costs nothing when the command just runs)."""
+
+    def __init__(self, *args: Any, help_fn: Callable[[], str], **kwargs: Any) -> None:
+        self._help_fn = help_fn
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self._help_fn()
+        return super().get_help_record(ctx)
+
+
+def model_help(prefix: str = "Model") -> Callable[[], str]:
+    def text() -> str:
+        from codedfarm.models.registry import MODELS
+
+        return f"{prefix}: {', '.join(MODELS)} (`codedfarm models` describes them)."
+
+    return text
+
+
+def codec_help(prefix: str = "Codec spec", extra: tuple[str, ...] = ()) -> Callable[[], str]:
+    def text() -> str:
+        from codedfarm.codecs import available_codecs
+
+        names = ", ".join([*available_codecs(), *extra])
+        return f"{prefix}: {names}; with parameters as in spline:lam_enc=0,lam_dec=auto."
+
+    return text
+
+
+def codecs_option(help_fn: Callable[[], str], default: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """``--codec`` repeatable (and comma lists of specs)."""
+    return click.option(
+        "--codec", "codecs", cls=DynamicHelpOption, help_fn=help_fn, multiple=True,
+        default=default, callback=_split_codecs, show_default=bool(default),
+    )  # fmt: skip
+
+
+def engine_option(help_text: str) -> Callable[[F], F]:
+    """``--engine celery|batch``: the worker engine."""
+    return click.option(
+        "--engine",
+        type=click.Choice(["celery", "batch"]),
+        default="celery",
+        show_default=True,
+        help=help_text,
+    )
+
+
+def queues_option(help_text: str, default: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """``-Q/--queues``: worker queues, repeatable and comma-separated (Celery's ``-Q``)."""
+    return click.option(
+        "-Q", "--queues", "queues", multiple=True, default=default, callback=split_commas,
+        metavar="QUEUE[,QUEUE...]", show_default=bool(default), help=help_text,
+    )  # fmt: skip
+
+
+def json_option(what: str = "the results") -> Callable[[F], F]:
+    """``--json``: print machine-readable output instead of the table."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def deprecated_alias(
+    old: str,
+    new: str,
+    dest: str,
+    *,
+    multiple: bool = False,
+    is_flag: bool = False,
+    merge: Callable[[Any, Any], Any] | None = None,
+) -> Callable[[F], F]:
+    """Keep the old spelling ``old`` of option ``new`` (parameter ``dest``) for one release.
+
+    The alias is hidden from ``--help``; using it prints a deprecation warning and its value
+    goes to ``dest``: appended for repeatable options (tuples), else replacing it, or as
+    ``merge(new_value, old_value)`` says.
+    """
+    hidden_dest = "deprecated__" + old.lstrip("-").replace("-", "_")
+
+    def decorator(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(hidden_dest)
+            if value not in (None, (), False):
+                warn(f"{old} is deprecated and will be removed in codedfarm {REMOVED_IN}; "
+                     f"use {new}")  # fmt: skip
+                current = kwargs.get(dest)
+                if merge is not None:
+                    kwargs[dest] = merge(current, value)
+                elif isinstance(current, tuple):
+                    kwargs[dest] = (*current, *_flatten(value))
+                else:
+                    kwargs[dest] = value
+            return f(*args, **kwargs)
+
+        option = click.option(
+            old, hidden_dest, hidden=True, multiple=multiple, is_flag=is_flag,
+            default=False if is_flag else None, expose_value=True,
+        )  # fmt: skip
+        return option(wrapper)  # type: ignore[return-value]
+
+    return decorator

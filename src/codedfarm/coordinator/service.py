@@ -1,0 +1,35 @@
+"""The long-lived collector service (``codedfarm collector``): one collector on a named
+inbox, its Prometheus metrics, until told to stop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from codedfarm.coordinator.collector import Collector
+from codedfarm.protocol import Keys
+from codedfarm.redis_conn import connect
+from codedfarm.settings import Settings
+
+__all__ = ["run_collector"]
+
+
+def run_collector(
+    settings: Settings,
+    name: str,
+    metrics_port: int,
+    metrics_addr: str,
+    stop: threading.Event,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Serve the inbox of collector ``name`` until ``stop`` is set (metrics on
+    ``metrics_port``, 0: none). Raises :class:`~codedfarm.errors.RedisUnavailableError`."""
+    from codedfarm.monitoring.metrics import CollectorMetrics, serve_metrics
+
+    client = connect(settings)
+    hooks = CollectorMetrics()
+    if metrics_port:
+        serve_metrics(metrics_port, metrics_addr)
+    inbox = Keys(settings.key_prefix).inbox(name)
+    echo(f"collector {name!r} listening on {inbox}; metrics on :{metrics_port}")
+    Collector(client, inbox, hooks=hooks).serve_forever(stop)

@@ -1,0 +1,47 @@
+"""What travels through Redis: key names, the farm's JSON messages, Celery's wire format.
+
+Nothing in this package imports Celery, kombu, Redis or torch: it is the contract both
+sides (coordinator and worker) build on.
+"""
+
+from codedfarm.protocol.celery_wire import (
+    INFER_TASK,
+    Envelope,
+    queue_keys,
+    read_envelope,
+    task_envelope,
+)
+from codedfarm.protocol.keys import Keys
+from codedfarm.protocol.messages import (
+    ALLOWED_DTYPES,
+    BatchRegistration,
+    Notice,
+    TaskMessage,
+    array_from_bytes,
+    as_bytes,
+    pack_frame,
+    parse_inbox_message,
+    unpack_frame,
+)
+from codedfarm.protocol.records import OUTCOMES, BatchRecord, StageTimings
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "INFER_TASK",
+    "OUTCOMES",
+    "BatchRecord",
+    "BatchRegistration",
+    "Envelope",
+    "Keys",
+    "Notice",
+    "StageTimings",
+    "TaskMessage",
+    "array_from_bytes",
+    "as_bytes",
+    "pack_frame",
+    "parse_inbox_message",
+    "queue_keys",
+    "read_envelope",
+    "task_envelope",
+    "unpack_frame",
+]

@@ -1,0 +1,44 @@
+"""Key names in Redis: everything the farm writes lives under one prefix, with a TTL.
+
+Keys of batch ``B`` (prefix ``P``)::
+
+    P:b:B:in      the N coded inputs, one contiguous blob (worker j reads its slice)
+    P:b:B:ref     a fidelity-sampled batch's K raw inputs (reference tasks n..n+k-1)
+    P:b:B:out     hash: coded index j -> the worker's output bytes
+    P:b:B:reply   list: the collector's reply (record + predictions) for the client
+    P:inbox:NAME  list: batch registrations and completion notices for one collector
+    P:wake:NAME   list: a batch-engine worker's private wake-up alarm
+
+Worker queues are kombu's lists, named after the queue (see :mod:`codedfarm.protocol.celery_wire`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys"]
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "cf"
+
+    def inputs(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:in"
+
+    def reference(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:ref"
+
+    def outputs(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:out"
+
+    def reply(self, batch: str) -> str:
+        return f"{self.prefix}:b:{batch}:reply"
+
+    def inbox(self, name: str) -> str:
+        return f"{self.prefix}:inbox:{name}"
+
+    def wake(self, worker: str) -> str:
+        return f"{self.prefix}:wake:{worker}"

@@ -1,0 +1,159 @@
+"""What every worker engine does with a coded task, written once.
+
+- :func:`task_fate`: the batch's straggler plan for the task, else the worker's default;
+- :func:`batch_open`: whether the task's batch still wants results (its inputs exist);
+- :func:`predict`: the model on a stack of coded inputs, one forward pass;
+- :class:`Report`: output bytes and completion notices (and, for the batch engine, the
+  acknowledgements) written in one atomic round trip by :data:`REPORT_SCRIPT`;
+- :func:`preload_models` and :func:`announce_ready`: the start-up both engines share.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from codedfarm.protocol import Notice, TaskMessage
+from codedfarm.stragglers import TaskFate
+from codedfarm.worker.state import WorkerState
+
+__all__ = [
+    "CANCEL_POLL_S",
+    "REPORT_SCRIPT",
+    "InjectedFailure",
+    "Report",
+    "announce_ready",
+    "batch_open",
+    "predict",
+    "preload_models",
+    "task_fate",
+]
+
+CANCEL_POLL_S = 0.05
+"""How often a straggling task checks whether its batch is finished, seconds."""
+
+NO_FATE = TaskFate()
+
+
+class InjectedFailure(Exception):  # noqa: N818 - reads as what happened
+    """The straggler plan said this task dies without a result."""
+
+
+def task_fate(msg: TaskMessage, worker: WorkerState) -> TaskFate:
+    """The batch's plan for this task, else a draw from the worker's default straggler spec."""
+    if msg.delay is not None:
+        return TaskFate(msg.delay, msg.fail)
+    if worker.straggle.trivial:
+        return NO_FATE
+    return worker.straggle.sample(1)[0]
+
+
+def batch_open(worker: WorkerState, msg: TaskMessage) -> bool:
+    """True while the task's batch is open: the collector deletes a finished batch's inputs
+    (and they expire), so a straggling task whose result nobody needs can give its slot back."""
+    return bool(worker.redis.exists(msg.input_key))
+
+
+def predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Model outputs ``(G, *in_shape) -> (G, *out_shape)`` float32 on the worker's device,
+    and the compute time in seconds (times ``--slowdown`` on a persistently slow node).
+
+    The models are in eval mode, so each output row depends only on its own input: G coded
+    inputs in one forward pass give the same outputs as G passes of one.
+    """
+    import torch
+
+    model = worker.model(model_name)
+    device = worker.options.device
+    start = time.perf_counter()
+    with torch.inference_mode():
+        tensor = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)
+        output = model(tensor).float().cpu().numpy()
+    compute = time.perf_counter() - start
+    if worker.options.slowdown > 1:
+        time.sleep((worker.options.slowdown - 1.0) * compute)
+        compute *= worker.options.slowdown
+    return output, compute
+
+
+# KEYS: (inputs, outputs, inbox) per reported task, then (batch engine) kombu's unacked
+# index and hash. ARGV: the number of reported tasks, then (index, output bytes, notice, ttl)
+# per task, then the delivery tags to acknowledge. Outputs are stored only while the batch
+# is open (its inputs exist), so results that lose the race to the decode leave nothing
+# behind; notices are always pushed, so the collector can count late results.
+REPORT_SCRIPT = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local a = 2 + 4 * i
+  local ttl = ARGV[a + 3]
+  if ARGV[a + 1] ~= '' and redis.call('EXISTS', KEYS[3 * i + 1]) == 1 then
+    redis.call('HSET', KEYS[3 * i + 2], ARGV[a], ARGV[a + 1])
+    redis.call('EXPIRE', KEYS[3 * i + 2], ttl)
+  end
+  redis.call('RPUSH', KEYS[3 * i + 3], ARGV[a + 2])
+  redis.call('EXPIRE', KEYS[3 * i + 3], ttl)
+end
+local tags = {}
+for j = 2 + 4 * n, #ARGV do tags[#tags + 1] = ARGV[j] end
+if #tags > 0 then
+  redis.call('ZREM', KEYS[3 * n + 1], unpack(tags))
+  redis.call('HDEL', KEYS[3 * n + 2], unpack(tags))
+end
+return #tags
+"""
+
+
+@dataclass
+class Report:
+    """What one round trip writes back: notices with outputs, and the tags to acknowledge."""
+
+    keys: list[str] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    reported: int = 0
+
+    def _add(self, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
+        self.keys += [msg.input_key, msg.output_key, msg.inbox]
+        self.args += [str(msg.index), payload, notice.to_json(), max(1, int(msg.ttl))]
+        self.reported += 1
+
+    def ok(
+        self, msg: TaskMessage, output: np.ndarray, compute: float, delay: float, worker: str
+    ) -> str:
+        """A result: ``output`` ``(*out_shape)`` as float32 bytes, with its notice."""
+        notice = Notice(batch=msg.batch, index=msg.index, ok=True, dtype="float32",
+                        shape=list(output.shape), compute_s=compute, delay_s=delay,
+                        worker=worker, written_at=time.time())  # fmt: skip
+        self._add(msg, output.astype("<f4", copy=False).tobytes(), notice)
+        return "ok"
+
+    def error(self, msg: TaskMessage, exc: BaseException, worker: str) -> str:
+        """A failed task: the collector learns at once instead of waiting for a deadline."""
+        error = " ".join(str(exc).split())[:300]
+        notice = Notice(batch=msg.batch, index=msg.index, ok=False, error=error,
+                        worker=worker, written_at=time.time())  # fmt: skip
+        self._add(msg, b"", notice)
+        return "error"
+
+    def send(self, worker: WorkerState, unacked: tuple[str, ...] | list[str] = ()) -> None:
+        """Everything in one atomic call; ``unacked`` names kombu's unacked index and hash
+        when there are tags to acknowledge."""
+        if not self.reported and not self.tags:
+            return
+        keys = [*self.keys, *unacked] if self.tags else self.keys
+        worker.script(REPORT_SCRIPT)(keys=keys, args=[self.reported, *self.args, *self.tags])
+
+
+def preload_models(worker: WorkerState) -> None:
+    """Load the worker's ``preload`` models (in this process, on its device)."""
+    for name in worker.options.preload:
+        worker.model(name)
+
+
+def announce_ready(name: str) -> None:
+    """The ready line, printed whatever the log level: supervisors and tests wait for it."""
+    print(f"codedfarm worker {name} ready.", file=sys.stderr, flush=True)

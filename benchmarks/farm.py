@@ -19,14 +19,14 @@ import numpy as np
 import redis
 
 from codedfarm.coordinator import FarmClient
-from codedfarm.coordinator.celery_messages import task_envelope
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
-from codedfarm.local_farm import LocalFarm, WorkerSpec
-from codedfarm.local_redis import LocalRedis
+from codedfarm.local import LocalFarm
+from codedfarm.local.redis_server import LocalRedis
 from codedfarm.models.digits import load_digits_split
-from codedfarm.protocol import Keys
+from codedfarm.protocol import INFER_TASK, Keys, task_envelope
 from codedfarm.settings import Settings
-from codedfarm.tasks.app import INFER_TASK, make_celery
+from codedfarm.worker import WorkerOptions
+from codedfarm.worker.celery_engine import make_celery
 
 
 def dispatch_costs(repeats: int) -> None:
@@ -91,7 +91,10 @@ CODECS = ("berrut", "spline:lam_enc=0,lam_dec=1e-4", "spline:lam_dec=auto", "mds
 
 
 def farm_overhead(batches: int) -> None:
-    workers = [WorkerSpec("gpu0", 12, preload="lenet5"), WorkerSpec("gpu1", 12, preload="lenet5")]
+    workers = [
+        WorkerOptions(queues=("gpu0",), concurrency=12, preload=("lenet5",)),
+        WorkerOptions(queues=("gpu1",), concurrency=12, preload=("lenet5",)),
+    ]
     x = load_digits_split().test_x[:8]
     print(f"\nfarm overhead, N=24 S=4 k=8, LeNet5, {batches} batches per codec (ms):")
     print(f"{'codec':32} {'overhead p50':>12} {'p90':>7} {'end-to-end p50':>15} {'decode p50':>11}")

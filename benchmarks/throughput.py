@@ -21,8 +21,9 @@ import numpy as np
 
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local import LocalFarm
 from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
 
 N, K = 24, 8
 
@@ -40,7 +41,7 @@ def client(settings: Settings, queues: tuple[str, ...], seconds: float, out: mp.
     out.put((done, decoded))
 
 
-def measure(layout: str, workers: list[WorkerSpec], clients: int, seconds: float) -> float:
+def measure(layout: str, workers: list[WorkerOptions], clients: int, seconds: float) -> float:
     queues = tuple(dict.fromkeys(w.queues for w in workers))
     with LocalFarm(workers, settings=Settings(key_ttl=120)) as farm:
         settings = replace(farm.settings)
@@ -76,18 +77,25 @@ def main() -> None:
     print(f"{'worker layout':34} {'batches':>7} {'decoded':>7} {'tasks/s':>12}")
     celery = {
         "celery: 2 x prefork(2)": [
-            WorkerSpec("t0", 2, preload="noop"),
-            WorkerSpec("t1", 2, preload="noop"),
+            WorkerOptions(queues=("t0",), concurrency=2, preload=("noop",)),
+            WorkerOptions(queues=("t1",), concurrency=2, preload=("noop",)),
         ],
-        "celery: 3 x solo": [WorkerSpec(f"t{i}", 1, pool="solo", preload="noop") for i in range(3)],
+        "celery: 3 x solo": [
+            WorkerOptions(queues=(f"t{i}",), concurrency=1, pool="solo", preload=("noop",))
+            for i in range(3)
+        ],
         "celery: 2 x threads(4)": [
-            WorkerSpec(f"t{i}", 4, pool="threads", preload="noop") for i in range(2)
+            WorkerOptions(queues=(f"t{i}",), concurrency=4, pool="threads", preload=("noop",))
+            for i in range(2)
         ],
     }
     batch = {
-        "batch: 1 x batch(64)": [WorkerSpec("t0", 64, preload="noop", engine="batch")],
+        "batch: 1 x batch(64)": [
+            WorkerOptions(queues=("t0",), concurrency=64, preload=("noop",), engine="batch")
+        ],
         "batch: 2 x batch(32)": [
-            WorkerSpec(f"t{i}", 32, preload="noop", engine="batch") for i in range(2)
+            WorkerOptions(queues=(f"t{i}",), concurrency=32, preload=("noop",), engine="batch")
+            for i in range(2)
         ],
     }
     best_celery = max(measure(n, w, args.clients, args.seconds) for n, w in celery.items())

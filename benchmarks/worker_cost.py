@@ -24,9 +24,9 @@ import numpy as np
 import psutil
 import redis
 
-from codedfarm.coordinator.celery_messages import task_envelope
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
-from codedfarm.local_redis import LocalRedis
+from codedfarm.local.redis_server import LocalRedis
+from codedfarm.protocol import task_envelope
 from codedfarm.settings import Settings
 
 N = 24

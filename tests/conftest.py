@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import redis
 
-from codedfarm.local_farm import LocalFarm, WorkerSpec
-from codedfarm.local_redis import LocalRedis
+from codedfarm.local import LocalFarm
+from codedfarm.local.redis_server import LocalRedis
 from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
 
 
 @pytest.fixture
@@ -57,8 +58,8 @@ def farm(model_cache: Path) -> Iterator[LocalFarm]:
     prefork children each: 24 workers' worth of slots."""
     base = Settings(key_prefix="e2e", key_ttl=60.0, deadline=20.0, cache_dir=model_cache)
     workers = [
-        WorkerSpec(queues="gpu0", concurrency=12, preload="lenet5,linear"),
-        WorkerSpec(queues="gpu1", concurrency=12, preload="lenet5,linear"),
+        WorkerOptions(queues=("gpu0",), concurrency=12, preload=("lenet5", "linear")),
+        WorkerOptions(queues=("gpu1",), concurrency=12, preload=("lenet5", "linear")),
     ]
     with LocalFarm(workers, settings=base) as local:
         yield local

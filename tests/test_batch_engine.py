@@ -17,19 +17,18 @@ import torch
 
 from codedfarm.codecs import make_codec
 from codedfarm.coordinator import FarmClient
-from codedfarm.coordinator.celery_messages import task_envelope
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
 from codedfarm.errors import MessageRefusedError, RedisUnavailableError
-from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local import LocalFarm
 from codedfarm.models.digits import load_digits_split
 from codedfarm.models.registry import load_model
-from codedfarm.protocol import Keys, TaskMessage
+from codedfarm.protocol import INFER_TASK, Keys, TaskMessage, read_envelope, task_envelope
 from codedfarm.settings import Settings
-from codedfarm.stragglers import TaskFate, parse_straggler_spec
-from codedfarm.tasks.app import INFER_TASK, make_celery
-from codedfarm.tasks.envelopes import read_envelope
-from codedfarm.tasks.inference import predict
-from codedfarm.tasks.worker_state import WorkerOptions, WorkerState
+from codedfarm.stragglers import TaskFate
+from codedfarm.worker.celery_engine import make_celery
+from codedfarm.worker.core import predict
+from codedfarm.worker.options import WorkerOptions
+from codedfarm.worker.state import WorkerState
 
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's keys
 
@@ -45,9 +44,11 @@ def batch_farm(model_cache) -> Iterator[LocalFarm]:
     base = Settings(key_prefix="be", key_ttl=60.0, deadline=10.0, cache_dir=model_cache,
                     visibility_timeout=3.0)  # fmt: skip
     workers = [
-        WorkerSpec("b0", 24, preload="lenet5,linear", engine="batch"),
-        WorkerSpec("b1", 24, preload="lenet5,linear", engine="batch"),
-        WorkerSpec("c0", 4, preload="lenet5"),  # a Celery worker on the same Redis
+        WorkerOptions(queues=("b0",), concurrency=24, preload=("lenet5", "linear"), engine="batch"),
+        WorkerOptions(queues=("b1",), concurrency=24, preload=("lenet5", "linear"), engine="batch"),
+        WorkerOptions(
+            queues=("c0",), concurrency=4, preload=("lenet5",)
+        ),  # a Celery worker on the same Redis
     ]
     with LocalFarm(workers, settings=base) as farm:
         yield farm
@@ -149,7 +150,13 @@ def test_a_killed_batch_workers_unacked_task_is_not_lost(batch_farm, digits):
     settings = batch_farm.settings
     client = redis.Redis.from_url(settings.redis_url)
     victim = batch_farm.add_worker(
-        WorkerSpec("bk", 4, preload="lenet5", straggle="exp:shift=2,rate=100", engine="batch")
+        WorkerOptions(
+            queues=("bk",),
+            concurrency=4,
+            preload=("lenet5",),
+            straggle="exp:shift=2,rate=100",
+            engine="batch",
+        )
     )
     results = []
     thread = threading.Thread(target=lambda: results.append(
@@ -159,7 +166,9 @@ def test_a_killed_batch_workers_unacked_task_is_not_lost(batch_farm, digits):
     # the task is straggling inside the victim, recorded in kombu's unacked set
     assert wait_until(lambda: client.zcard(UNACKED_INDEX) == 1 and client.llen("bk") == 0)
     victim.kill()
-    batch_farm.add_worker(WorkerSpec("bk", 4, preload="lenet5", engine="batch"))
+    batch_farm.add_worker(
+        WorkerOptions(queues=("bk",), concurrency=4, preload=("lenet5",), engine="batch")
+    )
     thread.join(30)
     ((result, elapsed),) = results
     # back on the queue after the visibility timeout (3 s), through kombu's sweep, and served
@@ -170,7 +179,9 @@ def test_a_killed_batch_workers_unacked_task_is_not_lost(batch_farm, digits):
 def test_warm_shutdown_puts_straggling_tasks_back_on_the_queue(batch_farm, digits):
     settings = batch_farm.settings
     client = redis.Redis.from_url(settings.redis_url)
-    worker = batch_farm.add_worker(WorkerSpec("bw", 4, preload="lenet5", engine="batch"))
+    worker = batch_farm.add_worker(
+        WorkerOptions(queues=("bw",), concurrency=4, preload=("lenet5",), engine="batch")
+    )
     dispatcher = Dispatcher(settings, client)
     spec = BatchSpec(model="lenet5", codec="uncoded", queues=("bw",), deadline=30.0,
                      plan=(TaskFate(30.0),))  # fmt: skip
@@ -185,8 +196,10 @@ def test_warm_shutdown_puts_straggling_tasks_back_on_the_queue(batch_farm, digit
 
 def test_batch_workers_resume_after_a_redis_restart(model_cache, digits):
     base = Settings(key_prefix="ber", key_ttl=60.0, cache_dir=model_cache)
-    with LocalFarm([WorkerSpec("r0", 8, preload="lenet5", engine="batch")],
-                   settings=base) as farm:  # fmt: skip
+    with LocalFarm(
+        [WorkerOptions(queues=("r0",), concurrency=8, preload=("lenet5",), engine="batch")],
+        settings=base,
+    ) as farm:
         assert farm.redis_server is not None
         farm.redis_server.restart()
         restarted = time.monotonic()
@@ -263,8 +276,7 @@ def test_an_eta_delays_the_task():
 
 
 def test_one_forward_pass_equals_one_pass_per_input(model_cache, digits):
-    worker = WorkerState(Settings(cache_dir=model_cache), WorkerOptions(),
-                         parse_straggler_spec("none"))  # fmt: skip
+    worker = WorkerState(Settings(cache_dir=model_cache), WorkerOptions())
     grouped, _ = predict(worker, "lenet5", digits)
     single = np.concatenate([predict(worker, "lenet5", digits[i : i + 1])[0] for i in range(8)])
     np.testing.assert_allclose(grouped, single, rtol=1e-5, atol=1e-5)

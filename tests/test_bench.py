@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from codedfarm.cli import cli
 from codedfarm.errors import ConfigError
-from codedfarm.evaluation.latency import BenchConfig, run_bench
+from codedfarm.local.bench import BenchConfig, run_bench
 from codedfarm.settings import Settings
 
 
@@ -59,6 +59,6 @@ def test_bad_bench_configs_are_clear_errors(change, message):
 
 
 def test_bench_cli_refuses_bad_options_with_exit_2(tmp_path):
-    result = CliRunner().invoke(cli, ["bench", "--schemes", "fast", "--out", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["bench", "--codec", "fast", "--out-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown scheme(s) ['fast']" in result.output
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())

@@ -21,7 +21,7 @@ def test_compare_prints_a_table_with_every_default_codec():
 
 def test_compare_json_and_qualitative_claims():
     result = CliRunner().invoke(
-        cli, ["compare", "--json", "--trials", "20", "-s", "4", "--model", "linear"]
+        cli, ["compare", "--json", "--trials", "20", "-s", "4", "--toy", "linear"]
     )
     assert result.exit_code == 0, result.output
     rows = {r["codec"]: r for r in json.loads(result.output)}

@@ -68,7 +68,7 @@ CASES = [
     ("good", ["--straggle", "fixed:S=2"], "straggler model 'fixed' needs S, delay; missing delay"),
     ("good", ["--deadline", "-1"], "deadline must be in (0, 60) seconds"),
     ("good", ["-n", "24", "--wait", "30"], "wait_for must be in [1, 24]"),
-    ("good", ["--queue", "a:b"], "queue names must be non-empty without ':'"),
+    ("good", ["-Q", "a:b"], "queue names must be non-empty without ':'"),
 ]
 
 
@@ -117,7 +117,7 @@ def test_submit_against_a_live_farm_prints_json_and_saves(farm, inputs, tmp_path
     result = CliRunner().invoke(
         cli,
         ["--redis-url", farm.settings.redis_url, "submit", str(inputs["good"]), "-m", "lenet5",
-         "--codec", "berrut", "-n", "16", "-s", "2", "--queue", "gpu0", "--queue", "gpu1",
+         "--codec", "berrut", "-n", "16", "-s", "2", "-Q", "gpu0,gpu1",
          "--json", "--out", str(out)],
         env={"CODEDFARM_KEY_PREFIX": "e2e", "CODEDFARM_CACHE_DIR": str(farm.settings.cache_dir),
              "CODEDFARM_KEY_TTL": "60"},

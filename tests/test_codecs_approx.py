@@ -188,9 +188,12 @@ def test_auto_lambda_smooths_noisy_results_and_is_finite(rng):
         workers = np.sort(rng.choice(80, 70, replace=False))
         y = f(codec.encode(x))[workers]
         y_noisy = y + 0.05 * rng.standard_normal(y.shape)
-        auto_err.append(np.mean((codec.decode(y_noisy, workers) - f(x)) ** 2))
-        assert codec.last_lam_dec is not None and np.isfinite(codec.last_lam_dec)
-        assert codec.last_lam_dec > 0
+        decoded = codec.decode_report(y_noisy, workers)
+        auto_err.append(np.mean((decoded.values - f(x)) ** 2))
+        assert decoded.lam_dec is not None and np.isfinite(decoded.lam_dec)
+        assert decoded.lam_dec > 0
+        assert decoded.workers == tuple(int(w) for w in workers)
+        assert np.array_equal(decoded.values, codec.decode(y_noisy, workers))
         interp_err.append(np.mean((exact.decode(y_noisy, workers) - f(x)) ** 2))
     assert np.mean(auto_err) < 0.5 * np.mean(interp_err)
 

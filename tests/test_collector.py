@@ -14,14 +14,14 @@ import pytest
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
 from codedfarm.protocol import Keys, Notice, TaskMessage, unpack_frame
-from codedfarm.stragglers import parse_straggler_spec
-from codedfarm.tasks.inference import _report
-from codedfarm.tasks.worker_state import WorkerOptions, WorkerState
+from codedfarm.worker.core import Report
+from codedfarm.worker.options import WorkerOptions
+from codedfarm.worker.state import WorkerState
 
 
 @pytest.fixture
 def worker(settings):
-    return WorkerState(settings, WorkerOptions(), parse_straggler_spec("none"))
+    return WorkerState(settings, WorkerOptions(straggle="none"))
 
 
 def linear_f(x: np.ndarray) -> np.ndarray:
@@ -56,8 +56,11 @@ def report(worker, prepared, inbox, index, *, payload=None, shape=None, ok=True,
     )
     out = linear_f(prepared.coded[index : index + 1])[0]
     data = out.tobytes() if payload is None else payload
-    notice = Notice(batch=prepared.batch, index=index, ok=ok, shape=shape or [10], dtype=dtype)
-    _report(worker, msg, data if ok else b"", notice)
+    notice = Notice(batch=prepared.batch, index=index, ok=ok, shape=shape or [10], dtype=dtype,
+                    written_at=time.time())  # fmt: skip
+    reply = Report()
+    reply.add(msg, data if ok else b"", notice)
+    reply.send(worker)
 
 
 def drain(collector: Collector, rounds: int = 3):

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from codedfarm.cli import cli
+from codedfarm.evaluation.compare import toy_model
 from codedfarm.evaluation.convergence import convergence
 from codedfarm.evaluation.fidelity import batches, measure_fidelity
 from codedfarm.evaluation.runner import EvalConfig, run_evaluation
-from codedfarm.evaluation.toy import toy_model
 from codedfarm.evaluation.tuning import grid_search
 from codedfarm.models.datasets import load_dataset
 from codedfarm.models.registry import load_model
@@ -101,14 +101,14 @@ def test_quick_run_writes_every_output(model_cache, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--models", "resnet"], "unknown model 'resnet'"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
         (["-k", "50", "-n", "40"], "need 1 <= k <= n, got k=50, n=40"),
         (["--stragglers", "0,40"], "stragglers must be in [0, n=40)"),
-        (["--dataset", "svhn", "--models", "lenet5"], "unknown data set 'svhn'"),
+        (["--dataset", "svhn", "--model", "lenet5"], "unknown data set 'svhn'"),
     ],
 )
 def test_eval_bad_options_exit_2(args, message, tmp_path, monkeypatch, model_cache):
     monkeypatch.setenv("CODEDFARM_CACHE_DIR", str(model_cache))
-    result = CliRunner().invoke(cli, ["eval", "--quick", "--out", str(tmp_path), *args])
+    result = CliRunner().invoke(cli, ["eval", "--quick", "--out-dir", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output

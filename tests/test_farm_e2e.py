@@ -13,9 +13,10 @@ import torch
 from codedfarm.codecs import make_codec
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.local_farm import LocalFarm, WorkerSpec
+from codedfarm.local import LocalFarm
 from codedfarm.models.digits import load_digits_split
 from codedfarm.models.registry import load_model
+from codedfarm.worker import WorkerOptions
 
 QUEUES = ("gpu0", "gpu1")
 STRAGGLE = "fixed:S=4,delay=3"
@@ -80,7 +81,7 @@ def test_uncoded_batch_takes_the_full_delay(farm, digits):
 
 def test_sigkilled_worker_mid_batch_still_decodes_and_nothing_hangs(farm, digits):
     victim = farm.add_worker(
-        WorkerSpec(queues="victim", concurrency=8, straggle="exp:shift=1.5,rate=100")
+        WorkerOptions(queues=("victim",), concurrency=8, straggle="exp:shift=1.5,rate=100")
     )
     results = []
 

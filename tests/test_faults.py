@@ -18,12 +18,13 @@ import redis
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
 from codedfarm.errors import ConfigError, RedisUnavailableError
-from codedfarm.local_farm import LocalFarm, WorkerSpec
-from codedfarm.local_redis import LocalRedis
+from codedfarm.local import LocalFarm
+from codedfarm.local.redis_server import LocalRedis
 from codedfarm.models.digits import load_digits_split
-from codedfarm.protocol import Keys, TaskMessage
+from codedfarm.protocol import INFER_TASK, Keys, TaskMessage
 from codedfarm.settings import Settings
-from codedfarm.tasks.app import INFER_TASK, make_celery, survive_connection_loss
+from codedfarm.worker import WorkerOptions
+from codedfarm.worker.celery_engine import make_celery, survive_connection_loss
 
 QUEUES = ("f1", "f2")
 
@@ -37,7 +38,10 @@ def digits() -> np.ndarray:
 def fault_farm(model_cache):
     base = Settings(key_prefix="flt", key_ttl=60.0, deadline=10.0, cache_dir=model_cache,
                     visibility_timeout=3.0)  # fmt: skip
-    workers = [WorkerSpec("f1", 8, preload="lenet5"), WorkerSpec("f2", 8, preload="lenet5")]
+    workers = [
+        WorkerOptions(queues=("f1",), concurrency=8, preload=("lenet5",)),
+        WorkerOptions(queues=("f2",), concurrency=8, preload=("lenet5",)),
+    ]
     with LocalFarm(workers, settings=base) as farm:
         yield farm
 
@@ -66,7 +70,9 @@ def test_more_than_s_failures_answer_by_the_deadline(fault_farm, digits):
 
 def test_a_killed_workers_unacked_task_is_not_lost(fault_farm, digits):
     victim = fault_farm.add_worker(
-        WorkerSpec("acks", 1, preload="lenet5", straggle="exp:shift=2,rate=100")
+        WorkerOptions(
+            queues=("acks",), concurrency=1, preload=("lenet5",), straggle="exp:shift=2,rate=100"
+        )
     )
     results = []
 
@@ -78,7 +84,9 @@ def test_a_killed_workers_unacked_task_is_not_lost(fault_farm, digits):
     thread.start()
     time.sleep(0.8)  # the task is sleeping inside the victim
     victim.kill()
-    fault_farm.add_worker(WorkerSpec("acks", 1, preload="lenet5"))  # a fresh node
+    fault_farm.add_worker(
+        WorkerOptions(queues=("acks",), concurrency=1, preload=("lenet5",))
+    )  # a fresh node
     thread.join(30)
     ((result, elapsed),) = results
     # acks_late: the message stayed unacked, came back after the visibility timeout (3 s)
@@ -170,8 +178,11 @@ def test_farm_through_a_password_protected_redis(model_cache, digits):
     with LocalRedis(extra_args=("--requirepass", "s3cret pass")) as server:
         url = f"redis://:s3cret%20pass@127.0.0.1:{server.port}/0"
         base = Settings(key_prefix="auth", key_ttl=60.0, cache_dir=model_cache)
-        with LocalFarm([WorkerSpec("a1", 4, preload="lenet5")], redis_url=url,
-                       settings=base) as farm:  # fmt: skip
+        with LocalFarm(
+            [WorkerOptions(queues=("a1",), concurrency=4, preload=("lenet5",))],
+            redis_url=url,
+            settings=base,
+        ) as farm:
             result, _ = submit(replace(farm.settings), digits, codec="berrut", n=8, s=1,
                                queues=("a1",))  # fmt: skip
             assert result.outcome == "decoded"
@@ -227,8 +238,11 @@ def test_farm_over_tls(model_cache, digits, tmp_path):
         pytest.skip(f"this redis-server has no TLS support: {exc}")
     try:
         base = Settings(key_prefix="tls", key_ttl=60.0, cache_dir=model_cache)
-        with LocalFarm([WorkerSpec("t1", 4, preload="lenet5")], redis_url=server.url,
-                       settings=base) as farm:  # fmt: skip
+        with LocalFarm(
+            [WorkerOptions(queues=("t1",), concurrency=4, preload=("lenet5",))],
+            redis_url=server.url,
+            settings=base,
+        ) as farm:
             assert farm.settings.redis_url.startswith("rediss://")
             result, _ = submit(farm.settings, digits, codec="berrut", n=8, s=1, queues=("t1",))
             assert result.outcome == "decoded"

@@ -22,10 +22,11 @@ import yaml
 
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.local_farm import LocalFarm, WorkerSpec
-from codedfarm.local_redis import free_port
+from codedfarm.local import LocalFarm
+from codedfarm.local.redis_server import free_port
 from codedfarm.protocol import Keys
 from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/codedfarm.json"
@@ -70,9 +71,15 @@ def monitored(model_cache: Path):
     ports = {"w1": free_port(), "w2": free_port(), "collector": free_port(), "prom": free_port()}
     base = Settings(key_prefix="mon", key_ttl=60.0, cache_dir=model_cache)
     workers = [
-        WorkerSpec("m1", 6, preload="lenet5", metrics_port=ports["w1"]),
+        WorkerOptions(queues=("m1",), concurrency=6, preload=("lenet5",), metrics_port=ports["w1"]),
         # the batch engine exports the same worker metrics
-        WorkerSpec("m2", 6, preload="lenet5", metrics_port=ports["w2"], engine="batch"),
+        WorkerOptions(
+            queues=("m2",),
+            concurrency=6,
+            preload=("lenet5",),
+            metrics_port=ports["w2"],
+            engine="batch",
+        ),
     ]
     tmp = Path(tempfile.mkdtemp(prefix="codedfarm-prom-"))
     with LocalFarm(workers, settings=base) as farm:

@@ -10,8 +10,8 @@ import time
 from click.testing import CliRunner
 
 from codedfarm.cli import cli
-from codedfarm.scaling import LocalWorkers
-from codedfarm.tasks.app import make_celery
+from codedfarm.local.scaling import LocalWorkers
+from codedfarm.worker.celery_engine import make_celery
 
 
 def test_scale_grows_and_shrinks_local_workers(settings, tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_scale_grows_and_shrinks_local_workers(settings, tmp_path, monkeypatch):
         assert result.output.strip() == "local worker processes: 1 (started 0, stopped 0)"
         result = runner.invoke(cli, [*base, "--workers", "2", "--engine", "batch"])
         assert result.output.strip() == "local worker processes: 2 (started 1, stopped 0)"
-        engines = sorted(w.spec.engine for w in LocalWorkers(settings, run_dir).list())
+        engines = sorted(w.options.engine for w in LocalWorkers(settings, run_dir).list())
         assert engines == ["batch", "celery"]
     finally:
         result = runner.invoke(cli, [*base, "--workers", "0", "--now"])
@@ -72,13 +72,13 @@ def test_demo_runs_end_to_end_and_cleans_up(model_cache):
     assert float(rows["spline"][2]) < 1000
     assert rows["uncoded"][4] == "2/2"
     assert "shutting down" in proc.stdout
-    leftover = subprocess.run(["pgrep", "-f", "--queues demo"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-f", "codedfarm worker.*-Q demo"], capture_output=True, text=True)
     assert leftover.stdout == ""  # no demo worker outlives the demo
 
 
 def test_demo_rejects_bad_options():
     result = CliRunner().invoke(cli, ["demo", "-n", "8", "-s", "8"])
-    assert result.exit_code == 2 and result.output.startswith("error: need k <= n and s < n")
+    assert result.exit_code == 2 and result.output.startswith("error: need 1 <= k <= n and 0 <= s < n")
     result = CliRunner().invoke(cli, ["demo", "--straggle", "zzz"])
     assert result.exit_code == 2 and "unknown straggler model 'zzz'" in result.output
 

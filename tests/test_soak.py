@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from codedfarm.evaluation.soak import SoakConfig, run_soak
+from codedfarm.local.soak import SoakConfig, run_soak
 from codedfarm.settings import Settings
 
 

@@ -8,8 +8,9 @@ import pytest
 from codedfarm.errors import StragglerSpecError
 from codedfarm.protocol import TaskMessage
 from codedfarm.stragglers import TaskFate, parse_straggler_spec
-from codedfarm.tasks import inference
-from codedfarm.tasks.worker_state import WorkerOptions, WorkerState
+from codedfarm.worker import core as inference
+from codedfarm.worker.options import WorkerOptions
+from codedfarm.worker.state import WorkerState
 
 
 def test_fixed_slows_exactly_s_tasks():
@@ -68,8 +69,8 @@ def test_bad_specs_raise_clear_errors(spec, message):
 
 
 def test_slowdown_multiplies_compute_time(settings, monkeypatch):
-    fast = WorkerState(settings, WorkerOptions(), parse_straggler_spec("none"))
-    slow = WorkerState(settings, WorkerOptions(slowdown=4.0), parse_straggler_spec("none"))
+    fast = WorkerState(settings, WorkerOptions(straggle="none"))
+    slow = WorkerState(settings, WorkerOptions(slowdown=4.0, straggle="none"))
     x = np.zeros((3, 1, 32, 32), np.float32)  # a group of 3 coded inputs
     sleeps: list[float] = []
     monkeypatch.setattr(inference.time, "sleep", sleeps.append)
@@ -81,11 +82,11 @@ def test_slowdown_multiplies_compute_time(settings, monkeypatch):
 
 
 def test_worker_default_straggle_applies_only_without_a_batch_plan(settings):
-    worker = WorkerState(settings, WorkerOptions(), parse_straggler_spec("fixed:S=1,delay=7"))
+    worker = WorkerState(settings, WorkerOptions(straggle="fixed:S=1,delay=7"))
     base = {"batch": "b", "index": 0, "model": "noop", "input_key": "k", "offset": 0,
             "nbytes": 4096, "dtype": "float32", "shape": [1, 32, 32], "output_key": "o",
             "inbox": "i", "ttl": 60.0}  # fmt: skip
     assert inference.task_fate(TaskMessage(**base, delay=0.5), worker) == TaskFate(0.5)
     assert inference.task_fate(TaskMessage(**base), worker) == TaskFate(7.0)
-    idle = WorkerState(settings, WorkerOptions(), parse_straggler_spec("none"))
+    idle = WorkerState(settings, WorkerOptions(straggle="none"))
     assert inference.task_fate(TaskMessage(**base), idle) == TaskFate()

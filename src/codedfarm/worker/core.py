@@ -116,7 +116,8 @@ class Report:
     tags: list[str] = field(default_factory=list)
     reported: int = 0
 
-    def _add(self, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
+    def add(self, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
+        """A notice with its raw output bytes (``ok`` and ``error`` build both)."""
         self.keys += [msg.input_key, msg.output_key, msg.inbox]
         self.args += [str(msg.index), payload, notice.to_json(), max(1, int(msg.ttl))]
         self.reported += 1
@@ -128,7 +129,7 @@ class Report:
         notice = Notice(batch=msg.batch, index=msg.index, ok=True, dtype="float32",
                         shape=list(output.shape), compute_s=compute, delay_s=delay,
                         worker=worker, written_at=time.time())  # fmt: skip
-        self._add(msg, output.astype("<f4", copy=False).tobytes(), notice)
+        self.add(msg, output.astype("<f4", copy=False).tobytes(), notice)
         return "ok"
 
     def error(self, msg: TaskMessage, exc: BaseException, worker: str) -> str:
@@ -136,7 +137,7 @@ class Report:
         error = " ".join(str(exc).split())[:300]
         notice = Notice(batch=msg.batch, index=msg.index, ok=False, error=error,
                         worker=worker, written_at=time.time())  # fmt: skip
-        self._add(msg, b"", notice)
+        self.add(msg, b"", notice)
         return "error"
 
     def send(self, worker: WorkerState, unacked: tuple[str, ...] | list[str] = ()) -> None:

@@ -43,3 +43,44 @@ def test_cuda_device_without_a_gpu_is_a_clear_error():
     assert result.output.strip() == (
         "error: --device cuda:0: no CUDA device is available on this machine"
     )
+
+
+def test_worker_options_round_trip_through_the_command_line():
+    """`local/` starts workers from a WorkerOptions; the CLI must rebuild the same object."""
+    from codedfarm.worker import WorkerOptions
+
+    options = WorkerOptions(
+        queues=("a", "b"), engine="batch", concurrency=7, device="cpu", slowdown=2.0,
+        straggle="exp:shift=0.1,rate=5", preload=("lenet5", "noop"), torch_threads=2,
+        metrics_port=0, hostname="w1@here", loglevel="info",
+    )  # fmt: skip
+    seen: list[WorkerOptions] = []
+
+    def fake_run(settings: object, received: WorkerOptions) -> int:
+        seen.append(received)
+        return 0
+
+    import codedfarm.worker as worker_pkg
+
+    argv = options.argv()
+    argv = argv[argv.index("worker") :]  # after "python -m codedfarm"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker_pkg, "run_worker", fake_run)
+        result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    assert seen == [options]
+    assert WorkerOptions.from_dict(options.to_dict()) == options
+
+
+def test_the_celery_app_is_built_on_first_access_not_at_import(monkeypatch):
+    from celery.app.utils import find_app
+
+    import codedfarm.worker.celery_engine as engine
+    from codedfarm.protocol import INFER_TASK
+
+    monkeypatch.setenv("CODEDFARM_REDIS_URL", "redis://127.0.0.1:1/3")
+    monkeypatch.setattr(engine, "_app", None)
+    app = find_app("codedfarm.worker.celery_engine")  # what `celery -A ...` does
+    assert app is engine.app and INFER_TASK in app.tasks
+    assert app.conf.broker_url == "redis://127.0.0.1:1/3"
+    assert app.conf.accept_content == ["json"] and app.conf.task_acks_late

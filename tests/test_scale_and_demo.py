@@ -72,13 +72,15 @@ def test_demo_runs_end_to_end_and_cleans_up(model_cache):
     assert float(rows["spline"][2]) < 1000
     assert rows["uncoded"][4] == "2/2"
     assert "shutting down" in proc.stdout
-    leftover = subprocess.run(["pgrep", "-f", "codedfarm worker.*-Q demo"], capture_output=True, text=True)
+    pattern = "codedfarm worker.*-Q demo"
+    leftover = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     assert leftover.stdout == ""  # no demo worker outlives the demo
 
 
 def test_demo_rejects_bad_options():
     result = CliRunner().invoke(cli, ["demo", "-n", "8", "-s", "8"])
-    assert result.exit_code == 2 and result.output.startswith("error: need 1 <= k <= n and 0 <= s < n")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: need 1 <= k <= n and 0 <= s < n")
     result = CliRunner().invoke(cli, ["demo", "--straggle", "zzz"])
     assert result.exit_code == 2 and "unknown straggler model 'zzz'" in result.output
 

@@ -18,10 +18,11 @@ from codedfarm.cli.options import (
     deprecated_alias,
     engine_option,
     json_option,
+    metrics_options,
     model_help,
+    preload_option,
     queues_option,
     settings_from_context,
-    split_commas,
 )
 
 __all__ = ["collector", "submit", "worker"]
@@ -61,24 +62,11 @@ __all__ = ["collector", "submit", "worker"]
     help="Default straggler spec for tasks whose batch gives none: none, exp:shift=S,rate=R, "
     "pareto:scale=S,alpha=A, fail:p=P, joined with +.",
 )
-@click.option(
-    "--preload",
-    multiple=True,
-    callback=split_commas,
-    metavar="MODEL[,MODEL...]",
-    cls=DynamicHelpOption,
-    help_fn=model_help("Models to load in each process at start (repeatable)"),
-)
+@preload_option("Models to load in each process at start (repeatable)")
 @click.option(
     "--torch-threads", type=click.IntRange(min=1), default=1, help="torch threads per process."
 )
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    help="Serve Prometheus /metrics of every pool process on this port (0: off).",
-)
-@click.option("--metrics-addr", default="0.0.0.0", help="Address of /metrics.")
+@metrics_options(0, "every pool process")
 @click.option("--hostname", "-n", default=None, help="Node name (as Celery's -n).")
 @click.option(
     "--loglevel",
@@ -115,13 +103,7 @@ def worker(
 
 @click.command()
 @click.option("--name", default="default", help="Collector name (its inbox).")
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=9808,
-    help="Port of /metrics (0: none).",
-)
-@click.option("--metrics-addr", default="0.0.0.0", help="Address of /metrics.")
+@metrics_options(9808, "the collector")
 def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     """Run the long-lived collector service (decodes batches submitted with --collector NAME)."""
     from codedfarm.coordinator.service import run_collector
@@ -140,7 +122,9 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
 @click.option(
     "--model", "-m", required=True, cls=DynamicHelpOption, help_fn=model_help("Model to run")
 )
-@click.option("--codec", default="spline", cls=DynamicHelpOption, help_fn=codec_help())
+@click.option(
+    "--codec", default="spline", metavar="SPEC", cls=DynamicHelpOption, help_fn=codec_help()
+)
 @click.option(
     "-n", "n", type=int, default=None, help="Workers / coded inputs (default depends on the codec)."
 )

@@ -20,6 +20,7 @@ from codedfarm.cli.options import (
     engine_option,
     json_option,
     model_help,
+    preload_option,
     queues_option,
     settings_from_context,
     split_commas,
@@ -98,14 +99,7 @@ def demo(
 )
 @engine_option("Worker engine of new processes (see codedfarm worker --help).")
 @click.option("--device", default="cpu", help="cpu, cuda or cuda:N.")
-@click.option(
-    "--preload",
-    multiple=True,
-    callback=split_commas,
-    metavar="MODEL[,MODEL...]",
-    cls=DynamicHelpOption,
-    help_fn=model_help("Models new workers load at start (repeatable)"),
-)
+@preload_option("Models new workers load at start (repeatable)")
 @click.option(
     "--run-dir",
     type=click.Path(path_type=Path),
@@ -197,7 +191,10 @@ def _legacy_stragglers(ctx: click.Context, _param: click.Parameter, value: str |
     help="Straggler models (repeatable): none, fixed, exp, pareto, fail, slownode.",
 )
 @codecs_option(
-    codec_help("Schemes (repeatable)", extra=("hedged (uncoded with hedged requests)",)),
+    lambda: (
+        "Schemes (repeatable): uncoded, replication, hedged (uncoded with hedged "
+        "requests), mds (on the linear model), berrut, spline."
+    ),
     default=("uncoded", "replication", "hedged", "mds", "berrut", "spline"),
 )
 @deprecated_alias("--schemes", "--codec", "codecs", merge=lambda _new, old: codec_list(old))
@@ -265,7 +262,9 @@ def bench(
 @click.option(
     "--model", "-m", default="noop", cls=DynamicHelpOption, help_fn=model_help("Model to serve")
 )
-@click.option("--codec", default="spline", cls=DynamicHelpOption, help_fn=codec_help())
+@click.option(
+    "--codec", default="spline", metavar="SPEC", cls=DynamicHelpOption, help_fn=codec_help()
+)
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("soak.json"), help="Report file."
 )

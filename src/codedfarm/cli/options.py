@@ -23,7 +23,9 @@ __all__ = [
     "deprecated_alias",
     "engine_option",
     "json_option",
+    "metrics_options",
     "model_help",
+    "preload_option",
     "queues_option",
     "settings_from_context",
     "split_commas",
@@ -115,6 +117,7 @@ def codecs_option(help_fn: Callable[[], str], default: tuple[str, ...] = ()) -> 
     return click.option(
         "--codec", "codecs", cls=DynamicHelpOption, help_fn=help_fn, multiple=True,
         default=default, callback=_split_codecs, show_default=bool(default),
+        metavar="SPEC[,SPEC...]",
     )  # fmt: skip
 
 
@@ -135,6 +138,27 @@ def queues_option(help_text: str, default: tuple[str, ...] = ()) -> Callable[[F]
         "-Q", "--queues", "queues", multiple=True, default=default, callback=split_commas,
         metavar="QUEUE[,QUEUE...]", show_default=bool(default), help=help_text,
     )  # fmt: skip
+
+
+def preload_option(help_text: str) -> Callable[[F], F]:
+    """``--preload``: models a worker loads before it announces itself ready."""
+    return click.option(
+        "--preload", multiple=True, callback=split_commas, metavar="MODEL[,MODEL...]",
+        cls=DynamicHelpOption, help_fn=model_help(help_text),
+    )  # fmt: skip
+
+
+def metrics_options(default_port: int, what: str) -> Callable[[F], F]:
+    """``--metrics-port`` (0: off) and ``--metrics-addr`` of Prometheus ``/metrics``."""
+
+    def decorator(f: F) -> F:
+        f = click.option("--metrics-addr", default="0.0.0.0", help="Address of /metrics.")(f)
+        return click.option(
+            "--metrics-port", type=click.IntRange(0, 65535), default=default_port,
+            help=f"Serve Prometheus /metrics of {what} on this port (0: off).",
+        )(f)  # fmt: skip
+
+    return decorator
 
 
 def json_option(what: str = "the results") -> Callable[[F], F]:

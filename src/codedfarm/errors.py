@@ -7,7 +7,10 @@ Exception hierarchy::
 
     CodedFarmError
     ├── ConfigError                 bad settings, options or environment values
-    │   ├── UnknownModelError       no model of that name
+    │   ├── UnknownModelError       no model of that name (or no such version)
+    │   ├── ModelConfigError        a model repository's config.json that is invalid
+    │   ├── ModelUnavailableError   a model that cannot be served now (not prepared,
+    │   │                           missing or corrupt file, load error, wrong shape)
     │   ├── StragglerSpecError      a straggler spec that does not parse
     │   └── DatasetUnavailableError a data set that cannot be downloaded or found
     ├── InputError                  a batch the farm cannot serve (file, shape, NaN, size)
@@ -33,6 +36,8 @@ __all__ = [
     "DatasetUnavailableError",
     "InputError",
     "MessageRefusedError",
+    "ModelConfigError",
+    "ModelUnavailableError",
     "NonFiniteError",
     "NotEnoughResultsError",
     "ProtocolError",
@@ -55,6 +60,15 @@ class ConfigError(CodedFarmError):
 
 class UnknownModelError(ConfigError):
     """No model is registered under the requested name."""
+
+
+class ModelConfigError(ConfigError):
+    """A model repository's ``config.json`` is missing or invalid (names the file and field)."""
+
+
+class ModelUnavailableError(ConfigError):
+    """A model cannot be served right now: not prepared, a missing or corrupt file, a load
+    error, or outputs of the wrong shape. The message names the model and the fix."""
 
 
 class StragglerSpecError(ConfigError):

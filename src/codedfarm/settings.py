@@ -34,6 +34,7 @@ class Settings:
     max_workers: int = 1024  # largest n a batch may use
     collector: str = ""  # name of a collector service to use; empty: in-process
     cache_dir: Path = field(default_factory=_default_cache_dir)
+    model_repository: Path | None = None  # a Triton-style folder of the user's models
     fidelity_sample: float = 0.0  # fraction of batches also computed uncoded (decode MSE)
     visibility_timeout: float = 0.0  # unacked tasks of dead workers return after this; 0: key_ttl
 
@@ -85,7 +86,7 @@ def _parse(name: str, kind: str, raw: str) -> object:
         if kind == "int":
             return int(raw)
         if "Path" in kind:
-            return Path(raw).expanduser()
+            return Path(raw).expanduser() if raw or "None" not in kind else None
     except ValueError:
         raise ConfigError(f"{env_name} must be a {kind}, got {raw!r}") from None
     return raw

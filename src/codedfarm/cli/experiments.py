@@ -110,8 +110,13 @@ def compare(
     "-s", "--stragglers", "stragglers", multiple=True, callback=split_commas, metavar="S[,S...]",
     help="Straggler counts S (repeatable; default 0,10,...,60).",
 )  # fmt: skip
-@click.option("--batches", type=int, default=None, help="Held-out batches per model.")
-@click.option("--patterns", type=int, default=None, help="Straggler patterns per batch and S.")
+@click.option(
+    "--batches", type=int, default=None, help="Held-out batches per model (default 12; quick 3)."
+)
+@click.option(
+    "--patterns", type=int, default=None,
+    help="Straggler patterns per batch and S (default 8; quick 3).",
+)  # fmt: skip
 @click.option("--quick", is_flag=True, help="A small run: LeNet5, K=8, N=40.")
 @click.option("--seed", type=int, default=0, help="Seed of the batches and straggler draws.")
 @click.option(

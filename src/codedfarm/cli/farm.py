@@ -20,6 +20,7 @@ from codedfarm.cli.options import (
     json_option,
     metrics_options,
     model_help,
+    model_repository_option,
     preload_option,
     queues_option,
     settings_from_context,
@@ -68,6 +69,7 @@ __all__ = ["collector", "submit", "worker"]
 )
 @metrics_options(0, "every pool process")
 @click.option("--hostname", "-n", default=None, help="Node name (as Celery's -n).")
+@model_repository_option()
 @click.option(
     "--loglevel",
     "-l",
@@ -87,6 +89,7 @@ def worker(
     metrics_port: int,
     metrics_addr: str,
     hostname: str | None,
+    model_repository: Path | None,
     loglevel: str,
 ) -> None:
     """Run a worker that serves coded inference tasks (a Celery worker, or the batch engine)."""
@@ -98,7 +101,7 @@ def worker(
         metrics_port=metrics_port, metrics_addr=metrics_addr, hostname=hostname,
         loglevel=loglevel.lower(),
     )  # fmt: skip
-    sys.exit(run_worker(settings_from_context(), options))
+    sys.exit(run_worker(settings_from_context(model_repository=model_repository), options))
 
 
 @click.command()
@@ -123,12 +126,16 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     "--model", "-m", required=True, cls=DynamicHelpOption, help_fn=model_help("Model to run")
 )
 @click.option(
-    "--codec", default="spline", metavar="SPEC", cls=DynamicHelpOption, help_fn=codec_help()
-)
+    "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
+    help_fn=codec_help("Codec spec (default: the model's config.json, else spline)"),
+)  # fmt: skip
 @click.option(
     "-n", "n", type=int, default=None, help="Workers / coded inputs (default depends on the codec)."
 )
-@click.option("-s", "--stragglers", "s", type=int, default=0, help="Stragglers to tolerate (S).")
+@click.option(
+    "-s", "--stragglers", "s", type=int, default=None,
+    help="Stragglers to tolerate, S (default: the model's config.json, else 0).",
+)  # fmt: skip
 @click.option(
     "--wait",
     "wait_for",
@@ -149,7 +156,8 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     "--collector",
     "collector_name",
     default=None,
-    help="Use this collector service instead of collecting in-process.",
+    help="Use this collector service instead of collecting in-process "
+    "(default: CODEDFARM_COLLECTOR; unset: in-process).",
 )
 @click.option("--seed", type=int, default=None, help="Seed of the straggler draw.")
 @click.option(
@@ -158,13 +166,14 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     default=None,
     help="Save predictions to this .npy file.",
 )
+@model_repository_option()
 @json_option("the batch record")
 def submit(
     input_file: Path,
     model: str,
-    codec: str,
+    codec: str | None,
     n: int | None,
-    s: int,
+    s: int | None,
     wait_for: int | None,
     straggle: str | None,
     deadline: float | None,
@@ -172,6 +181,7 @@ def submit(
     collector_name: str | None,
     seed: int | None,
     out: Path | None,
+    model_repository: Path | None,
     as_json: bool,
 ) -> None:
     """Submit a batch (a .npy array of shape (K, *input_shape)) and print the result."""
@@ -190,7 +200,8 @@ def submit(
         queues=queues or None,
         seed=seed,
     )
-    with FarmClient(settings_from_context(), collector=collector_name) as client:
+    settings = settings_from_context(model_repository=model_repository)
+    with FarmClient(settings, collector=collector_name) as client:
         result = client.submit(batch, spec)
     record = result.record
     if out is not None and result.predictions is not None:
@@ -206,7 +217,8 @@ def submit(
 def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> str:
     t = record.timings
     lines = [
-        f"batch {record.batch}: {record.outcome}  ({record.codec}, model {record.model})",
+        f"batch {record.batch}: {record.outcome}  ({record.codec}, model {record.model}"
+        + (f"@{record.model_version})" if record.model_version is not None else ")"),
         f"  k={record.k} n={record.n} s={record.s} wait_for={record.wait_for}; "
         f"results received {record.results_received}, used {len(record.workers_used)}",
         f"  timings ms: encode {t.encode * 1e3:.2f}  dispatch {t.dispatch * 1e3:.2f}  "

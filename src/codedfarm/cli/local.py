@@ -20,6 +20,7 @@ from codedfarm.cli.options import (
     engine_option,
     json_option,
     model_help,
+    model_repository_option,
     preload_option,
     queues_option,
     settings_from_context,
@@ -119,6 +120,7 @@ def demo(
     type=click.Path(path_type=Path),
     help="Compose file(s) for --compose (repeatable; default: compose.yaml here).",
 )
+@model_repository_option()
 @json_option("the counts")
 def scale(
     workers: int,
@@ -131,6 +133,7 @@ def scale(
     now: bool,
     compose: bool,
     compose_files: tuple[Path, ...],
+    model_repository: Path | None,
     as_json: bool,
 ) -> None:
     """Grow or shrink the farm on this machine and report the resulting count.
@@ -150,8 +153,8 @@ def scale(
     options = WorkerOptions(
         queues=queues, engine=engine, concurrency=concurrency, device=device, preload=preload
     )
-    count, started, stopped = scale_local(settings_from_context(), options, workers, run_dir,
-                                          now=now)  # fmt: skip
+    settings = settings_from_context(model_repository=model_repository)
+    count, started, stopped = scale_local(settings, options, workers, run_dir, now=now)
     if as_json:
         click.echo(json.dumps({"workers": count, "started": started, "stopped": stopped}))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -25,6 +26,7 @@ __all__ = [
     "json_option",
     "metrics_options",
     "model_help",
+    "model_repository_option",
     "preload_option",
     "queues_option",
     "settings_from_context",
@@ -43,11 +45,22 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def settings_from_context() -> Settings:
-    """Settings from ``CODEDFARM_*`` plus the group's ``--redis-url``."""
+def settings_from_context(**overrides: object) -> Settings:
+    """Settings from ``CODEDFARM_*``, the group's ``--redis-url`` and ``overrides`` (a
+    command's own options, such as ``model_repository``; None values are ignored)."""
     ctx = click.get_current_context()
     obj = ctx.find_root().obj or {}
-    return Settings.from_env(redis_url=obj.get("redis_url"))
+    return Settings.from_env(None, redis_url=obj.get("redis_url"), **overrides)
+
+
+def model_repository_option(required: bool = False) -> Callable[[F], F]:
+    """``--model-repository``: the folder of the user's models (CODEDFARM_MODEL_REPOSITORY)."""
+    return click.option(
+        "--model-repository", type=click.Path(path_type=Path, file_okay=False),
+        envvar="CODEDFARM_MODEL_REPOSITORY", required=required, show_envvar=True, default=None,
+        help="The model repository: <dir>/<name>/config.json and <dir>/<name>/<version>/"
+        "model.pt or model.pt2.",
+    )  # fmt: skip
 
 
 def _flatten(values: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -97,7 +110,8 @@ def model_help(prefix: str = "Model") -> Callable[[], str]:
     def text() -> str:
         from codedfarm.models.registry import MODELS
 
-        return f"{prefix}: {', '.join(MODELS)} (`codedfarm models` describes them)."
+        return (f"{prefix}: NAME[@VERSION] of the model repository, or built in: "
+                f"{', '.join(MODELS)} (`codedfarm models` lists them).")  # fmt: skip
 
     return text
 
@@ -143,7 +157,7 @@ def queues_option(help_text: str, default: tuple[str, ...] = ()) -> Callable[[F]
 def preload_option(help_text: str) -> Callable[[F], F]:
     """``--preload``: models a worker loads before it announces itself ready."""
     return click.option(
-        "--preload", multiple=True, callback=split_commas, metavar="MODEL[,MODEL...]",
+        "--preload", multiple=True, default=(), callback=split_commas, metavar="MODEL[,MODEL...]",
         cls=DynamicHelpOption, help_fn=model_help(help_text),
     )  # fmt: skip
 

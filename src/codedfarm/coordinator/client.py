@@ -85,7 +85,8 @@ class FarmClient:
         if reply is None:
             record = BatchRecord(
                 batch=prepared.batch,
-                model=spec.model,
+                model=prepared.model.name,
+                model_version=prepared.model.version,
                 codec=prepared.codec.spec,
                 k=prepared.k,
                 n=prepared.n,

@@ -219,8 +219,10 @@ class Collector:
                 batch.policy_met_at = self.clock()
         if len(batch.received) >= batch.reg.wait_for:
             self._ready[batch.reg.batch] = False
-        elif len(batch.received) + len(batch.errors) >= batch.reg.n:  # nobody else will answer
-            self._ready[batch.reg.batch] = True  # decode like at the deadline, if it can
+        elif len(batch.received) + len(batch.errors) >= batch.reg.n or self._hopeless(batch):
+            # nobody else will answer, or too many failed to ever decode: decode like at the
+            # deadline if it can, else fail now with the workers' reason (not a timeout)
+            self._ready[batch.reg.batch] = True
 
     def _expire_deadlines(self) -> list[BatchRecord]:
         now = self.clock()
@@ -255,9 +257,15 @@ class Collector:
             return None
         return good, np.stack(arrays)
 
+    @staticmethod
+    def _hopeless(batch: _Open) -> bool:
+        """True when so many tasks failed that the results still possible cannot decode."""
+        return batch.reg.n - len(batch.errors) < batch.codec.min_results
+
     def _try_finish(self, batch: _Open, *, at_deadline: bool) -> BatchRecord | None:
         if len(batch.received) < batch.codec.min_results:
-            if at_deadline and len(batch.received) + len(batch.errors) >= batch.reg.n:
+            answered = len(batch.received) + len(batch.errors) >= batch.reg.n
+            if at_deadline and (answered or self._hopeless(batch)):
                 return self._finish(
                     batch, "failed", None, None, None, error=self._error_summary(batch)
                 )
@@ -325,6 +333,7 @@ class Collector:
                 decode=decode_s or 0.0,
             ),
             needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
+            model_version=reg.model_version,
         )
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping
@@ -377,6 +386,7 @@ class Collector:
             wait_for=reg.wait_for,
             outcome="failed",
             error=error,
+            model_version=reg.model_version,
         )
         self._cleanup.append(reg.input_key)
         self._deliver(reg, record, None)

@@ -14,7 +14,7 @@ import redis
 
 from codedfarm.codecs import Codec, CodecPlan, plan_codec
 from codedfarm.errors import CodecError, ConfigError, InputError
-from codedfarm.models.registry import get_model_spec
+from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.protocol import INFER_TASK, BatchRegistration, Keys, TaskMessage, task_envelope
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate, parse_straggler_spec
@@ -26,20 +26,23 @@ __all__ = ["BatchSpec", "Dispatcher", "PreparedBatch"]
 class BatchSpec:
     """How to serve one batch (a frozen value object; every field but ``model`` optional).
 
-    ``codec`` is a spec such as ``spline:lam_dec=auto``. ``n`` defaults to what the codec
-    class says (``k`` for uncoded, ``k(s+1)`` for replication, the fewest that tolerate
-    ``s`` for exact codes, ``3k`` for approximate ones); ``wait_for`` to ``n - s``;
-    ``deadline`` (seconds after submit) and ``queues`` to the settings'. ``straggle``
-    injects stragglers (``fixed:S=4,delay=2``), ``plan`` gives one fate per task instead.
+    ``model`` is a name (a repository model's highest version, or a zoo model) or
+    ``name@version``. ``codec`` is a spec such as ``spline:lam_dec=auto``. Unset fields
+    take the model's ``config.json`` serving defaults, then the farm's: codec ``spline``;
+    ``s`` 0; ``n`` what the codec class says (``k`` for uncoded, ``k(s+1)`` for replication,
+    the fewest that tolerate ``s`` for exact codes, ``3k`` for approximate ones);
+    ``wait_for`` ``n - s``; ``deadline`` (seconds after submit) and ``queues`` the
+    settings'. ``straggle`` injects stragglers (``fixed:S=4,delay=2``), ``plan`` gives one
+    fate per task instead.
     """
 
     model: str
-    codec: str = "spline"
+    codec: str | None = None
     n: int | None = None
-    s: int = 0
+    s: int | None = None
     wait_for: int | None = None
     straggle: str | None = None  # None: workers apply their own default
-    deadline: float | None = None  # seconds after submit; None: settings.deadline
+    deadline: float | None = None  # seconds after submit
     queues: tuple[str, ...] | None = None
     seed: int | None = None
     plan: tuple[TaskFate, ...] | None = None  # explicit fate per task (overrides straggle)
@@ -51,6 +54,7 @@ class BatchSpec:
 class PreparedBatch:
     batch: str
     spec: BatchSpec
+    model: ResolvedModel
     plan: CodecPlan
     codec: Codec
     k: int
@@ -111,14 +115,15 @@ class Dispatcher:
 
     def prepare(self, x: Any, spec: BatchSpec) -> PreparedBatch:
         """Validate everything, then encode. Raises before anything is written to Redis."""
-        model = get_model_spec(spec.model)
-        inputs = _as_float32_batch(x, model.input_shape, spec.model)
+        model = resolve_model(spec.model, self.settings.model_repository)
+        inputs = _as_float32_batch(x, model.input_shape, model.ref)
         k = inputs.shape[0]
-        plan = plan_codec(spec.codec)
-        s = spec.s
+        serving = model.serving
+        plan = plan_codec(spec.codec or serving.codec or "spline")
+        s = spec.s if spec.s is not None else (serving.s or 0)
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ConfigError(f"s (stragglers to tolerate) must be an integer >= 0, got {s!r}")
-        n = plan.default_n(k, s) if spec.n is None else spec.n
+        n = spec.n if spec.n is not None else (serving.n or plan.default_n(k, s))
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.settings.max_workers:
             raise ConfigError(
                 f"n must be an integer in [1, {self.settings.max_workers}], got {n!r}"
@@ -136,7 +141,9 @@ class Dispatcher:
             raise ConfigError(
                 f"wait_for must be in [{codec.min_results}, {n}] for {codec.spec}, got {wait_for}"
             )
-        deadline = self.settings.deadline if spec.deadline is None else spec.deadline
+        deadline = next(
+            d for d in (spec.deadline, serving.deadline, self.settings.deadline) if d is not None
+        )
         if spec.hedge_after is not None and not 0 < spec.hedge_after < deadline:
             raise ConfigError(f"hedge_after must be in (0, deadline), got {spec.hedge_after}")
         if not 0 < deadline < self.settings.key_ttl:
@@ -172,6 +179,7 @@ class Dispatcher:
         return PreparedBatch(
             batch=uuid.uuid4().hex,
             spec=spec,
+            model=model,
             plan=plan,
             codec=codec,
             k=k,
@@ -196,7 +204,8 @@ class Dispatcher:
             s=batch.s,
             wait_for=batch.wait_for,
             deadline=batch.submitted_at + batch.deadline_s,
-            model=batch.spec.model,
+            model=batch.model.name,
+            model_version=batch.model.version,
             submitted_at=batch.submitted_at,
             reply_key=self.keys.reply(batch.batch),
             input_key=self.keys.inputs(batch.batch),
@@ -228,7 +237,8 @@ class Dispatcher:
             message = TaskMessage(
                 batch=batch.batch,
                 index=j,
-                model=batch.spec.model,
+                model=batch.model.name,
+                version=batch.model.version,
                 input_key=key,
                 offset=offset,
                 nbytes=per_input,

@@ -126,6 +126,8 @@ class LocalFarm:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if s.model_repository is not None:
+            env["CODEDFARM_MODEL_REPOSITORY"] = str(s.model_repository)
         return env
 
     def start(self) -> LocalFarm:

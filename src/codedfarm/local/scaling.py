@@ -88,6 +88,9 @@ class LocalWorkers:
         log = self.run_dir / f"worker-{index}.log"
         env = dict(os.environ)
         env["CODEDFARM_REDIS_URL"] = self.settings.redis_url
+        env["CODEDFARM_CACHE_DIR"] = str(self.settings.cache_dir)
+        if self.settings.model_repository is not None:
+            env["CODEDFARM_MODEL_REPOSITORY"] = str(self.settings.model_repository)
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 options.argv(),
@@ -168,6 +171,6 @@ def scale_local(
     worker processes; returns (count, started, stopped)."""
     from codedfarm.redis_conn import connect
 
-    options.validate()
+    options.validate().check_models(settings.model_repository)
     connect(settings).close()
     return LocalWorkers(settings, run_dir).scale(count, options, now=now)

@@ -23,25 +23,25 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     num_outputs: int
     description: str
-    build: Callable[[Path], nn.Module]  # cache_dir -> model with weights, on CPU, eval mode
+    build: Callable[[Path, bool], nn.Module]  # (cache_dir, train) -> model on CPU, eval mode
 
 
-def _trained(name: str) -> Callable[[Path], nn.Module]:
-    def build(cache_dir: Path) -> nn.Module:
+def _trained(name: str) -> Callable[[Path, bool], nn.Module]:
+    def build(cache_dir: Path, train: bool) -> nn.Module:
         from codedfarm.models.training import trained_model
 
-        return trained_model(name, cache_dir)
+        return trained_model(name, cache_dir, train=train)
 
     return build
 
 
-def _vit(cache_dir: Path) -> nn.Module:
+def _vit(cache_dir: Path, train: bool) -> nn.Module:
     from codedfarm.models.vit import vit_b_16
 
     return vit_b_16(cache_dir)
 
 
-def _linear(cache_dir: Path) -> nn.Module:
+def _linear(cache_dir: Path, train: bool) -> nn.Module:
     import torch
     from torch import nn
 
@@ -53,7 +53,7 @@ def _linear(cache_dir: Path) -> nn.Module:
     return nn.Sequential(nn.Flatten(), layer)
 
 
-def _noop(cache_dir: Path) -> nn.Module:
+def _noop(cache_dir: Path, train: bool) -> nn.Module:
     from codedfarm.models.lenet import FirstPixels
 
     return FirstPixels()
@@ -115,8 +115,10 @@ def get_model_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
 
 
-def load_model(name: str, cache_dir: Path, device: str = "cpu") -> nn.Module:
-    """Build model ``name`` with its weights, in eval mode, on ``device``."""
+def load_model(name: str, cache_dir: Path, device: str = "cpu", *, train: bool = True) -> nn.Module:
+    """Build zoo model ``name`` with its weights, in eval mode, on ``device``. A model that
+    needs training trains first (minutes) unless ``train=False``, which raises
+    :class:`~codedfarm.errors.ModelUnavailableError` instead."""
     spec = get_model_spec(name)
-    model = spec.build(cache_dir).eval()
+    model = spec.build(cache_dir, train).eval()
     return model.to(device)

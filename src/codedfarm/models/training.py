@@ -13,12 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from codedfarm.errors import ModelUnavailableError
+
 if TYPE_CHECKING:
     from torch import nn
 
     from codedfarm.models.digits import DigitsSplit
 
-__all__ = ["TRAINABLE", "TrainingRecipe", "train_classifier", "trained_lenet5", "trained_model"]
+__all__ = [
+    "TRAINABLE",
+    "TrainingRecipe",
+    "is_trained",
+    "train_classifier",
+    "trained_lenet5",
+    "trained_model",
+    "training_metadata",
+]
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,17 @@ TRAINABLE: dict[str, TrainingRecipe] = {
 
 
 def train_classifier(
-    model: nn.Module, data: DigitsSplit, *, epochs: int, lr: float, batch_size: int, seed: int = 0
+    model: nn.Module,
+    data: DigitsSplit,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Adam + cross-entropy with a cosine schedule; returns metadata with test accuracy."""
+    """Adam + cross-entropy with a cosine schedule; returns metadata with test accuracy.
+    ``progress(1)`` is called after every epoch."""
     import torch
 
     torch.manual_seed(seed)
@@ -78,6 +96,8 @@ def train_classifier(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
+        if progress is not None:
+            progress(1)
     model.eval()
     with torch.no_grad():
         predicted = torch.cat(
@@ -95,17 +115,37 @@ def train_classifier(
     }
 
 
-def trained_model(name: str, cache_dir: Path, dataset: str = "digits") -> nn.Module:
+def is_trained(name: str, cache_dir: Path, dataset: str = "digits") -> bool:
+    """True if model ``name`` has cached weights for ``dataset`` in ``cache_dir``."""
+    return (cache_dir / f"{name}-{dataset}.pt").exists()
+
+
+def trained_model(
+    name: str,
+    cache_dir: Path,
+    dataset: str = "digits",
+    *,
+    train: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> nn.Module:
     """Model ``name`` with weights trained on ``dataset``, training and caching them first
-    if needed. Concurrent callers serialize on a lock file; weights are written atomically
-    next to a JSON file with the training metadata (accuracy, epochs, time)."""
+    if needed (``progress(1)`` per epoch). Concurrent callers serialize on a lock file;
+    weights are written atomically next to a JSON file with the training metadata
+    (accuracy, epochs, time). With ``train=False`` a model without cached weights raises
+    :class:`~codedfarm.errors.ModelUnavailableError` instead of training (minutes)."""
     import torch
 
     from codedfarm.models.datasets import load_dataset
 
     recipe = TRAINABLE[name]
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{name}-{dataset}.pt"
+    if not train and not path.exists():
+        raise ModelUnavailableError(
+            f"model {name} is not prepared (no trained weights in {cache_dir}): run "
+            f"`codedfarm models prepare {name}` with the same CODEDFARM_CACHE_DIR, or start "
+            f"the worker with --preload {name}"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / f"{name}-{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
@@ -115,7 +155,12 @@ def trained_model(name: str, cache_dir: Path, dataset: str = "digits") -> nn.Mod
                 "model": name,
                 "dataset": f"{dataset} at {'x'.join(map(str, recipe.input_shape))}",
                 **train_classifier(
-                    model, data, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size
+                    model,
+                    data,
+                    epochs=recipe.epochs,
+                    lr=recipe.lr,
+                    batch_size=recipe.batch_size,
+                    progress=progress,
                 ),
             }
             tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -67,6 +67,7 @@ class TaskMessage:
     delay: float | None = None  # None: no per-batch straggler plan; use the worker's default
     fail: bool = False
     queue: str = ""  # the queue the task was sent to (a metrics label)
+    version: int | None = None  # a repository model's version (None: a zoo model)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields: no need for asdict's deep copy
@@ -77,6 +78,10 @@ class TaskMessage:
         if msg.dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"task message dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
         expected = int(np.prod(msg.shape, dtype=np.int64)) * np.dtype(msg.dtype).itemsize
+        if msg.version is not None and (
+            not isinstance(msg.version, int) or isinstance(msg.version, bool) or msg.version < 1
+        ):
+            raise ProtocolError(f"task message model version {msg.version!r} is not >= 1")
         if msg.nbytes != expected or msg.offset < 0 or msg.index < 0:
             raise ProtocolError(
                 f"task message for batch {msg.batch}: nbytes={msg.nbytes} does not match "
@@ -128,6 +133,7 @@ class BatchRegistration:
     queues: list[str] = field(default_factory=list)
     encode_s: float = 0.0
     reference: bool = False  # also computed uncoded (tasks n..n+k-1), to measure fidelity
+    model_version: int | None = None  # a repository model's version (None: a zoo model)
     kind: str = "batch"
 
     def to_json(self) -> bytes:

@@ -50,6 +50,7 @@ class BatchRecord:
     error: str = ""
     timings: StageTimings = field(default_factory=StageTimings)
     needed_written_at: float | None = None  # wall time the policy-meeting result was written
+    model_version: int | None = None  # a repository model's version (None: a zoo model)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

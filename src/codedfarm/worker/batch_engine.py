@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from codedfarm.errors import MessageRefusedError, ProtocolError
+from codedfarm.errors import MessageRefusedError, ModelUnavailableError, ProtocolError
 from codedfarm.monitoring.worker_metrics import worker_metrics
 from codedfarm.protocol import (
     INFER_TASK,
@@ -268,7 +268,7 @@ class BatchEngine:
     def _run_models(self, tasks: list[_Task], inputs: list[bytes], report: Report) -> list[str]:
         """Forward passes, one per (model, dtype, shape) group; fills ``report``."""
         statuses = ["skipped"] * len(tasks)  # no input: the batch is finished or expired
-        groups: dict[tuple[str, str, tuple[int, ...]], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, int | None, str, tuple[int, ...]], list[int]] = defaultdict(list)
         arrays: dict[int, np.ndarray] = {}
         for i, (task, data) in enumerate(zip(tasks, inputs, strict=True)):
             if not data:
@@ -279,12 +279,17 @@ class BatchEngine:
             except ProtocolError as exc:
                 statuses[i] = report.error(task.msg, exc, self.worker.name)
                 continue
-            groups[(m.model, m.dtype, tuple(m.shape))].append(i)
-        for (model, _, _), members in groups.items():
+            groups[(m.model, m.version, m.dtype, tuple(m.shape))].append(i)
+        for (model, version, _, _), members in groups.items():
             try:
                 outputs, compute = predict(
-                    self.worker, model, np.stack([arrays[i] for i in members])
+                    self.worker, model, np.stack([arrays[i] for i in members]), version
                 )
+            except ModelUnavailableError as exc:  # no use trying one by one
+                log.error("%d task(s) failed: %s", len(members), exc)
+                for i in members:
+                    statuses[i] = report.error(tasks[i].msg, exc, self.worker.name)
+                continue
             except Exception:  # one bad input must not fail the others: run them one by one
                 log.exception("group forward of %d tasks failed; retrying one by one", len(members))
                 for i in members:
@@ -300,7 +305,7 @@ class BatchEngine:
 
     def _run_one(self, report: Report, task: _Task, x: np.ndarray) -> str:
         try:
-            outputs, compute = predict(self.worker, task.msg.model, x[None])
+            outputs, compute = predict(self.worker, task.msg.model, x[None], task.msg.version)
         except Exception as exc:
             log.exception("task %s/%d failed", task.msg.batch, task.msg.index)
             return report.error(task.msg, exc, self.worker.name)

@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from codedfarm.errors import ProtocolError
+from codedfarm.errors import ModelUnavailableError, ProtocolError
 from codedfarm.monitoring.worker_metrics import worker_metrics
 from codedfarm.protocol import INFER_TASK, TaskMessage, array_from_bytes
 from codedfarm.settings import Settings
@@ -172,8 +172,11 @@ def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate) -> str:
     report = Report()
     try:
         x = array_from_bytes(data, msg.dtype, msg.shape)
-        outputs, compute = predict(worker, msg.model, x[None])
+        outputs, compute = predict(worker, msg.model, x[None], msg.version)
         status = report.ok(msg, outputs[0], compute, fate.delay, worker.name)
+    except ModelUnavailableError as exc:  # the error says it all; no traceback per task
+        log.error("task %s/%d: %s", msg.batch, msg.index, exc)
+        status = report.error(msg, exc, worker.name)
     except Exception as exc:  # a model or data error: tell the collector instead of hanging
         log.exception("task %s/%d failed", msg.batch, msg.index)
         status = report.error(msg, exc, worker.name)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from codedfarm.errors import ModelUnavailableError
 from codedfarm.protocol import Notice, TaskMessage
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker.state import WorkerState
@@ -58,22 +59,32 @@ def batch_open(worker: WorkerState, msg: TaskMessage) -> bool:
     return bool(worker.redis.exists(msg.input_key))
 
 
-def predict(worker: WorkerState, model_name: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+def predict(
+    worker: WorkerState, model_name: str, x: np.ndarray, version: int | None = None
+) -> tuple[np.ndarray, float]:
     """Model outputs ``(G, *in_shape) -> (G, *out_shape)`` float32 on the worker's device,
     and the compute time in seconds (times ``--slowdown`` on a persistently slow node).
 
     The models are in eval mode, so each output row depends only on its own input: G coded
-    inputs in one forward pass give the same outputs as G passes of one.
+    inputs in one forward pass give the same outputs as G passes of one. Raises
+    :class:`ModelUnavailableError` when the model cannot be served or its outputs do not
+    have the shape its config declares.
     """
     import torch
 
-    model = worker.model(model_name)
+    model = worker.model(model_name, version)
     device = worker.options.device
     start = time.perf_counter()
     with torch.inference_mode():
         tensor = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)
-        output = model(tensor).float().cpu().numpy()
+        output = model.module(tensor).float().cpu().numpy()
     compute = time.perf_counter() - start
+    if tuple(output.shape) != (len(x), *model.output_shape):
+        raise ModelUnavailableError(
+            f"model {model.ref} on worker {worker.name} returned outputs of shape "
+            f"{tuple(output.shape[1:])} for inputs of shape {tuple(x.shape[1:])}; its config "
+            f"says {model.output_shape}: fix the model or its output_shape"
+        )
     if worker.options.slowdown > 1:
         time.sleep((worker.options.slowdown - 1.0) * compute)
         compute *= worker.options.slowdown
@@ -150,9 +161,13 @@ class Report:
 
 
 def preload_models(worker: WorkerState) -> None:
-    """Load the worker's ``preload`` models (in this process, on its device)."""
-    for name in worker.options.preload:
-        worker.model(name)
+    """Load the worker's ``preload`` models (in this process, on its device), training zoo
+    models that need it; a bare repository name loads its highest version."""
+    from codedfarm.models.resolve import parse_model_ref
+
+    for ref in worker.options.preload:
+        name, version = parse_model_ref(ref)
+        worker.model(name, version, train=True)
 
 
 def announce_ready(name: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 
 from codedfarm.errors import ConfigError
 from codedfarm.settings import Settings
 from codedfarm.worker.options import WorkerOptions
 
-__all__ = ["celery_argv", "check_device", "run_worker"]
+__all__ = ["celery_argv", "check_device", "prepare_zoo_models", "run_worker"]
 
 
 def check_device(device: str) -> None:
@@ -26,6 +27,20 @@ def check_device(device: str) -> None:
         raise ConfigError(
             f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
+
+
+def prepare_zoo_models(settings: Settings, options: WorkerOptions) -> None:
+    """Train the preloaded zoo models that need it, once, before any process forks and
+    before the worker says it is ready (Celery's pool children then only load weights)."""
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.models.training import TRAINABLE, is_trained, trained_model
+
+    for ref in options.preload:
+        zoo = resolve_model(ref, settings.model_repository).source == "zoo"
+        if zoo and ref in TRAINABLE and not is_trained(ref, settings.cache_dir):
+            print(f"codedfarm worker: training {ref} on digits before serving (cached in "
+                  f"{settings.cache_dir}) ...", file=sys.stderr, flush=True)  # fmt: skip
+            trained_model(ref, settings.cache_dir)
 
 
 def celery_argv(options: WorkerOptions) -> list[str]:
@@ -48,7 +63,7 @@ def celery_argv(options: WorkerOptions) -> list[str]:
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Validate, set up metrics, connect, then serve until told to stop; returns the exit
     status. Raises :class:`~codedfarm.errors.CodedFarmError` before anything starts."""
-    options.validate()
+    options.validate().check_models(settings.model_repository)
     check_device(options.device)
     from codedfarm.redis_conn import connect
 
@@ -64,6 +79,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         serve_worker_metrics(options.metrics_port, options.metrics_addr)
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
+    prepare_zoo_models(settings, options)
     from codedfarm.worker.celery_engine import make_celery, survive_connection_loss
     from codedfarm.worker.state import configure, state
     from codedfarm.worker.supervisor import supervise

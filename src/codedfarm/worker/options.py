@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from codedfarm.errors import ConfigError
@@ -70,7 +71,8 @@ class WorkerOptions:
         return self.concurrency or DEFAULT_SLOTS[self.engine]
 
     def validate(self) -> WorkerOptions:
-        """Check everything that needs no torch; returns self. Raises :class:`ConfigError`."""
+        """Check everything that needs neither torch nor the models; returns self. Raises
+        :class:`ConfigError`."""
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.pool is not None and self.engine != "celery":
@@ -95,11 +97,14 @@ class WorkerOptions:
             or (device != "cuda" and not (device[:5] == "cuda:" and device[5:].isdigit()))
         ):
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-        from codedfarm.models.registry import get_model_spec
-
-        for name in self.preload:
-            get_model_spec(name)
         return self
+
+    def check_models(self, repository: Path | None) -> None:
+        """Every ``preload`` reference names a model (in ``repository`` or the zoo)."""
+        from codedfarm.models.resolve import resolve_model
+
+        for ref in self.preload:
+            resolve_model(ref, repository)
 
     def argv(self) -> list[str]:
         """The command line that starts a worker process with these options."""

@@ -116,6 +116,23 @@ else
         "$(tail -n 1 "$TMP/err")"
 fi
 
+# Workers of both files see the model repository, read-only, where the variable says.
+for files in "-f compose.yaml" "-f compose.yaml -f compose.cpu.yaml"; do
+    label="model repository mounted on the worker ($files)"
+    # shellcheck disable=SC2086
+    if "$DC" $files config --format json 2>/dev/null | "$PY" -c '
+import json, sys
+w = json.load(sys.stdin)["services"]["worker"]
+where = w["environment"]["CODEDFARM_MODEL_REPOSITORY"]
+mounts = [v for v in w["volumes"] if v["target"] == where]
+assert mounts and mounts[0].get("read_only"), w["volumes"]
+' 2>"$TMP/err"; then
+        pass "$label"
+    else
+        fail "$label" "$(tail -n 1 "$TMP/err")"
+    fi
+done
+
 # --- prometheus ------------------------------------------------------------------------
 
 promtool_check() {

@@ -154,3 +154,17 @@ def test_demo_rejects_bad_options_before_starting_anything():
         result.stderr.strip() == "error: letcc: bad parameter 'nope=1' in spec "
         "'letcc:nope=1'; allowed: s, sigma"
     )
+
+
+def test_models_train_is_the_old_models_prepare(monkeypatch):
+    import codedfarm.models.manage as manage
+    from codedfarm.models.training import TRAINABLE
+
+    prepared: list[str] = []
+    monkeypatch.setattr(manage, "prepare_model", lambda ref, *a, **k: prepared.append(ref) or ref)
+    result = run("models", "--train", "--json")
+    assert result.exit_code == 0, result.output
+    _deprecated_text = "models --train is deprecated and will be removed in codedfarm 0.3"
+    assert _deprecated_text in result.stderr and "models prepare NAME" in result.stderr
+    assert prepared == list(TRAINABLE)
+    assert [r["name"] for r in json.loads(result.stdout)][: len(MODELS)] == list(MODELS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,11 +22,9 @@ __all__ = ["models"]
 def _shape(value: str | None, option: str) -> tuple[int, ...] | None:
     if value is None:
         return None
-    try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
+    parts = [v.strip() for v in re.split(r"[,x]", value)]
+    shape = tuple(int(v) for v in parts if v.isdigit())
+    if not parts or len(shape) != len(parts) or any(d < 1 for d in shape):
         raise ConfigError(f"{option} takes positive integers like 1,32,32, got {value!r}")
     return shape
 

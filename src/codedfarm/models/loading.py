@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +18,20 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-__all__ = ["load_repository_model"]
+__all__ = ["load_repository_model", "short_reason"]
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line for an error from torch: TorchScript's carry the interpreter's traceback,
+    whose last line is the reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if any("Traceback" in line for line in lines):
+        lines = lines[-1:]
+    return " ".join(" ".join(lines).split())[:300] or type(exc).__name__
 
 
 def _unavailable(model: RepositoryModel, what: str, exc: BaseException) -> ModelUnavailableError:
-    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-    return ModelUnavailableError(f"model {model.ref}: {what}: {reason}")
+    return ModelUnavailableError(f"model {model.ref}: {what}: {short_reason(exc)}")
 
 
 @contextmanager
@@ -50,16 +59,25 @@ def _import_factory(model: RepositoryModel) -> Any:
     return getattr(module, function)
 
 
-class _RowByRow:
-    """Runs a program exported for a fixed batch size one input at a time."""
+class _FixedBatch:
+    """Runs a program exported for one batch size ``size``: inputs go in chunks of that
+    size, the last one padded with zeros (rows are independent in eval mode)."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, size: int) -> None:
         self.module = module
+        self.size = size
 
     def __call__(self, x: Any) -> Any:
         import torch
 
-        return torch.cat([self.module(row[None]) for row in x])
+        outputs = []
+        for start in range(0, len(x), self.size):
+            chunk = x[start : start + self.size]
+            pad = self.size - len(chunk)
+            if pad:
+                chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
+            outputs.append(self.module(chunk)[: self.size - pad])
+        return torch.cat(outputs)
 
 
 def load_repository_model(model: RepositoryModel, device: str = "cpu") -> nn.Module:
@@ -72,13 +90,15 @@ def load_repository_model(model: RepositoryModel, device: str = "cpu") -> nn.Mod
     try:
         if kind == "torchscript":
             assert file is not None
-            module: Any = torch.jit.load(str(file), map_location=device).eval()  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript; users chose it
+                warnings.simplefilter("ignore", FutureWarning)
+                module: Any = torch.jit.load(str(file), map_location=device).eval()  # type: ignore[no-untyped-call]
         elif kind == "export":
             assert file is not None
             with _quiet_torch_export():
                 program = torch.export.load(str(file))
             module = program.module().to(device)  # exported in eval mode; .eval() is refused
-            module = _batched(module, model, device)
+            module = _batched(module, _example_batch(program), model, device)
         elif kind == "factory":
             build = _import_factory(model)
             module = build()
@@ -99,16 +119,25 @@ def load_repository_model(model: RepositoryModel, device: str = "cpu") -> nn.Mod
     return module  # type: ignore[no-any-return]
 
 
-def _batched(module: Any, model: RepositoryModel, device: str) -> Any:
-    """An exported program may have been exported for one batch size: probe with two inputs
-    and fall back to one at a time (correct, slower; export with a dynamic batch dimension,
-    ``dynamic_shapes={"x": {0: torch.export.Dim("batch")}}``, to batch)."""
+def _example_batch(program: Any) -> int:
+    """The batch size the program was exported with (1 if it cannot tell)."""
+    try:
+        args, _ = program.example_inputs
+        return int(args[0].shape[0])
+    except Exception:
+        return 1
+
+
+def _batched(module: Any, exported: int, model: RepositoryModel, device: str) -> Any:
+    """A program may have been exported for one batch size: probe with another size and, if
+    that fails, run in chunks of the exported size (correct, slower; export with a dynamic
+    batch dimension, ``dynamic_shapes={"x": {0: torch.export.Dim("batch")}}``, to batch)."""
     import torch
 
-    probe = torch.zeros((2, *model.config.input_shape), device=device)
+    probe = torch.zeros((exported + 1, *model.config.input_shape), device=device)
     try:
         with torch.inference_mode():
             module(probe)
         return module
     except Exception:
-        return _RowByRow(module)
+        return _FixedBatch(module, exported)

@@ -21,7 +21,7 @@ def probe_output_shape(model: RepositoryModel, device: str = "cpu") -> tuple[int
     must not change the shape); returns the output shape without the batch dimension."""
     import torch
 
-    from codedfarm.models.loading import load_repository_model
+    from codedfarm.models.loading import load_repository_model, short_reason
 
     module = load_repository_model(model, device)
     shape = model.config.input_shape
@@ -30,9 +30,8 @@ def probe_output_shape(model: RepositoryModel, device: str = "cpu") -> tuple[int
             one = module(torch.zeros((1, *shape), device=device))
             two = module(torch.zeros((2, *shape), device=device))
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:300]
         raise ModelUnavailableError(
-            f"model {model.ref} does not run on a zero input of shape {shape}: {reason}"
+            f"model {model.ref} does not run on a zero input of shape {shape}: {short_reason(exc)}"
         ) from None
     if not isinstance(one, torch.Tensor) or one.shape[0] != 1 or two.shape[1:] != one.shape[1:]:
         raise ModelUnavailableError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -115,11 +114,8 @@ def test_pickle_messages_are_refused(fault_farm):
 def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm, digits):
     settings = fault_farm.settings
     outcomes = []
-    log = open(fault_farm.log_dir / "collector-flt.log", "wb")  # noqa: SIM115
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "codedfarm", "collector", "--name", "flt", "--metrics-port", "0"],
-        env=fault_farm.env(), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    # listening before Redis restarts (a collector that cannot reach Redis at start exits)
+    collector = fault_farm.start_collector("flt")
 
     def run() -> None:
         outcomes.append(submit(settings, digits, codec="spline", n=12, s=2,
@@ -156,7 +152,6 @@ def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm
     finally:
         collector.terminate()
         collector.wait(10)
-        log.close()
 
 
 def test_an_ack_on_a_channel_closed_by_a_restart_is_a_connection_error():

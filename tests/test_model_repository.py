@@ -205,7 +205,7 @@ def test_bad_requests_are_refused_at_the_client_with_exit_2(repo_farm, repo, tmp
     base = ["--redis-url", repo_farm.settings.redis_url, "submit", str(batch),
             "--model-repository", str(repo)]  # fmt: skip
     cases = [
-        (["-m", "affine"], "model affine@2 takes a batch of shape (K, 1, 32, 32), got (4, 3, 32, 32)"),
+        (["-m", "affine@1"], "model affine@1 takes a batch of shape (K, 1, 32, 32), got (4, 3, 32, 32)"),
         (["-m", "affine@9"], "model affine has no version 9"),
         (["-m", "noshape"], f"{repo / 'noshape' / 'config.json'}: missing field 'output_shape'"),
         (["-m", "nosuch"], "unknown model 'nosuch'"),

@@ -114,8 +114,11 @@ def load_repository_model(model: RepositoryModel, device: str = "cpu") -> nn.Mod
     except ModelUnavailableError:
         raise
     except Exception as exc:
-        what = f"cannot load {file or model.directory}"
-        raise _unavailable(model, what, exc) from None
+        error = _unavailable(model, f"cannot load {file or model.directory}", exc)
+        raise ModelUnavailableError(
+            f"{error}; replace it (`codedfarm models add {model.name} FILE ...` checks a file "
+            "and writes a new version)"
+        ) from None
     return module  # type: ignore[no-any-return]
 
 

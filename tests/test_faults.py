@@ -23,7 +23,8 @@ from codedfarm.models.digits import load_digits_split
 from codedfarm.protocol import INFER_TASK, Keys, TaskMessage
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
-from codedfarm.worker.celery_engine import make_celery, survive_connection_loss
+from codedfarm.worker.celery_engine import make_celery
+from codedfarm.worker.kombu_guards import survive_connection_loss
 
 QUEUES = ("f1", "f2")
 

@@ -94,12 +94,15 @@ class ProtocolError(CodedFarmError):
 class MessageRefusedError(ProtocolError):
     """A queue message a worker will not run (pickle, an unknown task, a bad body).
 
-    ``tag`` is its kombu delivery tag, when the envelope had one (so it can be acknowledged).
+    ``tag`` is its kombu delivery tag, when the envelope had one (so it can be acknowledged);
+    ``kind`` a short category for metrics: ``not_json``, ``bad_envelope``, ``serializer``,
+    ``unknown_task``, ``bad_body`` or ``expired``.
     """
 
-    def __init__(self, reason: str, tag: str | None = None) -> None:
+    def __init__(self, reason: str, tag: str | None = None, kind: str = "bad_body") -> None:
         super().__init__(reason)
         self.tag = tag
+        self.kind = kind
 
 
 class CodecError(CodedFarmError):

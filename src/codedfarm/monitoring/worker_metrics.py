@@ -40,6 +40,17 @@ class WorkerMetrics:
             ["queue", "model", "status"],
             **kwargs,  # type: ignore[arg-type]
         )
+        self.messages_refused = Counter(
+            "codedfarm_messages_refused_total",
+            "Queue messages a worker dropped without running them, by reason: not_json, "
+            "bad_envelope, serializer (pickle, yaml, ...), unknown_task, bad_body, expired.",
+            ["reason"],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def refused(self, reason: str) -> None:
+        """A queue message dropped unrun (not JSON, not an envelope, pickle, unknown task)."""
+        self.messages_refused.labels(reason).inc()
 
     def observe(self, queue: str, model: str, status: str, seconds: float, delay: float) -> None:
         queue = queue or "unknown"

@@ -124,12 +124,17 @@ def read_envelope(raw: bytes, task_name: str) -> Envelope:
     """Parse one queue message; raises :class:`MessageRefusedError` for anything not runnable."""
     try:
         envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageRefusedError(f"not JSON ({exc})", None, "not_json") from None
+    try:
         properties = envelope["properties"]
         tag = properties["delivery_tag"]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise MessageRefusedError(f"not a kombu message envelope ({exc!r})", None) from None
+    except (TypeError, KeyError) as exc:
+        raise MessageRefusedError(f"not a kombu message envelope ({exc!r})", None,
+                                  "bad_envelope") from None  # fmt: skip
     if not isinstance(tag, str):
-        raise MessageRefusedError("not a kombu message envelope (delivery tag)", None)
+        raise MessageRefusedError("not a kombu message envelope (delivery tag)", None,
+                                  "bad_envelope")  # fmt: skip
     content_type = envelope.get("content-type")
     if content_type != "application/json":
         kind = _SERIALIZERS.get(str(content_type), "an unknown serializer")
@@ -137,11 +142,14 @@ def read_envelope(raw: bytes, task_name: str) -> Envelope:
             f"refusing to deserialize untrusted content of type {kind} ({content_type}): "
             "only JSON is accepted",
             tag,
+            "serializer",
         )
     headers = envelope.get("headers") or {}
     name = headers.get("task") if isinstance(headers, dict) else None
     if name != task_name:
-        raise MessageRefusedError(f"unknown task {name!r} (this worker serves {task_name})", tag)
+        raise MessageRefusedError(
+            f"unknown task {name!r} (this worker serves {task_name})", tag, "unknown_task"
+        )
     if headers.get("compression"):
         compression = headers["compression"]
         raise MessageRefusedError(f"compressed messages are not supported ({compression})", tag)
@@ -159,6 +167,6 @@ def read_envelope(raw: bytes, task_name: str) -> Envelope:
     except ProtocolError as exc:
         raise MessageRefusedError(str(exc), tag) from None
     if headers.get("expires") and _timestamp(headers["expires"], "expires", tag) < time.time():
-        raise MessageRefusedError(f"task expired at {headers['expires']}", tag)
+        raise MessageRefusedError(f"task expired at {headers['expires']}", tag, "expired")
     eta = _timestamp(headers["eta"], "eta", tag) if headers.get("eta") else 0.0
     return Envelope(tag, task, eta)

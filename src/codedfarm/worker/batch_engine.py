@@ -209,7 +209,8 @@ class BatchEngine:
         try:
             envelope = read_envelope(raw, self.task_name)
         except MessageRefusedError as exc:
-            log.error("refused a queue message: %s", exc)
+            log.error("refused a queue message (dropped, never run): %s", exc)
+            worker_metrics().refused(exc.kind)
             if exc.tag is not None:
                 self._acks.append(exc.tag)
             return None

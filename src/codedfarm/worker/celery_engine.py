@@ -31,7 +31,7 @@ from codedfarm.worker.core import (
 )
 from codedfarm.worker.state import WorkerState, state
 
-__all__ = ["make_celery", "run_inference", "survive_connection_loss"]
+__all__ = ["make_celery", "run_inference"]
 
 log = logging.getLogger(__name__)
 _app: Celery | None = None
@@ -80,45 +80,6 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def survive_connection_loss() -> None:
-    """Patch kombu's Redis QoS so a Redis restart never stops a Celery worker.
-
-    With kombu 5.7 and late acks, a restart made the worker exit with "Unrecoverable
-    error" in two ways, both seen in our fault tests:
-
-    - when its channel closes, kombu re-queues the unacked messages, and that fails inside
-      kombu ("'NoneType' object has no attribute 'hostname'"): the re-queue is switched off;
-    - a task that finishes after the channel closed is acknowledged on that dead channel
-      ("'NoneType' object has no attribute 'client'"): such an ack now raises a
-      connection error, which Celery logs ("Couldn't ack") and survives.
-
-    No message is lost either way: it stays in Redis's unacked set and comes back after
-    the visibility timeout, as when a worker is SIGKILLed (or it went with the restart).
-    """
-    from kombu.transport import redis as kombu_redis
-
-    qos = kombu_redis.QoS
-    qos.restore_at_shutdown = False
-    if getattr(qos, "_codedfarm_guarded", False):
-        return
-    for name in ("ack", "reject"):
-        setattr(qos, name, _on_open_channel(getattr(qos, name)))
-    setattr(qos, "_codedfarm_guarded", True)  # noqa: B010 - a class attribute kombu lacks
-
-
-def _on_open_channel(method: Any) -> Any:
-    import redis
-
-    def guarded(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.channel.connection is None:
-            raise redis.ConnectionError(
-                f"channel closed: message {delivery_tag} stays unacked until it is restored"
-            )
-        return method(self, delivery_tag, *args, **kwargs)
-
-    return guarded
-
-
 _signals_connected = False
 
 
@@ -127,11 +88,19 @@ def _connect_signals() -> None:
     if _signals_connected:
         return
     _signals_connected = True
-    from celery.signals import worker_process_init, worker_ready
+    from celery.signals import task_rejected, task_unknown, worker_process_init, worker_ready
 
     @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _announce_ready(sender: object = None, **_: object) -> None:
         announce_ready(getattr(sender, "hostname", "worker"))
+
+    @task_unknown.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _count_unknown(**_: object) -> None:
+        worker_metrics().refused("unknown_task")
+
+    @task_rejected.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _count_rejected(**_: object) -> None:
+        worker_metrics().refused("serializer")
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _load_models_after_fork(**_: object) -> None:

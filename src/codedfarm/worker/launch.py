@@ -60,6 +60,12 @@ def celery_argv(options: WorkerOptions) -> list[str]:
     return argv
 
 
+def _exit_with(code: int | None) -> None:
+    """Celery's ``app.start`` returns the worker's exit status (``worker_main`` drops it):
+    hand it to the supervisor, which restarts the worker after an abnormal stop."""
+    sys.exit(code or 0)
+
+
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Validate, set up metrics, connect, then serve until told to stop; returns the exit
     status. Raises :class:`~codedfarm.errors.CodedFarmError` before anything starts."""
@@ -80,7 +86,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
     prepare_zoo_models(settings, options)
-    from codedfarm.worker.celery_engine import make_celery, survive_connection_loss
+    from codedfarm.worker.celery_engine import make_celery
+    from codedfarm.worker.kombu_guards import refuse_poison_messages, survive_connection_loss
     from codedfarm.worker.state import configure, state
     from codedfarm.worker.supervisor import supervise
 
@@ -91,5 +98,6 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
 
         return supervise(lambda: serve(app, state()))
     survive_connection_loss()
+    refuse_poison_messages()
     argv = celery_argv(options)
-    return supervise(lambda: app.worker_main(argv))
+    return supervise(lambda: _exit_with(app.start(argv=argv)))

@@ -1,11 +1,17 @@
-"""Keep a Celery worker running: restart it when it dies of an error.
+"""Keep a worker running: restart it whenever it stops without being asked to.
 
-A worker whose broker connection drops while late-ack tasks are in flight can stop with
-"Unrecoverable error" inside kombu (seen with kombu 5.7 when Redis restarts: restoring the
-unacked messages on a closed connection fails). The ``codedfarm worker`` process therefore
-runs Celery in a child process and starts a fresh one after such an exit, so the node is
-consuming again within seconds. Signals sent to the supervisor (SIGTERM, SIGINT, SIGQUIT)
-go to the child, and then the supervisor exits with it.
+Celery stops a worker on any "Unrecoverable error" inside its consumer (a kombu failure, a
+lost connection it could not handle), and either engine can be killed (SIGKILL, the OOM
+killer). The ``codedfarm worker`` process therefore runs the engine in a child process and
+starts a fresh one after every stop that was not requested: a non-zero exit status or a
+signal. It waits 1 s before the first restart, doubling to at most 30 s while the child
+keeps dying young, and starts over at 1 s once a child has run for a minute. Signals sent to
+the supervisor (SIGTERM, SIGINT, SIGQUIT) go to the child, and then the supervisor exits
+with it; a child that exits with status 0 (Celery's remote ``shutdown``) ends it too.
+
+This is a fork loop written by hand (not supervisord or systemd) because it must share the
+preloaded models and the parsed options with the child, and run the same under compose,
+Kubernetes and a shell.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ __all__ = ["supervise"]
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0
+HEALTHY_RUN_S = 60.0  # a child that ran this long resets the backoff
 
 
 def _run_child(target: Callable[[], None]) -> None:
@@ -40,11 +48,27 @@ def _run_child(target: Callable[[], None]) -> None:
         os._exit(code)
 
 
-def supervise(target: Callable[[], None], *, max_restarts: int = 1000) -> int:
-    """Run ``target`` in a child process, restarting it after an abnormal exit.
+def describe_status(code: int) -> str:
+    """``3`` -> ``"status 3"``, ``-9`` -> ``"signal 9 (SIGKILL)"``."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "?"
+    return f"signal {-code} ({name})"
 
-    Returns the exit code of the last child (0 after a requested shutdown).
-    """
+
+def supervise(
+    target: Callable[[], None],
+    *,
+    max_restarts: int = 1000,
+    delay: float = RESTART_DELAY_S,
+    max_delay: float = MAX_RESTART_DELAY_S,
+) -> int:
+    """Run ``target`` in a child process, restarting it after every stop that was not
+    requested (with backoff). Returns the exit status of the last child: 0 after a requested
+    shutdown, else the status (128 + the signal for a child killed by one)."""
     stopping = False
     child = 0
 
@@ -58,7 +82,9 @@ def supervise(target: Callable[[], None], *, max_restarts: int = 1000) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, forward)
     restarts = 0
+    wait = delay
     while True:
+        started = time.monotonic()
         child = os.fork()
         if child == 0:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -71,13 +97,18 @@ def supervise(target: Callable[[], None], *, max_restarts: int = 1000) -> int:
             except InterruptedError:
                 continue
         code = os.waitstatus_to_exitcode(status)
-        if stopping or code == 0 or restarts >= max_restarts:
-            return 0 if stopping else code
+        if stopping or code == 0:
+            return 0
+        if restarts >= max_restarts:
+            return code if code > 0 else 128 - code
+        if time.monotonic() - started >= HEALTHY_RUN_S:
+            wait = delay
         restarts += 1
         print(
-            f"codedfarm worker: Celery exited with {code}; restarting in {RESTART_DELAY_S:g} s "
-            f"(restart {restarts})",
+            f"codedfarm worker: the worker process stopped unasked ({describe_status(code)}); "
+            f"restarting in {wait:g} s (restart {restarts})",
             file=sys.stderr,
             flush=True,
         )
-        time.sleep(RESTART_DELAY_S)
+        time.sleep(wait)
+        wait = min(wait * 2, max_delay)

@@ -25,6 +25,7 @@ LAYERS = {
     "settings": 1,
     "stragglers": 1,
     "redis_conn": 2,
+    "heartbeat": 2,
     "protocol": 2,
     "codecs": 2,
     "models": 2,

@@ -16,7 +16,7 @@ import redis
 
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.errors import ConfigError, RedisUnavailableError
+from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
 from codedfarm.local import LocalFarm
 from codedfarm.local.redis_server import LocalRedis
 from codedfarm.models.digits import load_digits_split
@@ -46,8 +46,8 @@ def fault_farm(model_cache):
         yield farm
 
 
-def submit(settings: Settings, x, **spec):
-    with FarmClient(settings) as client:
+def submit(settings: Settings, x, retries: int = 1, **spec):
+    with FarmClient(settings, retries=retries) as client:
         start = time.perf_counter()
         spec.setdefault("queues", QUEUES)
         result = client.submit(x, BatchSpec(model="lenet5", **spec))
@@ -118,24 +118,33 @@ def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm
     # listening before Redis restarts (a collector that cannot reach Redis at start exits)
     collector = fault_farm.start_collector("flt")
 
-    def run() -> None:
-        outcomes.append(submit(settings, digits, codec="spline", n=12, s=2,
-                               straggle="fixed:S=12,delay=3", deadline=8.0))  # fmt: skip
+    def run(retries: int) -> None:
+        outcomes.append((retries, submit(settings, digits, retries, codec="spline", n=12, s=2,
+                                         straggle="fixed:S=12,delay=3", deadline=8.0)))  # fmt: skip
 
-    thread = threading.Thread(target=run)
-    thread.start()
+    threads = [threading.Thread(target=run, args=(retries,)) for retries in (0, 1)]
+    for thread in threads:
+        thread.start()
     time.sleep(0.7)
     assert fault_farm.redis_server is not None
     fault_farm.redis_server.restart()  # no persistence: every key and queued task is gone
     restarted = time.monotonic()
-    thread.join(20)
-    ((result, _),) = outcomes
-    assert result.outcome == "failed" and "lost Redis" in result.record.error
+    for thread in threads:
+        thread.join(20)
+    by_retries = {retries: result for retries, (result, _) in outcomes}
+    # without retries the batch ends clearly; with one (the default) it is sent again once
+    # Redis and the workers are back, and decodes within its deadline
+    failed = by_retries[0]
+    assert failed.outcome == "failed" and "lost Redis" in failed.record.error
+    assert failed.record.retries == 0
+    retried = by_retries[1]
+    assert retried.outcome == "decoded", retried.record.error
+    assert retried.record.retries == 1
     # workers and clients reconnect: a new batch succeeds within 10 s of the restart
     while True:
         try:
             result, _ = submit(settings, digits, codec="berrut", n=12, s=2, deadline=2.0)
-        except RedisUnavailableError:
+        except FarmUnavailableError:  # Redis, or workers not yet re-announced
             result = None
         if result is not None and result.outcome == "decoded":
             break

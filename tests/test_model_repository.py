@@ -73,7 +73,8 @@ def save_export(module: nn.Module, path: Path, dynamic: bool = True) -> Path:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repository")
     files = tmp_path_factory.mktemp("exports")
-    add_model(root, "affine", save_torchscript(affine(), files / "affine.pt"), input_shape=SHAPE)
+    add_model(root, "affine", save_torchscript(affine(), files / "affine.pt"), input_shape=SHAPE,
+              polynomial_degree=1)  # fmt: skip
     add_model(root, "mlp", save_export(mlp(), files / "mlp.pt2"), input_shape=SHAPE,
               description="an exported MLP")  # fmt: skip
     factory = root / "factmlp"

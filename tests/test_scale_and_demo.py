@@ -49,7 +49,7 @@ def test_scale_needs_a_count_and_reachable_redis():
     result = CliRunner().invoke(
         cli, ["--redis-url", "redis://127.0.0.1:1", "scale", "--workers", "1"]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.output.startswith("error: cannot reach Redis at redis://127.0.0.1:1")
     result = CliRunner().invoke(cli, ["scale"])
     assert result.exit_code == 2 and "Missing option '--workers'" in result.output

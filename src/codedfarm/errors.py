@@ -1,7 +1,8 @@
 """The one exception tree of codedfarm.
 
 Every error the package raises on purpose is a :class:`CodedFarmError`; the CLI turns
-any of them into a one-line message and exit code 2.
+any of them into a one-line message and exit code 2, or 3 for a :class:`FarmUnavailableError`
+(the farm cannot serve now: scripts can tell a broken farm from a bad call).
 
 Exception hierarchy::
 
@@ -14,7 +15,10 @@ Exception hierarchy::
     │   ├── StragglerSpecError      a straggler spec that does not parse
     │   └── DatasetUnavailableError a data set that cannot be downloaded or found
     ├── InputError                  a batch the farm cannot serve (file, shape, NaN, size)
-    ├── RedisUnavailableError       Redis cannot be reached (names the URL)
+    ├── FarmUnavailableError        the farm cannot serve now (exit code 3)
+    │   ├── RedisUnavailableError   Redis cannot be reached (names the URL)
+    │   ├── NoWorkerError           no live worker serves a queue of the batch
+    │   └── CollectorUnavailableError  no live collector service of that name
     ├── ProtocolError               a malformed task, notice or batch message
     │   └── MessageRefusedError     a queue message a worker will not run (pickle, ...)
     └── CodecError                  misuse of a codec (names the codec, parameter, shapes)
@@ -24,6 +28,10 @@ Exception hierarchy::
         ├── WorkerSetError          repeated or out-of-range worker ids
         ├── NotEnoughResultsError   fewer results than the code can decode from
         └── NonFiniteError          NaN or Inf in inputs or results
+
+Warnings (``warnings.warn``; the CLI prints them as ``warning: ...``)::
+
+    InputWarning                    a batch was converted, or a code cannot be exact for it
 """
 
 from __future__ import annotations
@@ -32,12 +40,16 @@ __all__ = [
     "CodecError",
     "CodecParameterError",
     "CodedFarmError",
+    "CollectorUnavailableError",
     "ConfigError",
     "DatasetUnavailableError",
+    "FarmUnavailableError",
     "InputError",
+    "InputWarning",
     "MessageRefusedError",
     "ModelConfigError",
     "ModelUnavailableError",
+    "NoWorkerError",
     "NonFiniteError",
     "NotEnoughResultsError",
     "ProtocolError",
@@ -83,8 +95,21 @@ class InputError(CodedFarmError):
     """A batch the farm cannot serve: unreadable file, wrong shape, NaN/Inf, too large."""
 
 
-class RedisUnavailableError(CodedFarmError):
+class FarmUnavailableError(CodedFarmError):
+    """The farm cannot serve right now (exit code 3): Redis, a worker or a collector is
+    missing. Unlike bad input, trying again later may succeed."""
+
+
+class RedisUnavailableError(FarmUnavailableError):
     """Redis cannot be reached; the message names the URL (password masked)."""
+
+
+class NoWorkerError(FarmUnavailableError):
+    """No live worker serves a queue the batch would be sent to."""
+
+
+class CollectorUnavailableError(FarmUnavailableError):
+    """No live collector service has the name the batch asks for."""
 
 
 class ProtocolError(CodedFarmError):
@@ -131,3 +156,8 @@ class NotEnoughResultsError(CodecError):
 
 class NonFiniteError(CodecError):
     """An input or a worker result holds NaN or Inf."""
+
+
+class InputWarning(UserWarning):
+    """A batch was converted (uint8 images scaled to [0, 1]), or an exact code was asked for
+    a model not declared of the degree it is exact for."""

@@ -2,7 +2,7 @@
 
 Every command parses its options and delegates; the words it uses are the same in every
 command (docs/cli.md). Any :class:`~codedfarm.errors.CodedFarmError` becomes one line on
-stderr and exit code 2.
+stderr and exit code 2, or 3 when the farm is unavailable (Redis, a worker, a collector).
 """
 
 from __future__ import annotations
@@ -16,17 +16,29 @@ from codedfarm.cli.experiments import compare, evaluate
 from codedfarm.cli.farm import collector, submit, worker
 from codedfarm.cli.local import bench, demo, scale, soak
 from codedfarm.cli.models import models
-from codedfarm.errors import CodedFarmError
+from codedfarm.errors import CodedFarmError, FarmUnavailableError
 
 __all__ = ["cli", "main"]
 
 
+EXIT_CODES = """\b
+Exit status:
+  0  done (submit: the batch decoded)
+  1  the batch failed or timed out
+  2  bad input or usage
+  3  the farm is unavailable: Redis, a live worker on a queue, or the collector"""
+
+
 class _Group(click.Group):
-    """Turns every :class:`CodedFarmError` into a one-line message and exit code 2."""
+    """Turns every :class:`CodedFarmError` into a one-line message and exit code 2 (3 for a
+    :class:`FarmUnavailableError`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except FarmUnavailableError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(3)
         except CodedFarmError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -35,6 +47,7 @@ class _Group(click.Group):
 @click.group(
     cls=_Group,
     context_settings={"auto_envvar_prefix": "CODEDFARM", "show_default": True},
+    epilog=EXIT_CODES,
 )
 @click.version_option(package_name="codedfarm")
 @click.option(

@@ -161,10 +161,20 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
 )
 @click.option("--seed", type=int, default=None, help="Seed of the straggler draw.")
 @click.option(
+    "--retries", type=click.IntRange(min=0), default=1,
+    help="Send a batch lost with Redis (a restart, a failover) again, within its deadline.",
+)  # fmt: skip
+@click.option(
+    "--wait-for-workers", is_flag=True,
+    help="Send the batch even if no live worker serves a queue (it waits there until the "
+    "deadline); by default such a batch is refused at once with exit status 3.",
+)  # fmt: skip
+@click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Save predictions to this .npy file.",
+    help="Save predictions to this file (.npy format, written at exactly this path; checked "
+    "before the batch runs).",
 )
 @model_repository_option()
 @json_option("the batch record")
@@ -180,14 +190,27 @@ def submit(
     queues: tuple[str, ...],
     collector_name: str | None,
     seed: int | None,
+    retries: int,
+    wait_for_workers: bool,
     out: Path | None,
     model_repository: Path | None,
     as_json: bool,
 ) -> None:
-    """Submit a batch (a .npy array of shape (K, *input_shape)) and print the result."""
-    from codedfarm.coordinator import BatchSpec, FarmClient
-    from codedfarm.coordinator.batch_file import load_batch_file
+    """Submit a batch (a .npy array of shape (K, *input_shape)) and print the result.
 
+    Inputs are float32. A uint8 batch (images in 0..255) is scaled to [0, 1] by /255 with a
+    warning; other integer or bool batches are refused: convert them as your model expects.
+
+    Exit status: 0 decoded, 1 the batch failed or timed out, 2 bad input or usage, 3 the
+    farm is unavailable (Redis, a live worker on a queue, the collector)."""
+    from codedfarm.coordinator import BatchSpec, FarmClient
+    from codedfarm.coordinator.batch_file import (
+        check_output_path,
+        load_batch_file,
+    )
+
+    if out is not None:
+        check_output_path(out)
     batch = load_batch_file(input_file)
     spec = BatchSpec(
         model=model,
@@ -201,7 +224,9 @@ def submit(
         seed=seed,
     )
     settings = settings_from_context(model_repository=model_repository)
-    with FarmClient(settings, collector=collector_name) as client:
+    with FarmClient(
+        settings, collector=collector_name, wait_for_workers=wait_for_workers
+    ) as client:
         result = client.submit(batch, spec)
     record = result.record
     if out is not None and result.predictions is not None:

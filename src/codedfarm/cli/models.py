@@ -92,6 +92,11 @@ def models(ctx: click.Context, model_repository: Path | None, train: bool, as_js
     "--deadline", type=click.FloatRange(min=0, min_open=True), default=None,
     help="Serving default: the deadline in seconds.",
 )  # fmt: skip
+@click.option(
+    "--polynomial-degree", type=click.IntRange(min=1), default=None,
+    help="Declare the model a polynomial of this degree (1: linear or affine), so exact codes "
+    "(mds, lagrange) decode it exactly without a warning.",
+)  # fmt: skip
 @model_repository_option(required=True)
 @json_option("the new version")
 def add(
@@ -104,6 +109,7 @@ def add(
     n: int | None,
     s: int | None,
     deadline: float | None,
+    polynomial_degree: int | None,
     model_repository: Path | None,
     as_json: bool,
 ) -> None:
@@ -123,7 +129,7 @@ def add(
     added = add_model(
         settings.model_repository, name, file, input_shape=shape,
         output_shape=_shape(output_shape, "--output-shape"), description=description,
-        serving=ServingDefaults(codec, n, s, deadline),
+        serving=ServingDefaults(codec, n, s, deadline), polynomial_degree=polynomial_degree,
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps({"name": added.name, "version": added.version,

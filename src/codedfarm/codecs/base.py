@@ -75,6 +75,13 @@ class Codec(abc.ABC):
     """True if the code's parameters depend on S, the stragglers tolerated (given as ``s``)."""
 
     @classmethod
+    def exact_degree(cls, params: dict[str, Any]) -> int | None:
+        """For a code exact only on polynomials, the highest degree of f it is exact for
+        (MDS 1: linear and affine f); None for codes exact on any f (replication) and for
+        approximate codes."""
+        return None
+
+    @classmethod
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
         """Workers used when a batch names none: ``k + s`` for exact codes (the fewest that
         tolerate ``s`` stragglers), ``3k`` for approximate ones (NeRCC's ratio)."""

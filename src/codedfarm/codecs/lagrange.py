@@ -41,6 +41,10 @@ class LagrangeCodec(Codec):
         self._beta = worker_points(self.n)
 
     @classmethod
+    def exact_degree(cls, params: dict[str, Any]) -> int | None:
+        return int(params.get("degree", 1))
+
+    @classmethod
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
         """The fewest workers that tolerate ``s`` stragglers: ``(k-1)*degree + 1 + s``."""
         return (k - 1) * int(params.get("degree", 1)) + 1 + s

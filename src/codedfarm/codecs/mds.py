@@ -34,6 +34,10 @@ class MDSCodec(Codec):
     exact = True
     PARAMS: ClassVar[dict[str, type]] = {"seed": int}
 
+    @classmethod
+    def exact_degree(cls, params: dict[str, Any]) -> int | None:
+        return 1
+
     def __init__(self, k: int, n: int, *, seed: int = DEFAULT_SEED, **kwargs: Any) -> None:
         super().__init__(k, n, **kwargs)
         self.seed = check_int(self.name, "seed", seed, 0)

@@ -53,6 +53,12 @@ class CodecPlan:
             params.setdefault("s", s)
         return params
 
+    @property
+    def exact_degree(self) -> int | None:
+        """The highest polynomial degree of f this code is exact for (None: any f, or the
+        code is approximate)."""
+        return self.cls.exact_degree(dict(self.params))
+
     def default_n(self, k: int, s: int) -> int:
         """Workers for ``k`` inputs tolerating ``s`` stragglers when the batch names none."""
         return self.cls.default_n(k, s, dict(self.params))

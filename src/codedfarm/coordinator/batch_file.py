@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from codedfarm.errors import InputError
 
-__all__ = ["load_batch_file"]
+__all__ = ["check_output_path", "load_batch_file", "save_predictions"]
+
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def load_batch_file(path: Path) -> np.ndarray:
@@ -16,11 +19,47 @@ def load_batch_file(path: Path) -> np.ndarray:
     if path.suffix != ".npy":
         raise InputError(f"{path}: expected a .npy file")
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as file:
+            head = file.read(len(NPY_MAGIC))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (ValueError, OSError, EOFError) as exc:
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a .npy file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+    if head != NPY_MAGIC:
+        raise InputError(
+            f"{path}: not a .npy array file (no .npy header); save the batch with numpy.save"
+        )
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise InputError(
+                f"{path}: holds Python objects (a pickled object array), which the farm never "
+                "loads; save a numeric array"
+            ) from None
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
     if not isinstance(array, np.ndarray):
         raise InputError(f"{path}: expected one .npy array, got an .npz archive")
     return array
+
+
+def check_output_path(path: Path) -> None:
+    """Raise :class:`InputError` now, before a batch runs, if predictions cannot be saved to
+    ``path`` (written exactly there: no suffix is added)."""
+    if path.is_dir():
+        raise InputError(f"--out {path}: is a directory; give a file name such as {path}/pred.npy")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"--out {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"--out {path}: not writable")
+
+
+def save_predictions(path: Path, predictions: np.ndarray) -> None:
+    """Save ``predictions`` as a .npy array at exactly ``path``."""
+    with open(path, "wb") as file:
+        np.save(file, predictions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,8 @@ import redis
 
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
-from codedfarm.errors import RedisUnavailableError
+from codedfarm.coordinator.liveness import FarmCheck
+from codedfarm.errors import ConfigError, FarmUnavailableError
 from codedfarm.protocol import BatchRecord, Keys, array_from_bytes, as_bytes, unpack_frame
 from codedfarm.redis_conn import connect, mask_url
 from codedfarm.settings import Settings
@@ -41,34 +42,84 @@ class FarmClient:
 
     With ``collector=""`` (the default unless ``CODEDFARM_COLLECTOR`` is set) the client
     collects its own results in-process; otherwise it waits for the reply of the named
-    ``codedfarm collector`` service.
+    ``codedfarm collector`` service. A batch for a queue with no live worker, or for a
+    collector service that is not running, raises :class:`~codedfarm.errors.NoWorkerError`
+    or :class:`~codedfarm.errors.CollectorUnavailableError` before anything is written,
+    unless ``wait_for_workers`` (then its tasks wait in the queue until the deadline).
+    ``retries``: how often a batch lost with Redis is sent again (within its deadline).
     """
 
-    def __init__(self, settings: Settings | None = None, *, collector: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        collector: str | None = None,
+        wait_for_workers: bool = False,
+        retries: int = 1,
+    ) -> None:
+        if retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {retries}")
+        self.retries = retries
         self.settings = settings or Settings.from_env()
         self.redis = connect(self.settings)
         self.keys = Keys(self.settings.key_prefix)
         self.dispatcher = Dispatcher(self.settings, self.redis)
         self.collector_name = self.settings.collector if collector is None else collector
+        self.wait_for_workers = wait_for_workers
+        self._farm_check = FarmCheck(self.redis, self.keys)
         self._own_inbox = self.keys.inbox(f"client-{uuid.uuid4().hex[:12]}")
         self._collector = Collector(self.redis, self._own_inbox, reply_in_memory=True)
 
     def submit(self, x: Any, spec: BatchSpec) -> BatchResult:
-        """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions."""
+        """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions.
+
+        A batch that fails because Redis was lost (a restart, a failover) is sent again once
+        Redis answers, within its deadline, up to ``retries`` times (inference is
+        idempotent); its record counts the retries. Raises
+        :class:`~codedfarm.errors.CodedFarmError` subclasses for bad input (nothing is
+        written) and :class:`~codedfarm.errors.FarmUnavailableError` when the farm cannot
+        serve it."""
         start = time.perf_counter()
         prepared = self.dispatcher.prepare(x, spec)
+        if not self.wait_for_workers:
+            self._farm_check.require(prepared.queues, self.collector_name)
+        retried = 0
+        while True:
+            result = self._submit_once(prepared, spec, start)
+            lost = result.outcome == "failed" and result.record.error.startswith("lost Redis")
+            left = prepared.deadline_s - (time.perf_counter() - start)
+            if not lost or retried >= self.retries or left <= 0.05:
+                return BatchResult(result.predictions, replace(result.record, retries=retried))
+            retried += 1
+            if not self._await_farm(prepared, left):
+                return BatchResult(None, replace(result.record, retries=retried))
+            left = prepared.deadline_s - (time.perf_counter() - start)
+            prepared = replace(prepared, batch=uuid.uuid4().hex, deadline_s=max(left, 0.05),
+                               submitted_at=time.time())  # fmt: skip
+
+    def _await_farm(self, prepared: PreparedBatch, budget: float) -> bool:
+        """After a lost Redis: wait (up to ``budget`` s) until Redis answers and, unless the
+        client waits for workers anyway, the batch's workers have announced themselves."""
+        end = time.monotonic() + budget
+        while time.monotonic() < end:
+            try:
+                self.redis.ping()
+                if not self.wait_for_workers:
+                    self._farm_check.require(prepared.queues, self.collector_name)
+                return True
+            except (redis.RedisError, FarmUnavailableError):
+                time.sleep(0.1)
+        return False
+
+    def _submit_once(self, prepared: PreparedBatch, spec: BatchSpec, start: float) -> BatchResult:
         inbox = self.keys.inbox(self.collector_name) if self.collector_name else self._own_inbox
+        lost = ""
+        reply: tuple[BatchRecord, Any] | None = None
+        dispatch_s = 0.0
+        tasks_sent = prepared.n + (0 if prepared.reference is None else prepared.k)
+        budget = prepared.deadline_s + REPLY_GRACE_S
         try:
             dispatch_s = self.dispatcher.dispatch(prepared, inbox)
-        except redis.RedisError as exc:
-            raise RedisUnavailableError(
-                f"lost Redis at {mask_url(self.settings.redis_url)} while dispatching: {exc}"
-            ) from None
-        budget = prepared.deadline_s + REPLY_GRACE_S
-        reply: tuple[BatchRecord, Any] | None
-        lost = ""
-        tasks_sent = prepared.n + (0 if prepared.reference is None else prepared.k)
-        try:
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
             elif spec.hedge_after is not None:
@@ -77,7 +128,6 @@ class FarmClient:
             else:
                 reply = self._collector.wait_for(prepared.batch, budget)
         except redis.RedisError as exc:  # e.g. Redis restarted: the batch's state is gone
-            reply = None
             lost = f"lost Redis at {mask_url(self.settings.redis_url)} during the batch: {exc}"
             self._collector = Collector(self.redis, self._own_inbox, reply_in_memory=True)
         reply_at = time.time()

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
 MAX_BLOCK_S = 1.0  # longest single BLPOP
+MAX_REPLIES = 1000  # in-process answers kept for their waiter
 
 
 @dataclass
@@ -80,14 +81,13 @@ class Collector:
         self.records: OrderedDict[str, BatchRecord] = OrderedDict()  # recent, bounded
         # in-process use: hand predictions to the caller instead of a reply key in Redis
         self.reply_in_memory = reply_in_memory
-        self._replies: dict[str, tuple[BatchRecord, np.ndarray | None]] = {}
+        self._replies: OrderedDict[str, tuple[BatchRecord, np.ndarray | None]] = OrderedDict()
         # housekeeping of finished batches, done at the next poll instead of on the hot path
         self._cleanup: list[str] = []  # inputs and outputs to delete
         self._fidelity = FidelitySampler(client, self.hooks.fidelity, self._cleanup.extend)
         self._queues: set[str] = set()
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
-        self._late_replies: list[tuple[BatchRegistration, BatchRecord, np.ndarray | None]] = []
         self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
 
     # ----- the loop ----------------------------------------------------------------------
@@ -352,11 +352,13 @@ class Collector:
     def _deliver(
         self, reg: BatchRegistration, record: BatchRecord, predictions: np.ndarray | None
     ) -> None:
-        """Answer the client: in memory (in-process; the result key is written at the next
-        poll, off the hot path) or under the batch's reply key (collector service)."""
+        """Answer the client: in memory (in-process: nothing is written to Redis, and answers
+        nobody waits for any more are dropped beyond ``MAX_REPLIES``) or under the batch's
+        reply key (collector service)."""
         if self.reply_in_memory:
             self._replies[reg.batch] = (record, predictions)
-            self._late_replies.append((reg, record, predictions))
+            while len(self._replies) > MAX_REPLIES:
+                self._replies.popitem(last=False)
             return
         with self.redis.pipeline(transaction=False) as pipe:
             self._push_reply(pipe, reg, record, predictions)
@@ -408,18 +410,12 @@ class Collector:
         return None if state is None else set(state.received) | set(state.errors)
 
     def flush_cleanup(self) -> None:
-        """Housekeeping for batches finished since the last call, in one pipeline: delete
-        their inputs and outputs, and (in-process) store their results under the reply key."""
-        if not (self._cleanup or self._late_replies):
+        """Housekeeping for batches finished since the last call: delete their inputs and
+        outputs in one call."""
+        if not self._cleanup:
             return
-        keys, self._cleanup = self._cleanup, []
-        replies, self._late_replies = self._late_replies, []
-        with self.redis.pipeline(transaction=False) as pipe:
-            for reg, record, predictions in replies:
-                self._push_reply(pipe, reg, record, predictions)
-            if keys:
-                pipe.delete(*keys)
-            pipe.execute()
+        keys, self._cleanup[:] = list(self._cleanup), []
+        self.redis.delete(*keys)
 
     @property
     def open_batches(self) -> int:

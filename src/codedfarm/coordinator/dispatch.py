@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ import numpy.typing as npt
 import redis
 
 from codedfarm.codecs import Codec, CodecPlan, plan_codec
-from codedfarm.errors import CodecError, ConfigError, InputError
+from codedfarm.errors import CodecError, ConfigError, InputError, InputWarning
 from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.protocol import INFER_TASK, BatchRegistration, Keys, TaskMessage, task_envelope
 from codedfarm.settings import Settings
@@ -91,6 +92,17 @@ def _as_float32_batch(x: Any, input_shape: tuple[int, ...], model: str) -> npt.N
         np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
     ):
         raise InputError(f"batch must be numeric, got dtype {array.dtype}")
+    if array.dtype == np.uint8:  # images in 0..255: the rule the CLI help states
+        warnings.warn(
+            InputWarning("uint8 batch converted to float32 in [0, 1] (divided by 255)"),
+            stacklevel=3,
+        )
+        array = array.astype(np.float32) / np.float32(255)
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise InputError(
+            f"batch of dtype {array.dtype}: the farm serves float32 inputs; convert it as your "
+            "model expects (only uint8 images are converted, to [0, 1])"
+        )
     if array.ndim != len(input_shape) + 1 or tuple(array.shape[1:]) != input_shape:
         raise InputError(
             f"model {model} takes a batch of shape (K, {', '.join(map(str, input_shape))}), "
@@ -131,6 +143,19 @@ class Dispatcher:
         if s >= n:
             raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
         codec = plan.codec(k, n, s)
+        degree = plan.exact_degree
+        if degree is not None and (model.polynomial_degree or degree + 1) > degree:
+            declared = ("is not declared a polynomial" if model.polynomial_degree is None
+                        else f"is declared of degree {model.polynomial_degree}")  # fmt: skip
+            warnings.warn(
+                InputWarning(
+                    f"{plan.name} decodes exactly only models of degree <= {degree} (1: linear "
+                    f"or affine); model {model.ref} {declared}, so its decoded answers are not "
+                    "its outputs (declare polynomial_degree in its config.json, or use an "
+                    "approximate code: berrut, spline)"
+                ),
+                stacklevel=2,
+            )
         wait_for = n - s if spec.wait_for is None else spec.wait_for
         if not codec.min_results <= wait_for <= n:
             if spec.wait_for is None and codec.exact:

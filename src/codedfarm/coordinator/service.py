@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from codedfarm.coordinator.collector import Collector
+from codedfarm.heartbeat import Heartbeat
 from codedfarm.protocol import Keys
 from codedfarm.redis_conn import connect
 from codedfarm.settings import Settings
@@ -30,6 +31,11 @@ def run_collector(
     hooks = CollectorMetrics()
     if metrics_port:
         serve_metrics(metrics_port, metrics_addr)
-    inbox = Keys(settings.key_prefix).inbox(name)
+    keys = Keys(settings.key_prefix)
+    inbox = keys.inbox(name)
+    heartbeat = Heartbeat(lambda: client, [keys.live_collectors()], name).start()
     echo(f"collector {name!r} listening on {inbox}; metrics on :{metrics_port}")
-    Collector(client, inbox, hooks=hooks).serve_forever(stop)
+    try:
+        Collector(client, inbox, hooks=hooks).serve_forever(stop)
+    finally:
+        heartbeat.stop()

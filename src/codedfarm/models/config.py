@@ -8,8 +8,9 @@
       "output_shape": [10],                # one output, without the batch dimension
       "description": "my classifier",      # optional
       "serving": {"codec": "spline", "n": 24, "s": 4, "deadline": 5.0},   # optional
-      "factory": "my_models.mlp:build"     # optional: the model is Python code (see below)
-    }
+      "factory": "my_models.mlp:build",    # optional: the model is Python code (see below)
+      "polynomial_degree": 1               # optional: f is linear/affine (1) or a polynomial
+    }                                      # of this degree, so exact codes (mds, lagrange) apply
 
 Without ``factory`` every version folder holds ``model.pt`` (TorchScript, ``torch.jit.save``)
 or ``model.pt2`` (``torch.export.save``). With it, the worker imports ``package.module`` (from
@@ -34,7 +35,10 @@ __all__ = ["CONFIG_FILE", "ModelConfig", "ServingDefaults", "read_model_config"]
 CONFIG_FILE = "config.json"
 DTYPES = ("float32",)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_FIELDS = {"input_shape", "input_dtype", "output_shape", "description", "serving", "factory"}
+_FIELDS = {
+    "input_shape", "input_dtype", "output_shape", "description", "serving", "factory",
+    "polynomial_degree",
+}  # fmt: skip
 _SERVING = {"codec", "n", "s", "deadline"}
 
 
@@ -56,6 +60,7 @@ class ModelConfig:
     description: str = ""
     serving: ServingDefaults = field(default_factory=ServingDefaults)
     factory: str | None = None  # "package.module:function"
+    polynomial_degree: int | None = None  # declared: exact codes are exact up to this degree
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -70,6 +75,8 @@ class ModelConfig:
             data["serving"] = serving
         if self.factory:
             data["factory"] = self.factory
+        if self.polynomial_degree is not None:
+            data["polynomial_degree"] = self.polynomial_degree
         return json.dumps(data, indent=2) + "\n"
 
 
@@ -144,7 +151,14 @@ def parse_model_config(path: Path, data: object) -> ModelConfig:
         raise ModelConfigError(
             f"{path}: field 'factory' must be 'package.module:function', got {factory!r}"
         )
+    degree = data.get("polynomial_degree")
+    if degree is not None and (not isinstance(degree, int) or isinstance(degree, bool)
+                               or degree < 1):  # fmt: skip
+        raise ModelConfigError(
+            f"{path}: field 'polynomial_degree' must be an integer >= 1, got {degree!r}"
+        )
     return ModelConfig(
+        polynomial_degree=degree,
         input_shape=_shape(path, "input_shape", data["input_shape"]),
         output_shape=_shape(path, "output_shape", data["output_shape"]),
         input_dtype=dtype,

@@ -50,6 +50,7 @@ def add_model(
     output_shape: tuple[int, ...] | None = None,
     description: str = "",
     serving: ServingDefaults | None = None,
+    polynomial_degree: int | None = None,
 ) -> RepositoryModel:
     """Check that ``file`` runs on zeros of ``input_shape`` (and gives ``output_shape`` when
     given), then add it as the next version of ``name`` (creating the model with a
@@ -85,7 +86,7 @@ def add_model(
         )
     config = existing or ModelConfig(
         tuple(input_shape), produced, description=description,
-        serving=serving or ServingDefaults(),
+        serving=serving or ServingDefaults(), polynomial_degree=polynomial_degree,
     )  # fmt: skip
     return repo.add_version(name, file, config)
 

@@ -24,6 +24,7 @@ class ModelSpec:
     num_outputs: int
     description: str
     build: Callable[[Path, bool], nn.Module]  # (cache_dir, train) -> model on CPU, eval mode
+    polynomial_degree: int | None = None  # declared degree (1: linear/affine); None: general
 
 
 def _trained(name: str) -> Callable[[Path, bool], nn.Module]:
@@ -96,6 +97,7 @@ MODELS: dict[str, ModelSpec] = {
             10,
             "a fixed random affine map (mds decodes it exactly)",
             _linear,
+            polynomial_degree=1,
         ),
         ModelSpec(
             "noop",
@@ -103,6 +105,7 @@ MODELS: dict[str, ModelSpec] = {
             10,
             "returns the first 10 pixels: no compute, for throughput tests",
             _noop,
+            polynomial_degree=1,
         ),
     )
 }

@@ -34,6 +34,7 @@ class ResolvedModel:
     description: str = ""
     input_dtype: str = "float32"
     serving: ServingDefaults = field(default_factory=ServingDefaults)
+    polynomial_degree: int | None = None  # declared; None: a general function
 
     @property
     def ref(self) -> str:
@@ -61,7 +62,7 @@ def resolve_model(ref: str, repository: Path | None = None) -> ResolvedModel:
         config = found.config
         return ResolvedModel(
             name, found.version, config.input_shape, config.output_shape, "repository",
-            config.description, config.input_dtype, config.serving,
+            config.description, config.input_dtype, config.serving, config.polynomial_degree,
         )  # fmt: skip
     if name not in MODELS:
         where = f" (model repository: {repository})" if repository is not None else (

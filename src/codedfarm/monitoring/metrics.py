@@ -15,10 +15,11 @@ from prometheus_client import (
     start_http_server,
 )
 
+from codedfarm.errors import ConfigError
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import BatchRecord, BatchRegistration
 
-__all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "serve_metrics"]
+__all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "port_error", "serve_metrics"]
 
 LATENCY_BUCKETS = (
     0.005,
@@ -174,5 +175,16 @@ class CollectorMetrics(CollectorHooks):
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` of the default registry from a daemon thread."""
-    start_http_server(port, addr)
+    """Serve ``/metrics`` of the default registry from a daemon thread; a port in use is a
+    :class:`~codedfarm.errors.ConfigError`."""
+    try:
+        start_http_server(port, addr)
+    except OSError as exc:
+        raise port_error(port, addr, exc) from None
+
+
+def port_error(port: int, addr: str, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"--metrics-port {port}: cannot listen on {addr}:{port} ({exc.strerror or exc}); another "
+        "process (a second collector or worker on this host?) uses it: pass another port, or 0"
+    )

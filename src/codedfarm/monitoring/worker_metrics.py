@@ -75,6 +75,11 @@ def serve_worker_metrics(port: int, addr: str = "0.0.0.0") -> None:
     (which :func:`codedfarm.monitoring.multiproc.prepare_multiprocess_dir` made)."""
     from prometheus_client import multiprocess
 
+    from codedfarm.monitoring.metrics import port_error
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr, registry=registry)
+    try:
+        start_http_server(port, addr, registry=registry)
+    except OSError as exc:
+        raise port_error(port, addr, exc) from None

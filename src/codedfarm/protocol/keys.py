@@ -8,6 +8,8 @@ Keys of batch ``B`` (prefix ``P``)::
     P:b:B:reply   list: the collector's reply (record + predictions) for the client
     P:inbox:NAME  list: batch registrations and completion notices for one collector
     P:wake:NAME   list: a batch-engine worker's private wake-up alarm
+    P:live:queue:Q      sorted set: the live workers of queue Q, scored by their last beat
+    P:live:collectors   sorted set: the live collector services, likewise
 
 Worker queues are kombu's lists, named after the queue (see :mod:`codedfarm.protocol.celery_wire`).
 """
@@ -42,3 +44,9 @@ class Keys:
 
     def wake(self, worker: str) -> str:
         return f"{self.prefix}:wake:{worker}"
+
+    def live_workers(self, queue: str) -> str:
+        return f"{self.prefix}:live:queue:{queue}"
+
+    def live_collectors(self) -> str:
+        return f"{self.prefix}:live:collectors"

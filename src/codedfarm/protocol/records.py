@@ -3,7 +3,7 @@ answered, how long each stage took."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["OUTCOMES", "BatchRecord", "StageTimings"]
@@ -51,14 +51,20 @@ class BatchRecord:
     timings: StageTimings = field(default_factory=StageTimings)
     needed_written_at: float | None = None  # wall time the policy-meeting result was written
     model_version: int | None = None  # a repository model's version (None: a zoo model)
+    retries: int = 0  # times the client sent the batch again after losing Redis
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchRecord:
-        values = dict(data)
-        values["timings"] = StageTimings(**values.get("timings", {}))
+        """The record from its JSON form; fields this version does not know are ignored, so
+        clients and collectors of neighbouring versions understand each other."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        timing_names = {f.name for f in fields(StageTimings)}
+        timings = values.get("timings") or {}
+        values["timings"] = StageTimings(**{k: v for k, v in timings.items() if k in timing_names})
         return cls(**values)
 
     def with_client_timings(
@@ -80,4 +86,4 @@ class BatchRecord:
             end_to_end=end_to_end,
             overhead=overhead,
         )
-        return replace(self, timings=timings, tasks_sent=tasks_sent)
+        return replace(self, timings=timings, tasks_sent=tasks_sent, retries=self.retries)

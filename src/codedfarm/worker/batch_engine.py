@@ -53,6 +53,8 @@ from codedfarm.worker.core import (
     announce_ready,
     predict,
     preload_models,
+    start_heartbeat,
+    stop_heartbeat,
     task_fate,
 )
 from codedfarm.worker.state import WorkerState
@@ -366,5 +368,10 @@ def serve(app: Any, worker: WorkerState) -> None:
         kombu_connection=app.connection_for_read(),
         restore_interval=float(options.get("unacked_restore_interval", 5)),
     )
-    announce_ready(worker.options.hostname or worker.name)
-    engine.run(stop)
+    name = worker.options.hostname or worker.name
+    start_heartbeat(worker, engine.queues, name)
+    announce_ready(name)
+    try:
+        engine.run(stop)
+    finally:
+        stop_heartbeat()

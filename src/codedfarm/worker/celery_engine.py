@@ -27,6 +27,8 @@ from codedfarm.worker.core import (
     batch_open,
     predict,
     preload_models,
+    start_heartbeat,
+    stop_heartbeat,
     task_fate,
 )
 from codedfarm.worker.state import WorkerState, state
@@ -88,11 +90,27 @@ def _connect_signals() -> None:
     if _signals_connected:
         return
     _signals_connected = True
-    from celery.signals import task_rejected, task_unknown, worker_process_init, worker_ready
+    from celery.signals import (
+        task_rejected,
+        task_unknown,
+        worker_process_init,
+        worker_ready,
+        worker_shutdown,
+    )
 
     @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _announce_ready(sender: object = None, **_: object) -> None:
-        announce_ready(getattr(sender, "hostname", "worker"))
+    def _announce_ready(sender: Any = None, **_: object) -> None:
+        hostname = getattr(sender, "hostname", "worker")
+        try:
+            queues = [q.name for q in sender.task_consumer.queues]
+        except AttributeError:
+            queues = list(state().options.queue_names)
+        start_heartbeat(state(), queues, hostname)
+        announce_ready(hostname)
+
+    @worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _leave(**_: object) -> None:
+        stop_heartbeat()
 
     @task_unknown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _count_unknown(**_: object) -> None:

@@ -5,20 +5,23 @@
 - :func:`predict`: the model on a stack of coded inputs, one forward pass;
 - :class:`Report`: output bytes and completion notices (and, for the batch engine, the
   acknowledgements) written in one atomic round trip by :data:`REPORT_SCRIPT`;
-- :func:`preload_models` and :func:`announce_ready`: the start-up both engines share.
+- :func:`preload_models`, :func:`start_heartbeat` and :func:`announce_ready`: the start-up
+  both engines share (a worker is live on its queues only once its models are loaded).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from codedfarm.errors import ModelUnavailableError
-from codedfarm.protocol import Notice, TaskMessage
+from codedfarm.heartbeat import Heartbeat
+from codedfarm.protocol import Keys, Notice, TaskMessage
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker.state import WorkerState
 
@@ -31,6 +34,8 @@ __all__ = [
     "batch_open",
     "predict",
     "preload_models",
+    "start_heartbeat",
+    "stop_heartbeat",
     "task_fate",
 ]
 
@@ -168,6 +173,30 @@ def preload_models(worker: WorkerState) -> None:
     for ref in worker.options.preload:
         name, version = parse_model_ref(ref)
         worker.model(name, version, train=True)
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def start_heartbeat(worker: WorkerState, queues: Sequence[str], name: str) -> None:
+    """Announce this worker as live on ``queues`` (clients refuse queues nobody serves)."""
+    from codedfarm.worker.kombu_guards import kombu_keys
+
+    global _heartbeat
+    keys = Keys(worker.settings.key_prefix)
+    settings = worker.settings
+    _heartbeat = Heartbeat(
+        lambda: worker.redis, [keys.live_workers(q) for q in queues], name,
+        expire=kombu_keys(tuple(queues)),
+        expire_s=int(2 * max(settings.key_ttl, settings.visibility_timeout)),
+    )  # fmt: skip
+    _heartbeat.start()
+
+
+def stop_heartbeat() -> None:
+    """Leave the live sets (a clean shutdown)."""
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 def announce_ready(name: str) -> None:

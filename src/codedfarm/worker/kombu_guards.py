@@ -14,7 +14,7 @@ import uuid
 from queue import Empty
 from typing import Any
 
-__all__ = ["POISON_CONTENT_TYPE", "envelope_or_poison", "refuse_poison_messages",
+__all__ = ["POISON_CONTENT_TYPE", "envelope_or_poison", "kombu_keys", "refuse_poison_messages",
            "survive_connection_loss"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,17 @@ def _on_open_channel(method: Any) -> Any:
         return method(self, delivery_tag, *args, **kwargs)
 
     return guarded
+
+
+def kombu_keys(queues: list[str] | tuple[str, ...]) -> list[str]:
+    """kombu's own keys for these queues (the unacked hash and index, the bindings), which
+    kombu writes without a TTL: live workers renew one on every heartbeat, so they expire
+    once no worker has run for a while."""
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    return [channel.unacked_key, channel.unacked_index_key,
+            *(channel.keyprefix_queue % q for q in queues)]  # fmt: skip
 
 
 def envelope_or_poison(raw: bytes | str, queue: str) -> tuple[dict[str, Any], str | None]:

@@ -25,6 +25,7 @@ def inputs(tmp_path):
         "nan": nan,
         "shape": good[:, 0, :28, :28],
         "strings": np.array(["a", "b"]),
+        "ints": (good * 10).astype(np.int64),
         "empty": good[:0],
     }.items():
         files[name] = tmp_path / f"{name}.npy"
@@ -43,8 +44,17 @@ def inputs(tmp_path):
 
 CASES = [
     ("text", [], "batch.txt: expected a .npy file"),
-    ("garbage", [], "garbage.npy: not a readable .npy array"),
-    ("objects", [], "objects.npy: not a readable .npy array"),
+    (
+        "garbage",
+        [],
+        "garbage.npy: not a .npy array file (no .npy header); save the batch with numpy.save",
+    ),
+    (
+        "objects",
+        [],
+        "objects.npy: holds Python objects (a pickled object array), which the farm never loads",
+    ),
+    ("ints", [], "batch of dtype int64: the farm serves float32 inputs; convert it"),
     ("npz", [], "batch.npy: expected one .npy array, got an .npz archive"),
     ("missing", [], "missing.npy: no such file"),
     ("shape", [], "model lenet5 takes a batch of shape (K, 1, 32, 32), got (8, 28, 28)"),
@@ -110,6 +120,53 @@ def test_real_process_exit_code_and_no_traceback(inputs, settings):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: batch contains 1 NaN/Inf values"
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_a_bad_out_path_is_refused_before_anything_runs(inputs, tmp_path, where):
+    out = tmp_path / "nowhere" / "p.npy" if where == "missing-folder" else tmp_path
+    # an unreachable Redis: the check comes first, so this is a bad call (2), not a farm (3)
+    result = CliRunner().invoke(cli, ["--redis-url", "redis://127.0.0.1:1/0", "submit",
+                                      str(inputs["good"]), "-m", "lenet5", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --out {out}:")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_warnings_for_uint8_images_and_exact_codes_on_general_models(farm, tmp_path):
+    images = (np.random.default_rng(1).random((8, 1, 32, 32)) * 255).astype(np.uint8)
+    batch = tmp_path / "u8.npy"
+    np.save(batch, images)
+    out = tmp_path / "predout"  # no suffix: written at exactly this path
+    env = {"CODEDFARM_KEY_PREFIX": "e2e", "CODEDFARM_CACHE_DIR": str(farm.settings.cache_dir),
+           "CODEDFARM_KEY_TTL": "60"}  # fmt: skip
+    base = ["--redis-url", farm.settings.redis_url, "submit", str(batch), "-Q", "gpu0,gpu1"]
+    result = CliRunner().invoke(cli, [*base, "-m", "lenet5", "--codec", "mds", "-s", "2",
+                                      "--out", str(out)], env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: uint8 batch converted to float32 in [0, 1] (divided by 255)" in result.stderr
+    assert "warning: mds decodes exactly only models of degree <= 1" in result.stderr
+    assert "model lenet5 is not declared a polynomial" in result.stderr
+    assert f"saved to {out}" in result.stdout and out.exists()
+    assert not (tmp_path / "predout.npy").exists() and np.load(out).shape == (8, 10)
+    linear = CliRunner().invoke(cli, [*base, "-m", "linear", "--codec", "mds", "-s", "2"],
+                                env=env)  # fmt: skip
+    assert linear.exit_code == 0 and "mds decodes exactly" not in linear.stderr
+
+
+def test_a_busy_metrics_port_is_one_line(redis_server):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["--redis-url", redis_server.url, "collector",
+                                          "--metrics-port", str(port), "--metrics-addr",
+                                          "127.0.0.1"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --metrics-port {port}: cannot listen on")
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_submit_against_a_live_farm_prints_json_and_saves(farm, inputs, tmp_path):

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from codedfarm.cli.options import (
     queues_option,
     settings_from_context,
 )
+from codedfarm.errors import InputWarning
 
 __all__ = ["collector", "submit", "worker"]
 
@@ -207,6 +209,7 @@ def submit(
     from codedfarm.coordinator.batch_file import (
         check_output_path,
         load_batch_file,
+        save_predictions,
     )
 
     if out is not None:
@@ -224,13 +227,18 @@ def submit(
         seed=seed,
     )
     settings = settings_from_context(model_repository=model_repository)
-    with FarmClient(
-        settings, collector=collector_name, wait_for_workers=wait_for_workers
-    ) as client:
+    client = FarmClient(
+        settings, collector=collector_name, wait_for_workers=wait_for_workers, retries=retries
+    )
+    with client, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
         result = client.submit(batch, spec)
+    for warning in caught:
+        if issubclass(warning.category, InputWarning):
+            click.echo(f"warning: {warning.message}", err=True)
     record = result.record
     if out is not None and result.predictions is not None:
-        np.save(out, result.predictions)
+        save_predictions(out, result.predictions)
     if as_json:
         click.echo(json.dumps(record.to_dict(), indent=2))
     else:

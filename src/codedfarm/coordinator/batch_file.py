@@ -27,6 +27,8 @@ def load_batch_file(path: Path) -> np.ndarray:
         raise InputError(f"{path}: is a directory, not a .npy file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+    if head.startswith(b"PK"):
+        raise InputError(f"{path}: expected one .npy array, got an .npz archive (numpy.savez)")
     if head != NPY_MAGIC:
         raise InputError(
             f"{path}: not a .npy array file (no .npy header); save the batch with numpy.save"

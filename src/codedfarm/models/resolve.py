@@ -73,7 +73,10 @@ def resolve_model(ref: str, repository: Path | None = None) -> ResolvedModel:
     if version is not None:
         raise UnknownModelError(f"{name} is a built-in model and has no versions; use {name!r}")
     spec = get_model_spec(name)
-    return ResolvedModel(name, None, spec.input_shape, (spec.num_outputs,), "zoo", spec.description)
+    return ResolvedModel(
+        name, None, spec.input_shape, (spec.num_outputs,), "zoo", spec.description,
+        polynomial_degree=spec.polynomial_degree,
+    )  # fmt: skip
 
 
 def _available(repo: ModelRepository | None) -> list[str]:

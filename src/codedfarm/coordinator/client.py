@@ -119,7 +119,8 @@ class FarmClient:
         tasks_sent = prepared.n + (0 if prepared.reference is None else prepared.k)
         budget = prepared.deadline_s + REPLY_GRACE_S
         try:
-            dispatch_s = self.dispatcher.dispatch(prepared, inbox)
+            durable = self.keys.open_batches(self.collector_name) if self.collector_name else None
+            dispatch_s = self.dispatcher.dispatch(prepared, inbox, durable)
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
             elif spec.hedge_after is not None:

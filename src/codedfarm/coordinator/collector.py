@@ -70,9 +70,11 @@ class Collector:
         hooks: CollectorHooks | None = None,
         clock: Callable[[], float] = time.time,
         reply_in_memory: bool = False,
+        durable_key: str | None = None,
     ) -> None:
         self.redis = client
         self.inbox = inbox
+        self.durable_key = durable_key  # the service's hash of open batches (see recovery.py)
         self.hooks = hooks or CollectorHooks()
         self.clock = clock
         self._open: dict[str, _Open] = {}
@@ -176,7 +178,9 @@ class Collector:
         except (CodecError, TypeError) as exc:  # TypeError: unhashable JSON parameters
             self._finish_failed(reg, f"bad codec in registration: {exc}")
             return
-        self._open[reg.batch] = _Open(reg, codec, self.clock())
+        self._open[reg.batch] = _Open(
+            reg, codec, self.clock(), out_shape=list(reg.output_shape) or None
+        )
         self._queues.update(reg.queues)
         self.hooks.batch_registered(reg)
 
@@ -362,6 +366,8 @@ class Collector:
             return
         with self.redis.pipeline(transaction=False) as pipe:
             self._push_reply(pipe, reg, record, predictions)
+            if self.durable_key is not None:
+                pipe.hdel(self.durable_key, reg.batch)
             pipe.execute()
 
     @staticmethod
@@ -402,6 +408,23 @@ class Collector:
             self._finished.popitem(last=False)
         while len(self.records) > 1000:
             self.records.popitem(last=False)
+
+    def adopt(self, reg: BatchRegistration, results: list[int]) -> None:
+        """Take over an open batch another collector process left (see recovery.py), with
+        the results already stored for it (their notices went with that process)."""
+        self._register(reg)
+        batch = self._open.get(reg.batch)
+        if batch is None or not reg.output_shape:
+            return
+        now = self.clock()
+        for index in results:
+            if 0 <= index < reg.n and index not in batch.received:
+                batch.received[index] = Notice(reg.batch, index, True, "float32",
+                                               list(reg.output_shape), written_at=now)  # fmt: skip
+        batch.out_shape = list(reg.output_shape)
+        if len(batch.received) >= reg.wait_for:
+            batch.policy_met_at = now
+            self._ready[reg.batch] = False
 
     def answered(self, batch: str) -> set[int] | None:
         """Coded indices of an open batch that have answered (result or error); None if the

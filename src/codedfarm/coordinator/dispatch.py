@@ -231,6 +231,7 @@ class Dispatcher:
             deadline=batch.submitted_at + batch.deadline_s,
             model=batch.model.name,
             model_version=batch.model.version,
+            output_shape=list(batch.model.output_shape),
             submitted_at=batch.submitted_at,
             reply_key=self.keys.reply(batch.batch),
             input_key=self.keys.inputs(batch.batch),
@@ -279,8 +280,10 @@ class Dispatcher:
             by_queue[queue].append(task_envelope(INFER_TASK, message.to_dict(), queue))
         return by_queue
 
-    def dispatch(self, batch: PreparedBatch, inbox: str) -> float:
-        """Inputs + registration + every task in one pipeline; returns seconds spent."""
+    def dispatch(self, batch: PreparedBatch, inbox: str, durable: str | None = None) -> float:
+        """Inputs + registration + every task in one pipeline; returns seconds spent.
+        durable: a collector service's hash of open batches, which keeps the
+        registration until the batch ends (so a restarted collector finishes it)."""
         start = time.perf_counter()
         ttl = int(self.settings.key_ttl)
         registration = self.registration(batch)
@@ -296,6 +299,9 @@ class Dispatcher:
             pipe.set(registration.reference_key, batch.reference.tobytes(), ex=ttl)
         pipe.rpush(inbox, registration.to_json())
         pipe.expire(inbox, ttl)
+        if durable is not None:
+            pipe.hset(durable, batch.batch, registration.to_json())
+            pipe.expire(durable, ttl)
         self._push(pipe, by_queue, ttl)
         pipe.execute()
         return time.perf_counter() - start

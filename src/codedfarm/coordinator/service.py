@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from codedfarm.coordinator.collector import Collector
+from codedfarm.coordinator.recovery import recover_open_batches
 from codedfarm.heartbeat import Heartbeat
 from codedfarm.protocol import Keys
 from codedfarm.redis_conn import connect
@@ -35,7 +36,11 @@ def run_collector(
     inbox = keys.inbox(name)
     heartbeat = Heartbeat(lambda: client, [keys.live_collectors()], name).start()
     echo(f"collector {name!r} listening on {inbox}; metrics on :{metrics_port}")
+    collector = Collector(client, inbox, hooks=hooks, durable_key=keys.open_batches(name))
+    recovered = recover_open_batches(collector)
+    if recovered:
+        echo(f"collector {name!r}: finishing {recovered} batch(es) left open by its predecessor")
     try:
-        Collector(client, inbox, hooks=hooks).serve_forever(stop)
+        collector.serve_forever(stop)
     finally:
         heartbeat.stop()

@@ -7,6 +7,9 @@ Keys of batch ``B`` (prefix ``P``)::
     P:b:B:out     hash: coded index j -> the worker's output bytes
     P:b:B:reply   list: the collector's reply (record + predictions) for the client
     P:inbox:NAME  list: batch registrations and completion notices for one collector
+    P:open:NAME   hash: batch -> registration, for every open batch of collector service
+                  NAME (written with the batch, deleted with its reply): a restarted
+                  collector finishes them
     P:wake:NAME   list: a batch-engine worker's private wake-up alarm
     P:live:queue:Q      sorted set: the live workers of queue Q, scored by their last beat
     P:live:collectors   sorted set: the live collector services, likewise
@@ -41,6 +44,9 @@ class Keys:
 
     def inbox(self, name: str) -> str:
         return f"{self.prefix}:inbox:{name}"
+
+    def open_batches(self, collector: str) -> str:
+        return f"{self.prefix}:open:{collector}"
 
     def wake(self, worker: str) -> str:
         return f"{self.prefix}:wake:{worker}"

@@ -134,6 +134,7 @@ class BatchRegistration:
     encode_s: float = 0.0
     reference: bool = False  # also computed uncoded (tasks n..n+k-1), to measure fidelity
     model_version: int | None = None  # a repository model's version (None: a zoo model)
+    output_shape: list[int] = field(default_factory=list)  # one result's shape, if known
     kind: str = "batch"
 
     def to_json(self) -> bytes:

@@ -15,7 +15,7 @@ import redis
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
 from codedfarm.coordinator.liveness import FarmCheck
-from codedfarm.errors import ConfigError, FarmUnavailableError
+from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
 from codedfarm.protocol import BatchRecord, Keys, array_from_bytes, as_bytes, unpack_frame
 from codedfarm.redis_conn import connect, mask_url
 from codedfarm.settings import Settings
@@ -81,9 +81,14 @@ class FarmClient:
         serve it."""
         start = time.perf_counter()
         prepared = self.dispatcher.prepare(x, spec)
-        if not self.wait_for_workers:
-            self._farm_check.require(prepared.queues, self.collector_name)
         retried = 0
+        if not self.wait_for_workers:
+            try:
+                self._farm_check.require(prepared.queues, self.collector_name)
+            except RedisUnavailableError:  # Redis is restarting or failing over
+                if not self.retries or not self._await_farm(prepared, prepared.deadline_s):
+                    raise
+                retried = 1
         while True:
             result = self._submit_once(prepared, spec, start)
             lost = result.outcome == "failed" and result.record.error.startswith("lost Redis")

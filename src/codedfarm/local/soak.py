@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import psutil
-import redis
 
 from codedfarm.coordinator import BatchSpec, FarmClient
 from codedfarm.local.farm import LocalFarm
 from codedfarm.models.registry import get_model_spec
+from codedfarm.redis_conn import redis_from_url
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
 
@@ -102,7 +102,7 @@ def run_soak(
     report = SoakReport(config)
     with LocalFarm(workers, settings=settings) as farm:
         collector = farm.start_collector("soak")
-        store = redis.Redis.from_url(farm.settings.redis_url)
+        store = redis_from_url(farm.settings.redis_url)
         shape = get_model_spec(config.model).input_shape
         x = np.random.default_rng(0).random((config.k, *shape)).astype(np.float32)
         spec = BatchSpec(model=config.model, codec=config.codec, n=config.n, s=config.s,

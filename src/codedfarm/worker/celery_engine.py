@@ -17,6 +17,7 @@ from celery import Celery
 from codedfarm.errors import ModelUnavailableError, ProtocolError
 from codedfarm.monitoring.worker_metrics import worker_metrics
 from codedfarm.protocol import INFER_TASK, TaskMessage, array_from_bytes
+from codedfarm.redis_conn import celery_broker
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker.core import (
@@ -41,7 +42,8 @@ _app: Celery | None = None
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings.redis_url`` that accepts JSON messages only (no pickle)."""
-    app = Celery("codedfarm", broker=settings.redis_url, set_as_current=False)
+    broker, sentinel_options = celery_broker(settings.redis_url)
+    app = Celery("codedfarm", broker=broker, set_as_current=False)
     visibility = settings.visibility_timeout or settings.key_ttl
     app.conf.update(
         task_serializer="json",
@@ -70,6 +72,7 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
             "socket_keepalive": True,
             "health_check_interval": 10,
+            **sentinel_options,  # master_name (and Sentinel auth) for redis+sentinel:// URLs
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

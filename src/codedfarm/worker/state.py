@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from codedfarm.errors import CodedFarmError, ModelUnavailableError
+from codedfarm.redis_conn import redis_from_url
 from codedfarm.settings import Settings
 from codedfarm.stragglers import StragglerSpec
 from codedfarm.worker.options import WorkerOptions
@@ -66,7 +67,7 @@ class WorkerState:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(
+            self._redis = redis_from_url(
                 self.settings.redis_url,
                 socket_connect_timeout=5,
                 socket_keepalive=True,

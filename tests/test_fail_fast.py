@@ -45,6 +45,9 @@ def test_a_queue_without_a_live_worker_is_refused_at_once(small_farm, digits):
         result = client.submit(digits, BatchSpec(model="lenet5", codec="berrut", n=8, s=1,
                                                  queues=("ff0",)))  # fmt: skip
         assert result.outcome == "decoded"
+        client._collector.flush_cleanup()  # the housekeeping of the next poll
+        # the in-process collector answers in memory: no reply key, and the batch's keys go
+        assert list(store.scan_iter(match=f"ff:b:{result.record.batch}:*")) == []
 
 
 def test_an_unknown_collector_is_refused_at_once(small_farm, digits):

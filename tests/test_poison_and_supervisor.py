@@ -111,6 +111,8 @@ def test_poison_messages_kill_no_worker_of_either_engine(poison_farm):
         assert "stopped unasked" not in worker.log.read_text()
     assert _refused(ports["pb"]) >= 8 and _refused(ports["pc"]) >= 5
     assert client.hlen("unacked") == 0  # every refusal was acknowledged
+    # kombu's own keys expire unless live workers renew them (2 x the key TTL here)
+    assert 0 < client.ttl("_kombu.binding.pc") <= 120
     assert client.llen("psn:inbox:none") == 0 and not client.exists("none")  # none ran
 
 

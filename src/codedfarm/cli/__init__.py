@@ -14,8 +14,9 @@ import click
 
 from codedfarm.cli.experiments import compare, evaluate
 from codedfarm.cli.farm import collector, submit, worker
-from codedfarm.cli.local import bench, demo, scale, soak
+from codedfarm.cli.local import bench, demo, scale
 from codedfarm.cli.models import models
+from codedfarm.cli.soak import soak
 from codedfarm.errors import CodedFarmError, FarmUnavailableError
 
 __all__ = ["cli", "main"]

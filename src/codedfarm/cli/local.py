@@ -1,4 +1,4 @@
-"""Commands that run things on this machine: ``demo``, ``scale``, ``bench`` and ``soak``."""
+"""Commands that run things on this machine: ``demo``, ``scale`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ import click
 
 from codedfarm.cli.options import (
     REMOVED_IN,
-    DynamicHelpOption,
     codec_help,
     codec_list,
     codecs_option,
     deprecated_alias,
     engine_option,
     json_option,
-    model_help,
     model_repository_option,
     preload_option,
     queues_option,
@@ -28,7 +26,7 @@ from codedfarm.cli.options import (
     warn,
 )
 
-__all__ = ["bench", "demo", "scale", "soak"]
+__all__ = ["bench", "demo", "scale"]
 
 
 @click.command()
@@ -253,48 +251,3 @@ def bench(
     click.echo((out_dir / "bench.md").read_text())
     click.echo(f"results in {out_dir}/ (bench.json, bench.md, latency_cdf.png); "
                f"{len(report['rows'])} rows")  # fmt: skip
-
-
-@click.command()
-@click.option("--seconds", type=click.FloatRange(min=1), default=600.0, help="Run time.")
-@click.option("--rate", type=click.FloatRange(min=0.1), default=5.0, help="Batches per second.")
-@click.option(
-    "--sample-every", type=click.FloatRange(min=0.5), default=10.0, help="Seconds between samples."
-)
-@engine_option("Worker engine of the soak's two workers.")
-@click.option(
-    "--model", "-m", default="noop", cls=DynamicHelpOption, help_fn=model_help("Model to serve")
-)
-@click.option(
-    "--codec", default="spline", metavar="SPEC", cls=DynamicHelpOption, help_fn=codec_help()
-)
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("soak.json"), help="Report file."
-)
-@json_option("the report")
-def soak(
-    seconds: float,
-    rate: float,
-    sample_every: float,
-    engine: str,
-    model: str,
-    codec: str,
-    out: Path,
-    as_json: bool,
-) -> None:
-    """A bounded steady load on a local farm: prints collector and worker RSS and Redis keys
-    over time, and their growth from the first to the last third of the run."""
-    from codedfarm.local.soak import SoakConfig, run_soak, write_report
-
-    config = SoakConfig(seconds=seconds, rate=rate, sample_every=sample_every, engine=engine,
-                        model=model, codec=codec).validate()  # fmt: skip
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    report = run_soak(config, settings_from_context(), echo=echo)
-    write_report(report, out)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-        return
-    click.echo(f"outcomes: {report.outcomes}")
-    for attr in ("collector_rss_mb", "workers_rss_mb", "redis_keys", "redis_memory_mb"):
-        click.echo(f"growth {attr}: {report.growth(attr):+.2f}")
-    click.echo(f"samples in {out}")

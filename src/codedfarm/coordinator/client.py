@@ -16,6 +16,7 @@ from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
 from codedfarm.coordinator.liveness import FarmCheck
 from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
+from codedfarm.heartbeat import LIVENESS_S
 from codedfarm.protocol import BatchRecord, Keys, array_from_bytes, as_bytes, unpack_frame
 from codedfarm.redis_conn import connect, mask_url
 from codedfarm.settings import Settings
@@ -91,7 +92,10 @@ class FarmClient:
                     raise
                 retried = 1
             except FarmUnavailableError:  # workers re-announce within a beat after a restart
-                if not self._await_farm(prepared, min(NO_WORKER_GRACE_S, prepared.deadline_s)):
+                grace = NO_WORKER_GRACE_S
+                if self._farm_check.restarted_within(LIVENESS_S):  # Redis lost every beat
+                    grace = LIVENESS_S
+                if not self._await_farm(prepared, min(grace, prepared.deadline_s)):
                     raise
         while True:
             result = self._submit_once(prepared, spec, start)

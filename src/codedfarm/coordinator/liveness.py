@@ -26,6 +26,15 @@ class FarmCheck:
         self.keys = keys
         self._good_until: dict[tuple[tuple[str, ...], str], float] = {}
 
+    def restarted_within(self, seconds: float) -> bool:
+        """True if Redis started less than seconds ago (its heartbeats are gone with it,
+        and workers need a moment to announce themselves again)."""
+        try:
+            uptime = float(self.redis.info("server").get("uptime_in_seconds", seconds))
+        except redis.RedisError:
+            return True
+        return uptime < seconds
+
     def require(self, queues: Sequence[str], collector: str = "") -> None:
         """Raise :class:`NoWorkerError` or :class:`CollectorUnavailableError` (exit code 3)
         unless every queue has a live worker and ``collector`` (if named) is live."""

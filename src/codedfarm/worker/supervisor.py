@@ -5,7 +5,7 @@ lost connection it could not handle), and either engine can be killed (SIGKILL, 
 killer). The ``codedfarm worker`` process therefore runs the engine in a child process and
 starts a fresh one after every stop that was not requested: a non-zero exit status or a
 signal. It waits 1 s before the first restart, doubling to at most 30 s while the child
-keeps dying young, and starts over at 1 s once a child has run for a minute. Signals sent to
+keeps dying young, and starts over at 1 s once a child has run for 10 s. Signals sent to
 the supervisor (SIGTERM, SIGINT, SIGQUIT) go to the child, and then the supervisor exits
 with it; a child that exits with status 0 (Celery's remote ``shutdown``) ends it too.
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
-HEALTHY_RUN_S = 60.0  # a child that ran this long resets the backoff
+HEALTHY_RUN_S = 10.0  # a child that ran this long was not crash-looping: the backoff resets
 
 
 def _run_child(target: Callable[[], None]) -> None:

@@ -93,7 +93,7 @@ class FarmClient:
                 retried = 1
             except FarmUnavailableError:  # workers re-announce within a beat after a restart
                 grace = NO_WORKER_GRACE_S
-                if self._farm_check.restarted_within(LIVENESS_S):  # Redis lost every beat
+                if self._farm_check.restarted_within(LIVENESS_S, prepared.queues):
                     grace = LIVENESS_S
                 if not self._await_farm(prepared, min(grace, prepared.deadline_s)):
                     raise

@@ -282,7 +282,7 @@ class Dispatcher:
 
     def dispatch(self, batch: PreparedBatch, inbox: str, durable: str | None = None) -> float:
         """Inputs + registration + every task in one pipeline; returns seconds spent.
-        durable: a collector service's hash of open batches, which keeps the
+        ``durable``: a collector service's hash of open batches, which keeps the
         registration until the batch ends (so a restarted collector finishes it)."""
         start = time.perf_counter()
         ttl = int(self.settings.key_ttl)

@@ -26,14 +26,16 @@ class FarmCheck:
         self.keys = keys
         self._good_until: dict[tuple[tuple[str, ...], str], float] = {}
 
-    def restarted_within(self, seconds: float) -> bool:
-        """True if Redis started less than seconds ago (its heartbeats are gone with it,
-        and workers need a moment to announce themselves again)."""
+    def restarted_within(self, seconds: float, queues: Sequence[str]) -> bool:
+        """True if Redis started less than ``seconds`` ago and holds no heartbeat of any of
+        ``queues``: it lost them in a restart, and workers need a moment to announce
+        themselves again (a queue nobody serves next to served ones is refused at once)."""
         try:
             uptime = float(self.redis.info("server").get("uptime_in_seconds", seconds))
+            known = self.redis.exists(*(self.keys.live_workers(q) for q in queues))
         except redis.RedisError:
             return True
-        return uptime < seconds
+        return uptime < seconds and not known
 
     def require(self, queues: Sequence[str], collector: str = "") -> None:
         """Raise :class:`NoWorkerError` or :class:`CollectorUnavailableError` (exit code 3)

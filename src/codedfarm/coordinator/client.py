@@ -90,23 +90,23 @@ class FarmClient:
             except RedisUnavailableError:  # Redis is restarting or failing over
                 if not self.retries or not self._await_farm(prepared, prepared.deadline_s):
                     raise
-                retried = 1
             except FarmUnavailableError:  # workers re-announce within a beat after a restart
                 grace = NO_WORKER_GRACE_S
                 if self._farm_check.restarted_within(LIVENESS_S, prepared.queues):
                     grace = LIVENESS_S
                 if not self._await_farm(prepared, min(grace, prepared.deadline_s)):
                     raise
+        end = start + prepared.deadline_s  # every retry fits in the batch's own deadline
         while True:
             result = self._submit_once(prepared, spec, start)
             lost = result.outcome == "failed" and result.record.error.startswith("lost Redis")
-            left = prepared.deadline_s - (time.perf_counter() - start)
+            left = end - time.perf_counter()
             if not lost or retried >= self.retries or left <= 0.05:
                 return BatchResult(result.predictions, replace(result.record, retries=retried))
             retried += 1
             if not self._await_farm(prepared, left):
                 return BatchResult(None, replace(result.record, retries=retried))
-            left = prepared.deadline_s - (time.perf_counter() - start)
+            left = end - time.perf_counter()
             prepared = replace(prepared, batch=uuid.uuid4().hex, deadline_s=max(left, 0.05),
                                submitted_at=time.time())  # fmt: skip
 

@@ -86,6 +86,39 @@ def bench_row(
     )
 
 
+def encode_against_gemm(repeat: int) -> None:
+    """The dispatcher's encode of a large batch (K=20, N=100, 3x224x224, numpy float32)
+    against a bare float32 GEMM of the same shape into a preallocated output."""
+    k, n, size = 20, 100, 3 * 224 * 224
+    x = np.random.default_rng(1).random((k, size), dtype=np.float32)
+    buffer = np.empty((n, size), np.float32)
+    print(f"encode vs a bare float32 GEMM, k={k}, n={n}, {size} floats per input:")
+    for name in ("mds", "berrut", "spline"):
+        codec = make_codec(name, k, n)
+        matrix = codec.encoder_matrix.astype(np.float32)
+        # interleaved, so that each ratio compares runs made under the same machine load
+        runs: dict[str, list[float]] = {"gemm": [], "fresh": [], "into": []}
+        calls = {
+            "gemm": lambda: np.matmul(matrix, x, out=buffer),  # noqa: B023
+            "fresh": lambda: codec.encode(x),  # noqa: B023
+            "into": lambda: codec.encode(x, out=buffer),  # noqa: B023
+        }
+        for _ in range(repeat):
+            for key, call in calls.items():
+                runs[key].append(timed(call, 1))
+        gemm, fresh, into = (statistics.median(runs[key]) for key in ("gemm", "fresh", "into"))
+        fresh_ratio = statistics.median(
+            f / g for f, g in zip(runs["fresh"], runs["gemm"], strict=True)
+        )
+        into_ratio = statistics.median(
+            i / g for i, g in zip(runs["into"], runs["gemm"], strict=True)
+        )
+        print(f"  {name:7} GEMM {gemm * 1e3:7.2f} ms   encode (new array) {fresh * 1e3:7.2f} ms "
+              f"= {fresh_ratio:.2f}x   encode into the dispatcher's reused buffer "
+              f"{into * 1e3:7.2f} ms = {into_ratio:.2f}x (median of paired ratios)")  # fmt: skip
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -93,6 +126,7 @@ def main() -> None:
     repeat = 3 if args.quick else 10
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}")
+    encode_against_gemm(repeat * 2)
     forwards: dict[tuple[int, int], float] = {}
     for size, kind in ((784, "lenet5"), (150528, "vit_b_16")):
         for k in (8, 20):

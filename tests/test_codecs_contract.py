@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codedfarm.codecs import LetccCodec, available_codecs, make_codec, parse_codec_spec
 from codedfarm.errors import (
@@ -312,3 +314,27 @@ def test_encode_into_a_reused_buffer(rng):
         ShapeError, match=r"dtype float32, got shape \(10, 2, 3\) and dtype float64"
     ):
         codec.encode(x, out=np.empty((10, 2, 3)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 40),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf, None]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_fast_finite_check_is_exact(rows, cols, dtype, bad, seed):
+    """Row sums flag NaN and Inf anywhere; finite values whose sums overflow still pass."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, cols)).astype(dtype)
+    if bad is None:
+        x[rng.integers(rows)] = np.finfo(dtype).max  # a row whose sum overflows to inf
+    else:
+        x[rng.integers(rows), rng.integers(cols)] = bad
+    codec = make_codec("berrut", rows, rows + 2)
+    if bad is None:
+        assert np.isfinite(codec.encode(x)).any()
+    else:
+        with pytest.raises(NonFiniteError):
+            codec.encode(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 import warnings
@@ -63,7 +64,8 @@ class PreparedBatch:
     s: int
     wait_for: int
     deadline_s: float
-    coded: npt.NDArray[np.float32]  # (n, *input_shape)
+    coded: npt.NDArray[np.float32]  # (n, *input_shape); a per-thread buffer: valid until the
+    # dispatcher prepares the next batch on this thread
     fates: list[TaskFate] | None
     queues: tuple[str, ...]
     encode_s: float
@@ -124,6 +126,17 @@ class Dispatcher:
         self.redis = client
         self.keys = Keys(settings.key_prefix)
         self._sampler = np.random.default_rng()
+        self._buffers = threading.local()
+
+    def _coded_buffer(self, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+        """This thread's buffer for coded inputs, reused while the shape stays: a fresh
+        array costs its page faults again on every batch (half again the encode's GEMM at
+        K=20, N=100, 3x224x224; docs/benchmarks.md)."""
+        buffer: npt.NDArray[np.float32] | None = getattr(self._buffers, "coded", None)
+        if buffer is None or buffer.shape != shape:
+            buffer = np.empty(shape, np.float32)
+            self._buffers.coded = buffer
+        return buffer
 
     def prepare(self, x: Any, spec: BatchSpec) -> PreparedBatch:
         """Validate everything, then encode. Raises before anything is written to Redis."""
@@ -194,7 +207,7 @@ class Dispatcher:
             stragglers = parse_straggler_spec(spec.straggle)
             fates = stragglers.sample(n, np.random.default_rng(spec.seed))
         start = time.perf_counter()
-        coded = codec.encode(inputs)
+        coded = codec.encode(inputs, out=self._coded_buffer((n, *inputs.shape[1:])))
         encode_s = time.perf_counter() - start
         sampled = (
             self.settings.fidelity_sample > 0
@@ -294,7 +307,7 @@ class Dispatcher:
         ]
         by_queue = self._messages(batch, registration, inbox, tasks)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(registration.input_key, batch.coded.tobytes(), ex=ttl)
+        pipe.set(registration.input_key, batch.coded.data.cast("B"), ex=ttl)  # no copy
         if batch.reference is not None:
             pipe.set(registration.reference_key, batch.reference.tobytes(), ex=ttl)
         pipe.rpush(inbox, registration.to_json())

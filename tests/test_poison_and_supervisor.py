@@ -197,3 +197,32 @@ def test_a_killed_worker_process_is_restarted_and_serves_again(poison_farm):
                                                  queues=("pb",), deadline=10.0))  # fmt: skip
     assert result.outcome == "decoded", result.record.error
     assert np.isfinite(result.predictions).all()
+
+
+def test_a_plain_celery_worker_of_the_app_is_guarded_too(redis_server, model_cache):
+    """`celery -A codedfarm.worker.celery_engine worker`, without `codedfarm worker`: the
+    app's own signals guard kombu and announce the worker."""
+    env = dict(os.environ, CODEDFARM_REDIS_URL=redis_server.url, CODEDFARM_KEY_PREFIX="pl",
+               CODEDFARM_CACHE_DIR=str(model_cache))  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "codedfarm.worker.celery_engine", "worker",
+         "-Q", "plain", "-c", "1", "-P", "solo", "-l", "warning", "--without-heartbeat",
+         "--without-gossip", "--without-mingle"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        end = time.monotonic() + 60
+        while client.zcard("pl:live:queue:plain") == 0:
+            assert process.poll() is None and time.monotonic() < end, "the worker did not start"
+            time.sleep(0.2)
+        client.lpush("plain", b"\xff junk", b"[]")
+        while client.llen("plain") and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert client.llen("plain") == 0 and process.poll() is None
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "refused a message on queue plain (not_json" in output
+    assert "refused a message on queue plain (bad_envelope" in output

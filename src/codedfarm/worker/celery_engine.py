@@ -96,10 +96,19 @@ def _connect_signals() -> None:
     from celery.signals import (
         task_rejected,
         task_unknown,
+        worker_init,
         worker_process_init,
         worker_ready,
         worker_shutdown,
     )
+
+    @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _guard_kombu(**_: object) -> None:
+        # also for workers started as `celery -A codedfarm.worker.celery_engine worker`
+        from codedfarm.worker.kombu_guards import refuse_poison_messages, survive_connection_loss
+
+        survive_connection_loss()
+        refuse_poison_messages()
 
     @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _announce_ready(sender: Any = None, **_: object) -> None:

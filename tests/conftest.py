@@ -54,11 +54,13 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 @pytest.fixture(scope="session")
 def farm(model_cache: Path) -> Iterator[LocalFarm]:
-    """Real Redis plus two real `codedfarm worker` processes (queues gpu0, gpu1) of 12
-    prefork children each: 24 workers' worth of slots."""
+    """Real Redis plus two real `codedfarm worker` processes (queues gpu0, gpu1): a Celery
+    worker of 12 prefork children and a batch engine of 12 slots."""
     base = Settings(key_prefix="e2e", key_ttl=60.0, deadline=20.0, cache_dir=model_cache)
     workers = [
-        WorkerOptions(queues=("gpu0",), concurrency=12, preload=("lenet5", "linear")),
+        WorkerOptions(
+            queues=("gpu0",), engine="celery", concurrency=12, preload=("lenet5", "linear")
+        ),
         WorkerOptions(queues=("gpu1",), concurrency=12, preload=("lenet5", "linear")),
     ]
     with LocalFarm(workers, settings=base) as local:

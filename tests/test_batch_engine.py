@@ -46,9 +46,8 @@ def batch_farm(model_cache) -> Iterator[LocalFarm]:
     workers = [
         WorkerOptions(queues=("b0",), concurrency=24, preload=("lenet5", "linear"), engine="batch"),
         WorkerOptions(queues=("b1",), concurrency=24, preload=("lenet5", "linear"), engine="batch"),
-        WorkerOptions(
-            queues=("c0",), concurrency=4, preload=("lenet5",)
-        ),  # a Celery worker on the same Redis
+        # a Celery worker on the same Redis
+        WorkerOptions(queues=("c0",), concurrency=4, preload=("lenet5",), engine="celery"),
     ]
     with LocalFarm(workers, settings=base) as farm:
         yield farm

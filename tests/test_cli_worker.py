@@ -53,7 +53,7 @@ def test_worker_options_round_trip_through_the_command_line():
     options = WorkerOptions(
         queues=("a", "b"), engine="batch", concurrency=7, device="cpu", slowdown=2.0,
         straggle="exp:shift=0.1,rate=5", preload=("lenet5", "noop"), torch_threads=2,
-        metrics_port=0, hostname="w1@here", loglevel="info",
+        metrics_port=0, hostname="w1@here", loglevel="info", events=True,
     )  # fmt: skip
     seen: list[WorkerOptions] = []
 
@@ -85,3 +85,33 @@ def test_the_celery_app_is_built_on_first_access_not_at_import(monkeypatch):
     assert app is engine.app and INFER_TASK in app.tasks
     assert app.conf.broker_url == "redis://127.0.0.1:1/3"
     assert app.conf.accept_content == ["json"] and app.conf.task_acks_late
+
+
+def test_the_default_engine_is_the_batch_engine():
+    """`codedfarm worker` with no --engine runs the batch engine; --engine celery stays."""
+    from codedfarm.worker import WorkerOptions
+
+    seen: list[WorkerOptions] = []
+
+    def fake_run(settings: object, received: WorkerOptions) -> int:
+        seen.append(received)
+        return 0
+
+    import codedfarm.worker as worker_pkg
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker_pkg, "run_worker", fake_run)
+        for argv in (["worker"], ["worker", "--engine", "celery", "-E"]):
+            result = CliRunner().invoke(cli, argv)
+            assert result.exit_code == 0, result.output
+    assert [(o.engine, o.events) for o in seen] == [("batch", False), ("celery", True)]
+    assert WorkerOptions().engine == "batch"
+
+
+def test_celery_engine_argv_keeps_worker_heartbeats_and_adds_task_events():
+    from codedfarm.worker import WorkerOptions
+    from codedfarm.worker.launch import celery_argv
+
+    plain = celery_argv(WorkerOptions(engine="celery"))
+    assert "--without-heartbeat" not in plain and "--task-events" not in plain
+    assert "--task-events" in celery_argv(WorkerOptions(engine="celery", events=True))

@@ -39,8 +39,8 @@ def fault_farm(model_cache):
     base = Settings(key_prefix="flt", key_ttl=60.0, deadline=10.0, cache_dir=model_cache,
                     visibility_timeout=3.0)  # fmt: skip
     workers = [
-        WorkerOptions(queues=("f1",), concurrency=8, preload=("lenet5",)),
-        WorkerOptions(queues=("f2",), concurrency=8, preload=("lenet5",)),
+        WorkerOptions(queues=("f1",), engine="celery", concurrency=8, preload=("lenet5",)),
+        WorkerOptions(queues=("f2",), concurrency=8, preload=("lenet5",)),  # the batch engine
     ]
     with LocalFarm(workers, settings=base) as farm:
         yield farm

@@ -71,7 +71,13 @@ def monitored(model_cache: Path):
     ports = {"w1": free_port(), "w2": free_port(), "collector": free_port(), "prom": free_port()}
     base = Settings(key_prefix="mon", key_ttl=60.0, cache_dir=model_cache)
     workers = [
-        WorkerOptions(queues=("m1",), concurrency=6, preload=("lenet5",), metrics_port=ports["w1"]),
+        WorkerOptions(
+            queues=("m1",),
+            engine="celery",
+            concurrency=6,
+            preload=("lenet5",),
+            metrics_port=ports["w1"],
+        ),
         # the batch engine exports the same worker metrics
         WorkerOptions(
             queues=("m2",),

@@ -36,7 +36,8 @@ def poison_farm(model_cache) -> Iterator[tuple[LocalFarm, dict[str, int]]]:
     ports = {"pc": free_port(), "pb": free_port()}
     base = Settings(key_prefix="psn", key_ttl=60.0, deadline=10.0, cache_dir=model_cache)
     workers = [
-        WorkerOptions(queues=("pc",), concurrency=4, preload=("lenet5",), metrics_port=ports["pc"]),
+        WorkerOptions(queues=("pc",), engine="celery", concurrency=4, preload=("lenet5",),
+                      metrics_port=ports["pc"]),
         WorkerOptions(queues=("pb",), engine="batch", concurrency=16, preload=("lenet5",),
                       metrics_port=ports["pb"]),
     ]  # fmt: skip

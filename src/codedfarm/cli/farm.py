@@ -35,8 +35,9 @@ __all__ = ["collector", "submit", "worker"]
 @queues_option("Queues to consume (repeatable; default: from --device: cpu, gpu0, gpu1, ...).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @engine_option(
-    "celery: a Celery worker; batch: one process that serves many tasks per Redis "
-    "round trip and per forward pass (same queues and messages, late acks)."
+    "batch: one process that serves many tasks per Redis round trip and per forward pass; "
+    "celery: a Celery worker with Celery's pools. Same queues, messages and late acks; both "
+    "answer celery inspect/control and show in Flower."
 )
 @click.option(
     "--concurrency",
@@ -70,7 +71,17 @@ __all__ = ["collector", "submit", "worker"]
     "--torch-threads", type=click.IntRange(min=1), default=1, help="torch threads per process."
 )
 @metrics_options(0, "every pool process")
-@click.option("--hostname", "-n", default=None, help="Node name (as Celery's -n).")
+@click.option(
+    "--hostname", "-n", default=None, help="Node name (as Celery's -n; default celery@HOST)."
+)
+@click.option(
+    "--events",
+    "-E",
+    is_flag=True,
+    default=False,
+    help="Send task events (as Celery's -E) for `celery events` and Flower; worker "
+    "heartbeats are sent either way.",
+)
 @model_repository_option()
 @click.option(
     "--loglevel",
@@ -91,17 +102,18 @@ def worker(
     metrics_port: int,
     metrics_addr: str,
     hostname: str | None,
+    events: bool,
     model_repository: Path | None,
     loglevel: str,
 ) -> None:
-    """Run a worker that serves coded inference tasks (a Celery worker, or the batch engine)."""
+    """Run a worker that serves coded inference tasks (the batch engine, or a Celery worker)."""
     from codedfarm.worker import WorkerOptions, run_worker
 
     options = WorkerOptions(
         queues=queues, engine=engine, concurrency=concurrency, pool=pool, device=device,
         slowdown=slowdown, straggle=straggle, preload=preload, torch_threads=torch_threads,
         metrics_port=metrics_port, metrics_addr=metrics_addr, hostname=hostname,
-        loglevel=loglevel.lower(),
+        loglevel=loglevel.lower(), events=events,
     )  # fmt: skip
     sys.exit(run_worker(settings_from_context(model_repository=model_repository), options))
 

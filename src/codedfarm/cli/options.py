@@ -139,8 +139,8 @@ def engine_option(help_text: str) -> Callable[[F], F]:
     """``--engine celery|batch``: the worker engine."""
     return click.option(
         "--engine",
-        type=click.Choice(["celery", "batch"]),
-        default="celery",
+        type=click.Choice(["batch", "celery"]),
+        default="batch",
         show_default=True,
         help=help_text,
     )

@@ -44,7 +44,7 @@ class BenchConfig:
     schemes: tuple[str, ...] = SCHEMES
     deadline: float = 20.0
     seed: int = 0
-    engine: str = "celery"  # worker engine: 2 Celery workers, or 2 batch engines, of N/2+k slots
+    engine: str = "batch"  # worker engine: 2 batch engines, or 2 Celery workers, of N/2+k slots
 
     def validate(self) -> None:
         if self.n % self.k or not 0 <= self.s < self.n - self.k + 1 or self.k < 1:

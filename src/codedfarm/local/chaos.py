@@ -162,7 +162,8 @@ def run_chaos(
     images = load_digits_split().test_x
     base = Settings(**{**asdict(settings), "visibility_timeout": 3.0, "key_ttl": 60.0})
     workers = [
-        WorkerOptions(queues=(QUEUES[0],), concurrency=4, preload=(config.model,)),
+        WorkerOptions(queues=(QUEUES[0],), engine="celery", concurrency=4,
+                      preload=(config.model,)),
         WorkerOptions(queues=(QUEUES[1],), engine="batch", concurrency=16,
                       preload=(config.model,)),
         WorkerOptions(queues=(QUEUES[2],), engine="batch", concurrency=16,

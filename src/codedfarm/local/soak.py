@@ -38,7 +38,7 @@ class SoakConfig:
     s: int = 4
     model: str = "noop"
     codec: str = "spline"
-    engine: str = "celery"  # worker engine: celery (2 x 4 pool processes) or batch (2 x 16)
+    engine: str = "batch"  # worker engine: batch (2 x 16 slots) or celery (2 x 4 processes)
 
     def validate(self) -> SoakConfig:
         """Check the model, codec and engine before anything starts; returns self."""

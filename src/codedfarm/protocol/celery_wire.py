@@ -108,6 +108,7 @@ class Envelope:
     tag: str
     task: TaskMessage
     not_before: float = 0.0  # wall-clock seconds (a Celery ``eta``); 0: at once
+    task_id: str = ""  # Celery's task id (``headers.id``), for task events
 
 
 def _timestamp(value: Any, what: str, tag: str) -> float:
@@ -169,4 +170,5 @@ def read_envelope(raw: bytes, task_name: str) -> Envelope:
     if headers.get("expires") and _timestamp(headers["expires"], "expires", tag) < time.time():
         raise MessageRefusedError(f"task expired at {headers['expires']}", tag, "expired")
     eta = _timestamp(headers["eta"], "eta", tag) if headers.get("eta") else 0.0
-    return Envelope(tag, task, eta)
+    task_id = headers.get("id")
+    return Envelope(tag, task, eta, task_id if isinstance(task_id, str) else "")

@@ -100,14 +100,20 @@ class Notice:
     dtype: str = "float32"
     shape: list[int] = field(default_factory=list)
     error: str = ""
-    written_at: float = 0.0  # wall-clock time of the write, seconds since the epoch
-    compute_s: float = 0.0
-    delay_s: float = 0.0
+    written_at: float = 0.0  # wall-clock time of the report call, seconds since the epoch
+    compute_s: float = 0.0  # the model's forward pass (its share of a grouped pass)
+    delay_s: float = 0.0  # injected straggler delay
     worker: str = ""
     kind: str = "result"
+    received_at: float = 0.0  # wall-clock time the worker took the task off its queue
+    started_at: float = 0.0  # wall-clock time the forward pass started
 
-    def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # flat fields
+    def to_json(self, written_at: float | None = None) -> bytes:
+        """The notice as JSON, stamped ``written_at`` when given."""
+        fields = self.__dict__
+        if written_at is not None:
+            fields = {**fields, "written_at": written_at}
+        return json.dumps(fields, separators=(",", ":")).encode()  # flat fields
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from codedfarm.protocol import (
     read_envelope,
 )
 from codedfarm.stragglers import TaskFate
+from codedfarm.worker.control_plane import ControlPlane, InFlight, TaskEvents
 from codedfarm.worker.core import (
     CANCEL_POLL_S,
     Report,
@@ -60,7 +61,7 @@ from codedfarm.worker.core import (
 from codedfarm.worker.state import WorkerState
 from codedfarm.worker.wake_alarm import WakeAlarm
 
-__all__ = ["BatchEngine", "serve"]
+__all__ = ["BatchEngine", "node_name", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class _Task:
     msg: TaskMessage = field(compare=False)
     fate: TaskFate = field(compare=False)
     received: float = field(compare=False)  # perf_counter at receipt
+    task_id: str = field(compare=False, default="")  # Celery's task id
+    received_at: float = field(compare=False, default=0.0)  # wall clock at receipt
 
 
 class BatchEngine:
@@ -121,6 +124,7 @@ class BatchEngine:
         kombu_connection: Any,
         task_name: str = INFER_TASK,
         restore_interval: float = 5.0,
+        events: TaskEvents | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
@@ -140,6 +144,15 @@ class BatchEngine:
         self._next_cancel_check = 0.0
         self._alarm = WakeAlarm(worker.redis, Keys(worker.settings.key_prefix).wake(worker.name))
         self._pop = worker.script(POP_SCRIPT)
+        self.events = events or TaskEvents(enabled=False)  # Celery task events
+        self.processed = 0  # tasks finished, for ``celery inspect stats`` and heartbeats
+        self._running: list[_Task] = []
+
+    def in_flight(self) -> list[InFlight]:
+        """The tasks this engine holds (straggling, due or running), for remote control."""
+        tasks = [*self._waiting, *self._running]  # copies: safe from another thread
+        return [InFlight(t.task_id, t.msg.to_dict(), t.tag, t.msg.queue, t.received_at)
+                for t in tasks]  # fmt: skip
 
     # ----- the loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -218,9 +231,14 @@ class BatchEngine:
             return None
         msg = envelope.task
         fate = task_fate(msg, self.worker)
-        now = time.monotonic()
-        delay = fate.delay + max(0.0, envelope.not_before - time.time())
-        return _Task(now + delay, next(self._seq), envelope.tag, msg, fate, time.perf_counter())
+        now, wall = time.monotonic(), time.time()
+        delay = fate.delay + max(0.0, envelope.not_before - wall)
+        if self.events.enabled:
+            self.events.send("task-received", uuid=envelope.task_id, name=self.task_name,
+                             args="()", kwargs=repr(msg.to_dict()), root_id=envelope.task_id,
+                             parent_id=None, retries=0, eta=None, expires=None)  # fmt: skip
+        return _Task(now + delay, next(self._seq), envelope.tag, msg, fate, time.perf_counter(),
+                     envelope.task_id, wall)  # fmt: skip
 
     def _cancel_finished_batches(self) -> int:
         """Straggling tasks whose batch is finished (inputs deleted) give their slot back."""
@@ -241,19 +259,25 @@ class BatchEngine:
         for task in cancelled:
             self._acks.append(task.tag)
             self._observe(task, "cancelled")
+            self._finished_event(task, "cancelled")
         return len(cancelled)
 
     # ----- running tasks -----------------------------------------------------------------
     def _execute(self, ready: list[_Task]) -> int:
         report = Report()
         live: list[_Task] = []
+        failed: list[_Task] = []
         for task in ready:
             if task.fate.fail:  # the plan says this task dies without a result
                 report.tags.append(task.tag)
-                self._observe(task, "failed")
+                failed.append(task)
             else:
                 live.append(task)
+        self._running = live
         if live:
+            if self.events.enabled:
+                for task in live:
+                    self.events.send("task-started", uuid=task.task_id)
             with self.worker.redis.pipeline(transaction=False) as pipe:
                 for task in live:
                     m = task.msg
@@ -264,9 +288,27 @@ class BatchEngine:
             statuses = []
         report.tags += [t.tag for t in live]
         self._flush(report)
+        self._running = []
+        for task in failed:
+            self._observe(task, "failed")
+            self._finished_event(task, "failed")
         for task, status in zip(live, statuses, strict=True):
             self._observe(task, status)
+            self._finished_event(task, status)
         return len(ready)
+
+    def _finished_event(self, task: _Task, status: str) -> None:
+        """``task-succeeded`` (result: the status) or ``task-failed``, as Celery sends them."""
+        self.processed += 1
+        if not self.events.enabled:
+            return
+        runtime = time.perf_counter() - task.received
+        if status in ("failed", "error"):
+            what = "InjectedFailure" if status == "failed" else "the model failed (see the log)"
+            self.events.send("task-failed", uuid=task.task_id, exception=what, traceback="")
+        else:
+            self.events.send("task-succeeded", uuid=task.task_id, result=repr(status),
+                             runtime=runtime)  # fmt: skip
 
     def _run_models(self, tasks: list[_Task], inputs: list[bytes], report: Report) -> list[str]:
         """Forward passes, one per (model, dtype, shape) group; fills ``report``."""
@@ -284,6 +326,7 @@ class BatchEngine:
                 continue
             groups[(m.model, m.version, m.dtype, tuple(m.shape))].append(i)
         for (model, version, _, _), members in groups.items():
+            started_at = time.time()
             try:
                 outputs, compute = predict(
                     self.worker, model, np.stack([arrays[i] for i in members]), version
@@ -302,17 +345,25 @@ class BatchEngine:
                 task = tasks[i]
                 share = compute / len(members)
                 statuses[i] = report.ok(
-                    task.msg, outputs[row], share, task.fate.delay, self.worker.name
+                    task.msg,
+                    outputs[row],
+                    share,
+                    task.fate.delay,
+                    self.worker.name,
+                    received_at=task.received_at,
+                    started_at=started_at,
                 )
         return statuses
 
     def _run_one(self, report: Report, task: _Task, x: np.ndarray) -> str:
+        started_at = time.time()
         try:
             outputs, compute = predict(self.worker, task.msg.model, x[None], task.msg.version)
         except Exception as exc:
             log.exception("task %s/%d failed", task.msg.batch, task.msg.index)
             return report.error(task.msg, exc, self.worker.name)
-        return report.ok(task.msg, outputs[0], compute, task.fate.delay, self.worker.name)
+        return report.ok(task.msg, outputs[0], compute, task.fate.delay, self.worker.name,
+                         received_at=task.received_at, started_at=started_at)  # fmt: skip
 
     def _flush(self, report: Report) -> None:
         """Notices, outputs and acknowledgements in one round trip."""
@@ -351,9 +402,18 @@ class BatchEngine:
         log.warning("requeued %d straggling task(s) at shutdown", len(waiting))
 
 
+def node_name(hostname: str | None) -> str:
+    """The worker's node name, as Celery's ``-n`` makes it: ``celery@<host>`` by default,
+    ``%h``, ``%n`` and ``%d`` expanded."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    return str(host_format(default_nodename(hostname)))
+
+
 def serve(app: Any, worker: WorkerState) -> None:
-    """``codedfarm worker --engine batch``: load the models, then serve until SIGTERM or
-    SIGINT (warm: straggling tasks are requeued) or SIGQUIT (cold: exit at once)."""
+    """``codedfarm worker`` (the batch engine): load the models, join Celery's control plane,
+    then serve until SIGTERM or SIGINT or a remote ``shutdown`` (warm: straggling tasks are
+    requeued) or SIGQUIT (cold: exit at once)."""
     import signal
 
     preload_models(worker)
@@ -361,17 +421,22 @@ def serve(app: Any, worker: WorkerState) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     options = app.conf.broker_transport_options
+    name = node_name(worker.options.hostname)
+    events = TaskEvents(enabled=worker.options.events)
     engine = BatchEngine(
         worker,
         worker.options.queue_names,
         worker.options.slots,
         kombu_connection=app.connection_for_read(),
         restore_interval=float(options.get("unacked_restore_interval", 5)),
+        events=events,
     )
-    name = worker.options.hostname or worker.name
+    control = ControlPlane(app, name, engine, stop.set, events=events, task_name=INFER_TASK)
+    control.start()
     start_heartbeat(worker, engine.queues, name)
     announce_ready(name)
     try:
         engine.run(stop)
     finally:
         stop_heartbeat()
+        control.close()

@@ -78,7 +78,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
         worker_enable_remote_control=True,
-        broker_pool_limit=4,
+        # Celery's default: Flower and `celery inspect` run their calls in parallel, each
+        # holding a pooled connection (with 4, Flower's worker refresh hung past 120 s)
+        broker_pool_limit=10,
     )
     app.task(name=INFER_TASK, throws=(InjectedFailure,), ignore_result=True)(run_inference)
     _connect_signals()
@@ -146,10 +148,11 @@ def run_inference(**kwargs: Any) -> str:
         log.error("dropping malformed task message: %s", exc)
         return "malformed"
     start = time.perf_counter()
+    received_at = time.time()
     fate = task_fate(msg, worker)
     status = "error"
     try:
-        status = _run(worker, msg, fate)
+        status = _run(worker, msg, fate, received_at)
     except InjectedFailure:
         status = "failed"
         raise
@@ -160,7 +163,7 @@ def run_inference(**kwargs: Any) -> str:
     return status
 
 
-def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate) -> str:
+def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate, received_at: float) -> str:
     if fate.delay > 0 and not _straggle(worker, msg, fate.delay):
         return "cancelled"  # the batch finished while this task straggled
     if fate.fail:
@@ -171,8 +174,10 @@ def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate) -> str:
     report = Report()
     try:
         x = array_from_bytes(data, msg.dtype, msg.shape)
+        started_at = time.time()
         outputs, compute = predict(worker, msg.model, x[None], msg.version)
-        status = report.ok(msg, outputs[0], compute, fate.delay, worker.name)
+        status = report.ok(msg, outputs[0], compute, fate.delay, worker.name,
+                           received_at=received_at, started_at=started_at)  # fmt: skip
     except ModelUnavailableError as exc:  # the error says it all; no traceback per task
         log.error("task %s/%d: %s", msg.batch, msg.index, exc)
         status = report.error(msg, exc, worker.name)

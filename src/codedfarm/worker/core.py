@@ -131,36 +131,50 @@ class Report:
     args: list[Any] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     reported: int = 0
+    notices: list[Notice] = field(default_factory=list)  # serialized, stamped, at send
 
     def add(self, msg: TaskMessage, payload: bytes, notice: Notice) -> None:
         """A notice with its raw output bytes (``ok`` and ``error`` build both)."""
         self.keys += [msg.input_key, msg.output_key, msg.inbox]
-        self.args += [str(msg.index), payload, notice.to_json(), max(1, int(msg.ttl))]
+        self.args += [str(msg.index), payload, b"", max(1, int(msg.ttl))]
+        self.notices.append(notice)
         self.reported += 1
 
     def ok(
-        self, msg: TaskMessage, output: np.ndarray, compute: float, delay: float, worker: str
+        self,
+        msg: TaskMessage,
+        output: np.ndarray,
+        compute: float,
+        delay: float,
+        worker: str,
+        *,
+        received_at: float = 0.0,
+        started_at: float = 0.0,
     ) -> str:
-        """A result: ``output`` ``(*out_shape)`` as float32 bytes, with its notice."""
+        """A result: ``output`` ``(*out_shape)`` as float32 bytes, with its notice (wall-clock
+        stamps of the task's receipt and compute start, for the batch's timeline)."""
         notice = Notice(batch=msg.batch, index=msg.index, ok=True, dtype="float32",
                         shape=list(output.shape), compute_s=compute, delay_s=delay,
-                        worker=worker, written_at=time.time())  # fmt: skip
+                        worker=worker, received_at=received_at,
+                        started_at=started_at)  # fmt: skip
         self.add(msg, output.astype("<f4", copy=False).tobytes(), notice)
         return "ok"
 
     def error(self, msg: TaskMessage, exc: BaseException, worker: str) -> str:
         """A failed task: the collector learns at once instead of waiting for a deadline."""
         error = " ".join(str(exc).split())[:300]
-        notice = Notice(batch=msg.batch, index=msg.index, ok=False, error=error,
-                        worker=worker, written_at=time.time())  # fmt: skip
-        self.add(msg, b"", notice)
+        self.add(msg, b"", Notice(batch=msg.batch, index=msg.index, ok=False, error=error,
+                                  worker=worker))  # fmt: skip
         return "error"
 
     def send(self, worker: WorkerState, unacked: tuple[str, ...] | list[str] = ()) -> None:
         """Everything in one atomic call; ``unacked`` names kombu's unacked index and hash
-        when there are tags to acknowledge."""
+        when there are tags to acknowledge. Notices are stamped with the time of this call."""
         if not self.reported and not self.tags:
             return
+        now = time.time()
+        for i, notice in enumerate(self.notices):
+            self.args[4 * i + 2] = notice.to_json(now)
         keys = [*self.keys, *unacked] if self.tags else self.keys
         worker.script(REPORT_SCRIPT)(keys=keys, args=[self.reported, *self.args, *self.tags])
 

@@ -51,10 +51,13 @@ def celery_argv(options: WorkerOptions) -> list[str]:
         f"--concurrency={options.slots}",
         f"--pool={options.pool or 'prefork'}",
         f"--loglevel={options.loglevel}",
+        # worker heartbeats stay on (Flower and `celery events` show workers by them);
+        # gossip and mingle are worker-to-worker chatter the farm does not use
         "--without-gossip",
         "--without-mingle",
-        "--without-heartbeat",
     ]
+    if options.events:
+        argv.append("--task-events")
     if options.hostname:
         argv.append(f"--hostname={options.hostname}")
     return argv

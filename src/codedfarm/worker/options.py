@@ -33,13 +33,15 @@ def queue_for_device(device: str) -> str:
 class WorkerOptions:
     """What one ``codedfarm worker`` runs with (``codedfarm worker --help`` documents each).
 
-    ``concurrency``: Celery pool processes, or tasks in flight in the batch engine
-    (None: 1 for celery, 32 for batch). ``queues`` empty: the device's queue.
+    ``engine``: ``batch`` (the default: one process, many tasks per Redis round trip and
+    per forward pass) or ``celery`` (a Celery worker and its pools). ``concurrency``: Celery
+    pool processes, or tasks in flight in the batch engine (None: 1 for celery, 32 for
+    batch). ``queues`` empty: the device's queue.
     ``slowdown`` and ``straggle`` inject slowness for experiments.
     """
 
     queues: tuple[str, ...] = ()
-    engine: str = "celery"
+    engine: str = "batch"
     concurrency: int | None = None
     pool: str | None = None  # Celery pool (None: prefork); not for the batch engine
     device: str = "cpu"
@@ -51,6 +53,7 @@ class WorkerOptions:
     metrics_addr: str = "0.0.0.0"
     hostname: str | None = None
     loglevel: str = "warning"  # "info" logs every task: costly at high task rates
+    events: bool = False  # send task events (Celery's -E); worker heartbeats are always sent
 
     def __post_init__(self) -> None:
         for name in ("queues", "preload"):  # JSON round trips give lists
@@ -123,6 +126,8 @@ class WorkerOptions:
             args += ["--preload", name]
         if self.hostname:
             args += ["--hostname", self.hostname]
+        if self.events:
+            args.append("--events")
         return args
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def test_scale_grows_and_shrinks_local_workers(settings, tmp_path, monkeypatch):
         assert len(LocalWorkers(settings, run_dir).list()) == 1
         result = runner.invoke(cli, [*base, "--workers", "1"])
         assert result.output.strip() == "local worker processes: 1 (started 0, stopped 0)"
-        result = runner.invoke(cli, [*base, "--workers", "2", "--engine", "batch"])
+        result = runner.invoke(cli, [*base, "--workers", "2", "--engine", "celery"])
         assert result.output.strip() == "local worker processes: 2 (started 1, stopped 0)"
         engines = sorted(w.options.engine for w in LocalWorkers(settings, run_dir).list())
         assert engines == ["batch", "celery"]

@@ -129,11 +129,13 @@ class FarmClient:
         lost = ""
         reply: tuple[BatchRecord, Any] | None = None
         dispatch_s = 0.0
+        dispatched_at: float | None = None
         tasks_sent = prepared.n + (0 if prepared.reference is None else prepared.k)
         budget = prepared.deadline_s + REPLY_GRACE_S
         try:
             durable = self.keys.open_batches(self.collector_name) if self.collector_name else None
             dispatch_s = self.dispatcher.dispatch(prepared, inbox, durable)
+            dispatched_at = time.time()
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
             elif spec.hedge_after is not None:
@@ -175,6 +177,7 @@ class FarmClient:
             end_to_end=end_to_end,
             reply_at=reply_at,
             tasks_sent=tasks_sent,
+            dispatched_at=dispatched_at,
         )
         return BatchResult(predictions, record)
 

@@ -27,6 +27,7 @@ from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
     BatchRecord,
     BatchRegistration,
+    CriticalStamps,
     Notice,
     StageTimings,
     array_from_bytes,
@@ -56,6 +57,7 @@ class _Open:
     out_shape: list[int] | None = None
     needed_written_at: float | None = None
     policy_met_at: float | None = None
+    critical: tuple[Notice, float] | None = None  # the policy-meeting notice, when taken
     references: set[int] = field(default_factory=set)  # reference (uncoded) results in
 
 
@@ -91,6 +93,7 @@ class Collector:
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
         self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
+        self._woke_at = 0.0  # when the current poll's messages were taken
 
     # ----- the loop ----------------------------------------------------------------------
     def poll(self, timeout: float) -> list[BatchRecord]:
@@ -102,6 +105,7 @@ class Collector:
         wait = max(0.0, min(timeout, nearest - now, MAX_BLOCK_S))
         finished: list[BatchRecord] = []
         item = self.redis.blpop([self.inbox], timeout=wait) if wait >= 0.001 else None
+        self._woke_at = time.time()  # wall clock, as the workers' stamps
         raw_messages: list[bytes] = []
         if item is not None:
             raw_messages.append(as_bytes(item[1]))
@@ -221,6 +225,7 @@ class Collector:
             if len(batch.received) == batch.reg.wait_for:
                 batch.needed_written_at = notice.written_at
                 batch.policy_met_at = self.clock()
+                batch.critical = (notice, self._woke_at)
         if len(batch.received) >= batch.reg.wait_for:
             self._ready[batch.reg.batch] = False
         elif len(batch.received) + len(batch.errors) >= batch.reg.n or self._hopeless(batch):
@@ -292,6 +297,22 @@ class Collector:
         return self._finish(batch, outcome, predictions, workers, decode_s, lam=decoded.lam_dec)
 
     @staticmethod
+    def _critical(batch: _Open) -> CriticalStamps | None:
+        """The critical path's stamps (None for workers that send no receipt stamps)."""
+        if batch.critical is None or not batch.critical[0].received_at:
+            return None
+        notice, woke_at = batch.critical
+        return CriticalStamps(
+            received_at=notice.received_at,
+            started_at=notice.started_at,
+            compute_s=notice.compute_s,
+            delay_s=notice.delay_s,
+            written_at=notice.written_at,
+            woke_at=woke_at,
+            finished_at=time.time(),
+        )
+
+    @staticmethod
     def _error_summary(batch: _Open) -> str:
         if not batch.errors:
             return ""
@@ -338,6 +359,7 @@ class Collector:
             ),
             needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
             model_version=reg.model_version,
+            critical=self._critical(batch) if outcome == "decoded" else None,
         )
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping

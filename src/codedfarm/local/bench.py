@@ -13,7 +13,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 from codedfarm.coordinator import BatchSpec, FarmClient
 from codedfarm.errors import ConfigError
 from codedfarm.local.farm import LocalFarm
+from codedfarm.protocol import TIMELINE_STAGES
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker import WorkerOptions
@@ -76,9 +77,16 @@ class SchemeResult:
     tasks_per_prediction: float
     mse: float
     theory_mean: float | None
+    timelines: list[dict[str, float]] = field(default_factory=list)  # critical paths, s
 
     def quantile(self, q: float) -> float:
         return float(np.quantile(self.latencies, q))
+
+    def stage_medians(self) -> dict[str, float] | None:
+        """Median seconds of every critical-path stage (None: no batch had a timeline)."""
+        if not self.timelines:
+            return None
+        return {s: float(np.median([t[s] for t in self.timelines])) for s in TIMELINE_STAGES}
 
     def row(self) -> dict[str, Any]:
         decoded = sum(o in ("decoded", "deadline_decoded") for o in self.outcomes)
@@ -94,6 +102,7 @@ class SchemeResult:
             "decoded": f"{decoded}/{len(self.outcomes)}",
             "tasks_per_prediction": self.tasks_per_prediction,
             "mse_vs_uncoded": self.mse,
+            "stage_p50_ms": {k: v * 1e3 for k, v in (self.stage_medians() or {}).items()},
         }
 
 
@@ -200,11 +209,13 @@ def run_bench(
             hedge = float(np.quantile(sample, 0.95)) if sample else config.compute
             for scheme in config.schemes:
                 echo(f"  {model:9} {scheme}")
-                latencies, outcomes, errors, sent = [], [], [], 0
+                latencies, outcomes, errors, sent, timelines = [], [], [], 0, []
                 for x, plan, ref_l, ref_m in zip(inputs, plans, truth["lenet5"], truth["linear"],
                                                  strict=True):  # fmt: skip
                     result = client.submit(x, _spec(config, scheme, plan, hedge))
                     latencies.append(result.record.timings.end_to_end)
+                    if (timeline := result.record.timings.timeline()) is not None:
+                        timelines.append(timeline)
                     outcomes.append(result.outcome)
                     sent += result.record.tasks_sent
                     if result.predictions is not None:
@@ -214,6 +225,7 @@ def run_bench(
                 results.append(SchemeResult(
                     model, scheme, latencies, outcomes, sent / (config.k * len(inputs)),
                     float(np.mean(errors)) if errors else math.nan, _theory(config, model, scheme),
+                    timelines,
                 ))  # fmt: skip
     summary = _targets(results)
     report = {"config": asdict(config), "rows": [r.row() for r in results], "targets": summary}
@@ -266,7 +278,32 @@ def markdown(results: list[SchemeResult], targets: dict[str, Any], config: Bench
         )
     lines += ["", "| target | measured |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in targets.items()]
+    lines += ["", *timeline_table(results, config)]
     return "\n".join(lines) + "\n"
+
+
+def timeline_table(results: list[SchemeResult], config: BenchConfig) -> list[str]:
+    """Median ms per critical-path stage, per row that has timelines; the overhead is the
+    p50 end-to-end minus the simulated compute."""
+    rows = [(r, m) for r in results if (m := r.stage_medians()) is not None]
+    if not rows:
+        return []
+    lines = [
+        f"Critical path, median ms per stage ({config.engine} workers; the stages of the "
+        "result that met the wait policy, see StageTimings):",
+        "",
+        "| stragglers | scheme | " + " | ".join(s.replace("_", " ") for s in TIMELINE_STAGES)
+        + " | sum | p50 end-to-end | p50 overhead over compute |",
+        "|---|---|" + "---|" * (len(TIMELINE_STAGES) + 3),
+    ]  # fmt: skip
+    for r, medians in rows:
+        cells = " | ".join(f"{medians[s] * 1e3:.2f}" for s in TIMELINE_STAGES)
+        p50 = r.quantile(0.5)
+        lines.append(
+            f"| {r.stragglers} | {r.scheme} | {cells} | {sum(medians.values()) * 1e3:.1f} | "
+            f"{p50 * 1e3:.1f} | {(p50 - config.compute) * 1e3:.1f} |"
+        )
+    return lines
 
 
 def _cdf_png(results: list[SchemeResult], path: Path) -> None:

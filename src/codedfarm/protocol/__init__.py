@@ -23,14 +23,22 @@ from codedfarm.protocol.messages import (
     parse_inbox_message,
     unpack_frame,
 )
-from codedfarm.protocol.records import OUTCOMES, BatchRecord, StageTimings
+from codedfarm.protocol.records import (
+    OUTCOMES,
+    TIMELINE_STAGES,
+    BatchRecord,
+    CriticalStamps,
+    StageTimings,
+)
 
 __all__ = [
     "ALLOWED_DTYPES",
     "INFER_TASK",
     "OUTCOMES",
+    "TIMELINE_STAGES",
     "BatchRecord",
     "BatchRegistration",
+    "CriticalStamps",
     "Envelope",
     "Keys",
     "Notice",

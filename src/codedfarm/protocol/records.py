@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["OUTCOMES", "BatchRecord", "StageTimings"]
+__all__ = ["OUTCOMES", "TIMELINE_STAGES", "BatchRecord", "CriticalStamps", "StageTimings"]
 
 OUTCOMES = ("decoded", "deadline_decoded", "timeout", "failed")
 """decoded: the wait policy was met. deadline_decoded: decoded from what had arrived when
@@ -15,10 +15,52 @@ timeout: too few results to decode by the deadline. failed: the batch could not 
 decoded for another reason (see ``error``)."""
 
 
+TIMELINE_STAGES = (
+    "encode",
+    "dispatch",
+    "queue_wait",
+    "receive_to_start",
+    "injected_delay",
+    "compute",
+    "report",
+    "collector_wake",
+    "collect",
+    "decode",
+    "reply",
+)
+"""The stages of a batch's critical path, in order; they add up to ``end_to_end``."""
+
+
+@dataclass(frozen=True)
+class CriticalStamps:
+    """Stamps of the result that met the wait policy (the batch's critical path), as the
+    collector saw them: wall-clock seconds since the epoch, durations in seconds."""
+
+    received_at: float  # the worker took the task off its queue
+    started_at: float  # its forward pass started
+    compute_s: float  # the forward pass (its share of a grouped pass)
+    delay_s: float  # injected straggler delay (simulated compute in experiments)
+    written_at: float  # the worker's report call
+    woke_at: float  # the collector took the notice off its inbox
+    finished_at: float  # the collector had decoded and built the record
+
+
 @dataclass(frozen=True)
 class StageTimings:
     """Seconds spent in each stage; ``overhead`` is end-to-end minus the moment the
-    result that met the wait policy was written (None when no such result)."""
+    result that met the wait policy was written (None when no such result).
+
+    The critical-path stages (None when the batch was not decoded at its wait policy; see
+    :data:`TIMELINE_STAGES`): ``queue_wait`` dispatched -> a worker took the task;
+    ``receive_to_start`` taken -> forward pass started, less the injected delay (the
+    engine's own latency: timers, input reads, grouping); ``injected_delay``; ``compute``;
+    ``report`` forward pass done -> the worker's report call; ``collector_wake`` report call
+    -> the collector took the notice (Redis and the wake-up); ``collect`` the collector's
+    work on the batch other than ``decode`` (the other notices of its poll, reading the
+    outputs, the record); ``reply`` -> the client has the predictions. Worker stages
+    come from wall clocks: across machines, clock skew shows in ``queue_wait`` and
+    ``collector_wake``.
+    """
 
     encode: float = 0.0
     dispatch: float = 0.0
@@ -26,6 +68,21 @@ class StageTimings:
     decode: float = 0.0
     end_to_end: float = 0.0
     overhead: float | None = None
+    queue_wait: float | None = None
+    receive_to_start: float | None = None
+    injected_delay: float | None = None
+    compute: float | None = None
+    report: float | None = None
+    collector_wake: float | None = None
+    collect: float | None = None
+    reply: float | None = None
+
+    def timeline(self) -> dict[str, float] | None:
+        """The critical path, stage -> seconds (None when it is not known)."""
+        values = {name: getattr(self, name) for name in TIMELINE_STAGES}
+        if any(v is None for v in values.values()):
+            return None
+        return values
 
 
 @dataclass(frozen=True)
@@ -52,6 +109,7 @@ class BatchRecord:
     needed_written_at: float | None = None  # wall time the policy-meeting result was written
     model_version: int | None = None  # a repository model's version (None: a zoo model)
     retries: int = 0  # times the client sent the batch again after losing Redis
+    critical: CriticalStamps | None = None  # the policy-meeting result's stamps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +123,13 @@ class BatchRecord:
         timing_names = {f.name for f in fields(StageTimings)}
         timings = values.get("timings") or {}
         values["timings"] = StageTimings(**{k: v for k, v in timings.items() if k in timing_names})
+        critical = values.get("critical")
+        stamp_names = {f.name for f in fields(CriticalStamps)}
+        values["critical"] = (
+            CriticalStamps(**{k: critical[k] for k in stamp_names})
+            if isinstance(critical, dict) and stamp_names <= critical.keys()
+            else None
+        )
         return cls(**values)
 
     def with_client_timings(
@@ -75,9 +140,24 @@ class BatchRecord:
         end_to_end: float,
         reply_at: float,
         tasks_sent: int = 0,
+        dispatched_at: float | None = None,
     ) -> BatchRecord:
-        """Fill in the stages only the client sees."""
+        """Fill in the stages only the client sees, and the critical path from the stamps
+        (``reply_at`` and ``dispatched_at``: wall-clock seconds)."""
         overhead = None if self.needed_written_at is None else reply_at - self.needed_written_at
+        path: dict[str, float] = {}
+        c = self.critical
+        if c is not None and dispatched_at is not None and self.needed_written_at is not None:
+            path = {
+                "queue_wait": c.received_at - dispatched_at,
+                "receive_to_start": c.started_at - c.received_at - c.delay_s,
+                "injected_delay": c.delay_s,
+                "compute": c.compute_s,
+                "report": c.written_at - c.started_at - c.compute_s,
+                "collector_wake": c.woke_at - c.written_at,
+                "collect": c.finished_at - c.woke_at - self.timings.decode,
+                "reply": reply_at - c.finished_at,
+            }
         timings = StageTimings(
             encode=encode,
             dispatch=dispatch,
@@ -85,5 +165,6 @@ class BatchRecord:
             decode=self.timings.decode,
             end_to_end=end_to_end,
             overhead=overhead,
+            **path,
         )
         return replace(self, timings=timings, tasks_sent=tasks_sent, retries=self.retries)

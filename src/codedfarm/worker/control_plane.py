@@ -200,10 +200,10 @@ class ControlPlane:
         }
 
     def active_queues(self) -> list[dict[str, Any]]:
-        from kombu import Exchange, Queue
+        from kombu.entity import Exchange, Queue
 
-        return [dict(Queue(q, Exchange(q), routing_key=q).as_dict(recurse=True))
-                for q in self.engine.queues]  # fmt: skip
+        queues = [Queue(q, Exchange(q), routing_key=q) for q in self.engine.queues]  # type: ignore[no-untyped-call]
+        return [dict(q.as_dict(recurse=True)) for q in queues]  # type: ignore[no-untyped-call]
 
     def active(self) -> list[dict[str, Any]]:
         """Celery's ``Request.info()`` shape for every task the engine holds."""

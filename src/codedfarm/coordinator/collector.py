@@ -305,7 +305,7 @@ class Collector:
         return CriticalStamps(
             received_at=notice.received_at,
             started_at=notice.started_at,
-            compute_s=notice.compute_s,
+            compute_s=notice.forward_s or notice.compute_s,
             delay_s=notice.delay_s,
             written_at=notice.written_at,
             woke_at=woke_at,

@@ -6,13 +6,16 @@ every message is small JSON. Nothing here is pickled, and nothing that arrives i
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import struct
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from codedfarm.errors import ProtocolError
 
@@ -29,13 +32,19 @@ __all__ = [
 ]
 
 ALLOWED_DTYPES = ("float32", "float64", "float16")
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2}
 T = TypeVar("T")
+
+
+@functools.cache
+def _field_names(cls: Any) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
 def _from_mapping(cls: type[T], data: object, what: str) -> T:
     if not isinstance(data, dict):
         raise ProtocolError(f"{what} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = _field_names(cls)  # type: ignore[arg-type]
     try:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as exc:
@@ -44,7 +53,7 @@ def _from_mapping(cls: type[T], data: object, what: str) -> T:
 
 def _loads(raw: bytes | str, what: str) -> Any:
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{what} is not JSON: {exc}") from None
 
@@ -77,7 +86,9 @@ class TaskMessage:
         msg = _from_mapping(cls, data, "task message")
         if msg.dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"task message dtype {msg.dtype!r} not in {ALLOWED_DTYPES}")
-        expected = int(np.prod(msg.shape, dtype=np.int64)) * np.dtype(msg.dtype).itemsize
+        if not isinstance(msg.shape, list) or not all(type(d) is int and d > 0 for d in msg.shape):
+            raise ProtocolError(f"task message shape {msg.shape!r} is not a list of sizes > 0")
+        expected = math.prod(msg.shape) * _ITEMSIZE[msg.dtype]
         if msg.version is not None and (
             not isinstance(msg.version, int) or isinstance(msg.version, bool) or msg.version < 1
         ):
@@ -107,13 +118,14 @@ class Notice:
     kind: str = "result"
     received_at: float = 0.0  # wall-clock time the worker took the task off its queue
     started_at: float = 0.0  # wall-clock time the forward pass started
+    forward_s: float = 0.0  # the whole forward pass that computed it (a group's, grouped)
 
     def to_json(self, written_at: float | None = None) -> bytes:
         """The notice as JSON, stamped ``written_at`` when given."""
         fields = self.__dict__
         if written_at is not None:
             fields = {**fields, "written_at": written_at}
-        return json.dumps(fields, separators=(",", ":")).encode()  # flat fields
+        return orjson.dumps(fields)  # flat fields
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class CriticalStamps:
 
     received_at: float  # the worker took the task off its queue
     started_at: float  # its forward pass started
-    compute_s: float  # the forward pass (its share of a grouped pass)
+    compute_s: float  # the forward pass that computed it (a whole group's, if grouped)
     delay_s: float  # injected straggler delay (simulated compute in experiments)
     written_at: float  # the worker's report call
     woke_at: float  # the collector took the notice off its inbox

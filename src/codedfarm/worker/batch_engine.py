@@ -110,6 +110,7 @@ class _Task:
     received: float = field(compare=False)  # perf_counter at receipt
     task_id: str = field(compare=False, default="")  # Celery's task id
     received_at: float = field(compare=False, default=0.0)  # wall clock at receipt
+    data: bytes | None = field(compare=False, default=None)  # its coded input, once read
 
 
 class BatchEngine:
@@ -180,19 +181,18 @@ class BatchEngine:
         raws = self._fetch(free, block=not self._due(now)) if free > 0 else []
         if free <= 0:
             time.sleep(max(0.0, min(CANCEL_POLL_S, self._waiting[0].due - now)))
+        received = [task for raw in raws if (task := self._receive(raw)) is not None]
+        self._read_inputs(received)  # now, not when due: off the critical path of a delay
         ready: list[_Task] = []
-        for raw in raws:
-            task = self._receive(raw)
-            if task is None:
-                continue
+        for task in received:
             if task.due > time.monotonic():
                 heapq.heappush(self._waiting, task)
             else:
                 ready.append(task)
-        finished = self._cancel_finished_batches()
         while self._waiting and self._waiting[0].due <= time.monotonic():
             ready.append(heapq.heappop(self._waiting))
-        return finished + self._execute(ready)
+        finished = self._execute(ready)
+        return finished + self._cancel_finished_batches()  # after the due work, not before
 
     def _due(self, now: float) -> bool:
         return bool(self._waiting) and self._waiting[0].due <= now
@@ -256,8 +256,9 @@ class BatchEngine:
         cancelled = [t for t in self._waiting if t.msg.input_key in gone]
         self._waiting = [t for t in self._waiting if t.msg.input_key not in gone]
         heapq.heapify(self._waiting)
+        self._acks += [task.tag for task in cancelled]
+        self._flush(Report())  # acknowledge them now: the slots are free again
         for task in cancelled:
-            self._acks.append(task.tag)
             self._observe(task, "cancelled")
             self._finished_event(task, "cancelled")
         return len(cancelled)
@@ -278,12 +279,8 @@ class BatchEngine:
             if self.events.enabled:
                 for task in live:
                     self.events.send("task-started", uuid=task.task_id)
-            with self.worker.redis.pipeline(transaction=False) as pipe:
-                for task in live:
-                    m = task.msg
-                    pipe.getrange(m.input_key, m.offset, m.offset + m.nbytes - 1)
-                inputs = pipe.execute()
-            statuses = self._run_models(live, inputs, report)
+            self._read_inputs(live)  # those received before a Redis reconnect, if any
+            statuses = self._run_models(live, [t.data or b"" for t in live], report)
         else:
             statuses = []
         report.tags += [t.tag for t in live]
@@ -309,6 +306,19 @@ class BatchEngine:
         else:
             self.events.send("task-succeeded", uuid=task.task_id, result=repr(status),
                              runtime=runtime)  # fmt: skip
+
+    def _read_inputs(self, tasks: list[_Task]) -> None:
+        """Read the coded inputs of ``tasks`` not read yet, in one round trip (b"" when the
+        batch is finished or expired)."""
+        unread = [t for t in tasks if t.data is None and not t.fate.fail]
+        if not unread:
+            return
+        with self.worker.redis.pipeline(transaction=False) as pipe:
+            for task in unread:
+                m = task.msg
+                pipe.getrange(m.input_key, m.offset, m.offset + m.nbytes - 1)
+            for task, data in zip(unread, pipe.execute(), strict=True):
+                task.data = data
 
     def _run_models(self, tasks: list[_Task], inputs: list[bytes], report: Report) -> list[str]:
         """Forward passes, one per (model, dtype, shape) group; fills ``report``."""
@@ -352,6 +362,7 @@ class BatchEngine:
                     self.worker.name,
                     received_at=task.received_at,
                     started_at=started_at,
+                    forward_s=compute,
                 )
         return statuses
 

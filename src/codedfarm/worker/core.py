@@ -150,13 +150,15 @@ class Report:
         *,
         received_at: float = 0.0,
         started_at: float = 0.0,
+        forward_s: float | None = None,
     ) -> str:
         """A result: ``output`` ``(*out_shape)`` as float32 bytes, with its notice (wall-clock
-        stamps of the task's receipt and compute start, for the batch's timeline)."""
+        stamps of the task's receipt and compute start, and the seconds of the forward pass
+        that computed it, ``compute`` unless it was one of a group, for the timeline)."""
         notice = Notice(batch=msg.batch, index=msg.index, ok=True, dtype="float32",
                         shape=list(output.shape), compute_s=compute, delay_s=delay,
-                        worker=worker, received_at=received_at,
-                        started_at=started_at)  # fmt: skip
+                        worker=worker, received_at=received_at, started_at=started_at,
+                        forward_s=compute if forward_s is None else forward_s)  # fmt: skip
         self.add(msg, output.astype("<f4", copy=False).tobytes(), notice)
         return "ok"
 

@@ -47,6 +47,7 @@ from codedfarm.stragglers import TaskFate
 __all__ = ["PEER_SCHEMES", "markdown_table", "run_ray_peer"]
 
 PEER_SCHEMES = ("uncoded", "mds", "berrut", "spline")
+CANCEL_GRACE_S = 0.05  # a farm worker notices a decoded batch within 50 ms (CANCEL_POLL_S)
 INSTALL_HINT = "install the bench extra: pip install 'codedfarm[bench]'"
 Array = npt.NDArray[np.float32]
 _MODELS: dict[str, Any] = {}  # per Ray worker process: models loaded by its first task
@@ -98,6 +99,9 @@ def _serve(ray: Any, task: Any, codec: Codec, wait_for: int, model: str, cache: 
         workers = sorted(results)
         codec.decode_report(np.stack([results[w] for w in workers]), workers)
     elapsed = time.perf_counter() - start
+    if pending:  # cancel only tasks still running a poll period (as the farm's) later:
+        # cancelling a task as it completes can abort the driver (Ray 2.60, ray#54846)
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
     for ref in pending:
         ray.cancel(ref, force=False)
     return elapsed, decoded
@@ -157,6 +161,8 @@ def run_ray_peer(
     own = not ray.is_initialized()
     if own:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # start the slots' workers at once (default: 2 at a time on 2 cores, with warnings)
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(slots))
         started = time.perf_counter()
         ray.init(num_cpus=slots, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)  # fmt: skip

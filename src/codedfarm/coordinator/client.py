@@ -17,7 +17,7 @@ from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
 from codedfarm.coordinator.liveness import FarmCheck
 from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
 from codedfarm.heartbeat import LIVENESS_S
-from codedfarm.protocol import BatchRecord, Keys, array_from_bytes, as_bytes, unpack_frame
+from codedfarm.protocol import BatchRecord, Keys, as_bytes, read_reply_frame
 from codedfarm.redis_conn import connect, mask_url
 from codedfarm.settings import Settings
 
@@ -134,7 +134,10 @@ class FarmClient:
         budget = prepared.deadline_s + REPLY_GRACE_S
         try:
             durable = self.keys.open_batches(self.collector_name) if self.collector_name else None
-            dispatch_s = self.dispatcher.dispatch(prepared, inbox, durable)
+            own = not self.collector_name
+            if own:  # the in-process collector: told directly, not through its inbox
+                self._collector.register(self.dispatcher.registration(prepared))
+            dispatch_s = self.dispatcher.dispatch(prepared, inbox, durable, announce=not own)
             dispatched_at = time.time()
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
@@ -203,11 +206,7 @@ class FarmClient:
             item = self.redis.blpop([self.keys.reply(batch)], timeout=max(0.01, min(left, 1.0)))
         if item is None:
             return None
-        header, payload = unpack_frame(as_bytes(item[1]))
-        predictions = None
-        if "shape" in header:
-            predictions = array_from_bytes(payload, header["dtype"], header["shape"]).copy()
-        return BatchRecord.from_dict(header["record"]), predictions
+        return read_reply_frame(as_bytes(item[1]))
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):

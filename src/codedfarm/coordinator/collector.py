@@ -15,13 +15,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import redis
 
 from codedfarm.codecs import Codec, CodecPlan
 from codedfarm.coordinator.fidelity import FidelitySampler
+from codedfarm.coordinator.inbox import InboxReader
 from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
@@ -31,9 +31,8 @@ from codedfarm.protocol import (
     Notice,
     StageTimings,
     array_from_bytes,
-    as_bytes,
-    pack_frame,
     parse_inbox_message,
+    reply_frame,
 )
 
 __all__ = ["Collector", "CollectorHooks"]
@@ -94,6 +93,7 @@ class Collector:
         self.depth_interval = 2.0  # seconds between queue-depth reads
         self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
         self._woke_at = 0.0  # when the current poll's messages were taken
+        self._inbox = InboxReader(client, inbox)
 
     # ----- the loop ----------------------------------------------------------------------
     def poll(self, timeout: float) -> list[BatchRecord]:
@@ -104,14 +104,8 @@ class Collector:
         # short blocking calls: redis-py's socket timeout (5 s by default) bounds one BLPOP
         wait = max(0.0, min(timeout, nearest - now, MAX_BLOCK_S))
         finished: list[BatchRecord] = []
-        item = self.redis.blpop([self.inbox], timeout=wait) if wait >= 0.001 else None
+        raw_messages = self._inbox.take(wait) if wait >= 0.001 else []
         self._woke_at = time.time()  # wall clock, as the workers' stamps
-        raw_messages: list[bytes] = []
-        if item is not None:
-            raw_messages.append(as_bytes(item[1]))
-            more = self.redis.lpop(self.inbox, 512)  # drain without blocking
-            if isinstance(more, list):
-                raw_messages.extend(as_bytes(m) for m in more)
         for raw in raw_messages:
             self._handle(raw)
         finished.extend(self._finish_ready())
@@ -172,6 +166,11 @@ class Collector:
             if batch is not None and (record := self._try_finish(batch, at_deadline=at_deadline)):
                 records.append(record)
         return records
+
+    def register(self, reg: BatchRegistration) -> None:
+        """Open batch ``reg`` without its registration message (an in-process collector is
+        told directly, a round trip less than reading it back from its inbox)."""
+        self._register(reg)
 
     def _register(self, reg: BatchRegistration) -> None:
         if reg.batch in self._open or reg.batch in self._finished:
@@ -297,22 +296,6 @@ class Collector:
         return self._finish(batch, outcome, predictions, workers, decode_s, lam=decoded.lam_dec)
 
     @staticmethod
-    def _critical(batch: _Open) -> CriticalStamps | None:
-        """The critical path's stamps (None for workers that send no receipt stamps)."""
-        if batch.critical is None or not batch.critical[0].received_at:
-            return None
-        notice, woke_at = batch.critical
-        return CriticalStamps(
-            received_at=notice.received_at,
-            started_at=notice.started_at,
-            compute_s=notice.forward_s or notice.compute_s,
-            delay_s=notice.delay_s,
-            written_at=notice.written_at,
-            woke_at=woke_at,
-            finished_at=time.time(),
-        )
-
-    @staticmethod
     def _error_summary(batch: _Open) -> str:
         if not batch.errors:
             return ""
@@ -359,7 +342,11 @@ class Collector:
             ),
             needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
             model_version=reg.model_version,
-            critical=self._critical(batch) if outcome == "decoded" else None,
+            critical=(
+                CriticalStamps.of(*batch.critical, finished_at=time.time())
+                if outcome == "decoded" and batch.critical is not None
+                else None
+            ),
         )
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping
@@ -387,23 +374,11 @@ class Collector:
                 self._replies.popitem(last=False)
             return
         with self.redis.pipeline(transaction=False) as pipe:
-            self._push_reply(pipe, reg, record, predictions)
+            pipe.rpush(reg.reply_key, reply_frame(record, predictions))
+            pipe.expire(reg.reply_key, max(1, int(reg.ttl)))
             if self.durable_key is not None:
                 pipe.hdel(self.durable_key, reg.batch)
             pipe.execute()
-
-    @staticmethod
-    def _push_reply(
-        pipe: Any, reg: BatchRegistration, record: BatchRecord, predictions: np.ndarray | None
-    ) -> None:
-        header: dict[str, Any] = {"record": record.to_dict()}
-        payload = b""
-        if predictions is not None:
-            header["dtype"] = "float32"
-            header["shape"] = list(predictions.shape)
-            payload = predictions.astype("<f4", copy=False).tobytes()
-        pipe.rpush(reg.reply_key, pack_frame(header, payload))
-        pipe.expire(reg.reply_key, max(1, int(reg.ttl)))
 
     def _finish_failed(self, reg: BatchRegistration, error: str) -> None:
         record = BatchRecord(

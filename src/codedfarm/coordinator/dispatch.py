@@ -293,10 +293,14 @@ class Dispatcher:
             by_queue[queue].append(task_envelope(INFER_TASK, message.to_dict(), queue))
         return by_queue
 
-    def dispatch(self, batch: PreparedBatch, inbox: str, durable: str | None = None) -> float:
+    def dispatch(
+        self, batch: PreparedBatch, inbox: str, durable: str | None = None, *, announce: bool = True
+    ) -> float:
         """Inputs + registration + every task in one pipeline; returns seconds spent.
         ``durable``: a collector service's hash of open batches, which keeps the
-        registration until the batch ends (so a restarted collector finishes it)."""
+        registration until the batch ends (so a restarted collector finishes it).
+        ``announce=False``: no registration in ``inbox`` (the caller's own in-process
+        collector has it already)."""
         start = time.perf_counter()
         ttl = int(self.settings.key_ttl)
         registration = self.registration(batch)
@@ -310,8 +314,9 @@ class Dispatcher:
         pipe.set(registration.input_key, batch.coded.data.cast("B"), ex=ttl)  # no copy
         if batch.reference is not None:
             pipe.set(registration.reference_key, batch.reference.tobytes(), ex=ttl)
-        pipe.rpush(inbox, registration.to_json())
-        pipe.expire(inbox, ttl)
+        if announce:
+            pipe.rpush(inbox, registration.to_json())
+            pipe.expire(inbox, ttl)
         if durable is not None:
             pipe.hset(durable, batch.batch, registration.to_json())
             pipe.expire(durable, ttl)

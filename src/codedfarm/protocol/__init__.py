@@ -29,6 +29,8 @@ from codedfarm.protocol.records import (
     BatchRecord,
     CriticalStamps,
     StageTimings,
+    read_reply_frame,
+    reply_frame,
 )
 
 __all__ = [
@@ -50,6 +52,8 @@ __all__ = [
     "parse_inbox_message",
     "queue_keys",
     "read_envelope",
+    "read_reply_frame",
+    "reply_frame",
     "task_envelope",
     "unpack_frame",
 ]

@@ -6,7 +6,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["OUTCOMES", "TIMELINE_STAGES", "BatchRecord", "CriticalStamps", "StageTimings"]
+import numpy as np
+
+from codedfarm.protocol.messages import Notice, array_from_bytes, pack_frame, unpack_frame
+
+__all__ = [
+    "OUTCOMES",
+    "TIMELINE_STAGES",
+    "BatchRecord",
+    "CriticalStamps",
+    "StageTimings",
+    "read_reply_frame",
+    "reply_frame",
+]
 
 OUTCOMES = ("decoded", "deadline_decoded", "timeout", "failed")
 """decoded: the wait policy was met. deadline_decoded: decoded from what had arrived when
@@ -43,6 +55,21 @@ class CriticalStamps:
     written_at: float  # the worker's report call
     woke_at: float  # the collector took the notice off its inbox
     finished_at: float  # the collector had decoded and built the record
+
+    @classmethod
+    def of(cls, notice: Notice, woke_at: float, *, finished_at: float) -> CriticalStamps | None:
+        """The stamps of ``notice`` (None from workers that send no receipt stamps)."""
+        if not notice.received_at:
+            return None
+        return cls(
+            received_at=notice.received_at,
+            started_at=notice.started_at,
+            compute_s=notice.forward_s or notice.compute_s,
+            delay_s=notice.delay_s,
+            written_at=notice.written_at,
+            woke_at=woke_at,
+            finished_at=finished_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -168,3 +195,23 @@ class BatchRecord:
             **path,
         )
         return replace(self, timings=timings, tasks_sent=tasks_sent, retries=self.retries)
+
+
+def reply_frame(record: BatchRecord, predictions: np.ndarray | None) -> bytes:
+    """A collector service's answer: the record as JSON, the predictions as float32 bytes."""
+    header: dict[str, Any] = {"record": record.to_dict()}
+    payload = b""
+    if predictions is not None:
+        header["dtype"] = "float32"
+        header["shape"] = list(predictions.shape)
+        payload = predictions.astype("<f4", copy=False).tobytes()
+    return pack_frame(header, payload)
+
+
+def read_reply_frame(raw: bytes) -> tuple[BatchRecord, np.ndarray | None]:
+    """The record and predictions of :func:`reply_frame` (the predictions are a copy)."""
+    header, payload = unpack_frame(raw)
+    predictions = None
+    if "shape" in header:
+        predictions = array_from_bytes(payload, header["dtype"], header["shape"]).copy()
+    return BatchRecord.from_dict(header["record"]), predictions

@@ -47,21 +47,17 @@ from codedfarm.protocol import (
     read_envelope,
 )
 from codedfarm.stragglers import TaskFate
-from codedfarm.worker.control_plane import ControlPlane, InFlight, TaskEvents
+from codedfarm.worker.control_plane import InFlight, TaskEvents
 from codedfarm.worker.core import (
     CANCEL_POLL_S,
     Report,
-    announce_ready,
     predict,
-    preload_models,
-    start_heartbeat,
-    stop_heartbeat,
     task_fate,
 )
 from codedfarm.worker.state import WorkerState
 from codedfarm.worker.wake_alarm import WakeAlarm
 
-__all__ = ["BatchEngine", "node_name", "serve"]
+__all__ = ["BatchEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +94,11 @@ for q = 1, nq do
 end
 return out
 """
+
+
+ALARM_LEAD_S = 0.001
+"""The wake alarm rings this early (its push and the BRPOP's return take about that long),
+and the engine sleeps the rest: injected delays end on time, not a round trip late."""
 
 
 @dataclass(order=True)
@@ -189,6 +190,8 @@ class BatchEngine:
                 heapq.heappush(self._waiting, task)
             else:
                 ready.append(task)
+        if not ready and self._waiting:  # woken ALARM_LEAD_S early: sleep the rest here
+            time.sleep(max(0.0, min(ALARM_LEAD_S, self._waiting[0].due - time.monotonic())))
         while self._waiting and self._waiting[0].due <= time.monotonic():
             ready.append(heapq.heappop(self._waiting))
         finished = self._execute(ready)
@@ -200,11 +203,11 @@ class BatchEngine:
     def _fetch(self, free: int, *, block: bool) -> list[bytes]:
         keys = self._rotated_keys()
         client = self.worker.redis
-        raws: list[bytes] = self._pop(keys=keys, args=[free, time.time()])
-        if raws or not block:
-            return raws
+        if not block:
+            return list(self._pop(keys=keys, args=[free, time.time()]))
+        # BRPOP returns at once when a queue has messages: no non-blocking pop before it
         if self._waiting:  # wake for the next due task or cancel check
-            self._alarm.arm(min(self._waiting[0].due, self._next_cancel_check))
+            self._alarm.arm(min(self._waiting[0].due, self._next_cancel_check) - ALARM_LEAD_S)
         try:
             item = client.brpop([*keys[:-2], self._alarm.key], timeout=1)
         finally:
@@ -411,43 +414,3 @@ class BatchEngine:
             log.warning("could not requeue straggling tasks at shutdown: %s", exc)
             return
         log.warning("requeued %d straggling task(s) at shutdown", len(waiting))
-
-
-def node_name(hostname: str | None) -> str:
-    """The worker's node name, as Celery's ``-n`` makes it: ``celery@<host>`` by default,
-    ``%h``, ``%n`` and ``%d`` expanded."""
-    from celery.utils.nodenames import default_nodename, host_format
-
-    return str(host_format(default_nodename(hostname)))
-
-
-def serve(app: Any, worker: WorkerState) -> None:
-    """``codedfarm worker`` (the batch engine): load the models, join Celery's control plane,
-    then serve until SIGTERM or SIGINT or a remote ``shutdown`` (warm: straggling tasks are
-    requeued) or SIGQUIT (cold: exit at once)."""
-    import signal
-
-    preload_models(worker)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    options = app.conf.broker_transport_options
-    name = node_name(worker.options.hostname)
-    events = TaskEvents(enabled=worker.options.events)
-    engine = BatchEngine(
-        worker,
-        worker.options.queue_names,
-        worker.options.slots,
-        kombu_connection=app.connection_for_read(),
-        restore_interval=float(options.get("unacked_restore_interval", 5)),
-        events=events,
-    )
-    control = ControlPlane(app, name, engine, stop.set, events=events, task_name=INFER_TASK)
-    control.start()
-    start_heartbeat(worker, engine.queues, name)
-    announce_ready(name)
-    try:
-        engine.run(stop)
-    finally:
-        stop_heartbeat()
-        control.close()

@@ -97,7 +97,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     configure(settings, options)  # inherited by the supervised child and its pool
     app = make_celery(settings)
     if options.engine == "batch":
-        from codedfarm.worker.batch_engine import serve
+        from codedfarm.worker.batch_worker import serve
 
         return supervise(lambda: serve(app, state()))
     survive_connection_loss()

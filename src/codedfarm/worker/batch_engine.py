@@ -96,11 +96,6 @@ return out
 """
 
 
-ALARM_LEAD_S = 0.001
-"""The wake alarm rings this early (its push and the BRPOP's return take about that long),
-and the engine sleeps the rest: injected delays end on time, not a round trip late."""
-
-
 @dataclass(order=True)
 class _Task:
     due: float  # monotonic time its injected delay ends
@@ -190,8 +185,6 @@ class BatchEngine:
                 heapq.heappush(self._waiting, task)
             else:
                 ready.append(task)
-        if not ready and self._waiting:  # woken ALARM_LEAD_S early: sleep the rest here
-            time.sleep(max(0.0, min(ALARM_LEAD_S, self._waiting[0].due - time.monotonic())))
         while self._waiting and self._waiting[0].due <= time.monotonic():
             ready.append(heapq.heappop(self._waiting))
         finished = self._execute(ready)
@@ -207,7 +200,7 @@ class BatchEngine:
             return list(self._pop(keys=keys, args=[free, time.time()]))
         # BRPOP returns at once when a queue has messages: no non-blocking pop before it
         if self._waiting:  # wake for the next due task or cancel check
-            self._alarm.arm(min(self._waiting[0].due, self._next_cancel_check) - ALARM_LEAD_S)
+            self._alarm.arm(min(self._waiting[0].due, self._next_cancel_check))
         try:
             item = client.brpop([*keys[:-2], self._alarm.key], timeout=1)
         finally:

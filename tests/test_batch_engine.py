@@ -22,7 +22,15 @@ from codedfarm.errors import FarmUnavailableError, MessageRefusedError
 from codedfarm.local import LocalFarm
 from codedfarm.models.digits import load_digits_split
 from codedfarm.models.registry import load_model
-from codedfarm.protocol import INFER_TASK, Keys, TaskMessage, read_envelope, task_envelope
+from codedfarm.protocol import (
+    INFER_TASK,
+    TIMELINE_STAGES,
+    BatchRecord,
+    Keys,
+    TaskMessage,
+    read_envelope,
+    task_envelope,
+)
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker.celery_engine import make_celery
@@ -279,3 +287,23 @@ def test_one_forward_pass_equals_one_pass_per_input(model_cache, digits):
     grouped, _ = predict(worker, "lenet5", digits)
     single = np.concatenate([predict(worker, "lenet5", digits[i : i + 1])[0] for i in range(8)])
     np.testing.assert_allclose(grouped, single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("queue", ["b0", "c0"])
+def test_every_decoded_batch_records_its_critical_path(batch_farm, digits, queue):
+    """Both engines stamp their notices; the stages of the policy-meeting result add up to
+    the batch's end-to-end time (less the client's checks before the encode)."""
+    plan = tuple(TaskFate(0.2 if j == 1 else 0.05) for j in range(12))
+    result, _ = submit(batch_farm.settings, digits, (queue,), model="lenet5", codec="berrut",
+                       n=12, s=2, plan=plan)  # fmt: skip
+    timings = result.record.timings
+    timeline = timings.timeline()
+    assert result.outcome == "decoded" and timeline is not None, result.record
+    assert list(timeline) == list(TIMELINE_STAGES)
+    assert timeline["injected_delay"] in (0.05, 0.2)  # the 10th result's own delay
+    assert 0 < timeline["compute"] < 0.5 and timeline["encode"] == timings.encode
+    assert all(v > -0.002 for v in timeline.values()), timeline  # one wall clock, one machine
+    total = sum(timeline.values())
+    assert timings.end_to_end - 0.02 < total < timings.end_to_end + 0.002, (total, timings)
+    record = BatchRecord.from_dict(result.record.to_dict())  # it survives the reply's JSON
+    assert record.critical == result.record.critical and record.critical is not None

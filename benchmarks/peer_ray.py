@@ -8,15 +8,14 @@ batch picked with the same seed, N=24 coded tasks, S=4, the same per-batch strag
 (``_worker_fates``; under ``fixed`` 4 random tasks of 24 take 10x the 50 ms compute). The
 driver encodes with the farm's codec, submits one Ray task per coded input (the task sleeps
 its fate's delay, then runs the trained model's forward on its row), takes the first N−S
-results with ``ray.wait(refs, num_returns=n - s)``, decodes them and cancels the rest
-(``ray.cancel(force=False)`` interrupts a sleeping straggler, so it frees its slot, as a
-farm worker gives its slot back once the batch is decoded). ``uncoded`` sends the K inputs
-and waits for all K. Ray gets N + K one-CPU slots (``--slots``; the farm's bench has
-2 x (N/2 + K) = 40 thread slots in 2 processes, but every Ray slot is a process with its own
-torch, ~350 MB each), all started and warmed up before timing (~1.5 min on 2 cores).
-Latency is end to end: from before the encode to after the decode, as the farm's
-``timings.end_to_end``. Printed per (stragglers, scheme): p50/p95/p99/max/mean in ms, batches
-decoded, and p50 minus the simulated compute (the serving overhead at the median).
+results with ``ray.wait(refs, num_returns=n - s)``, decodes them, and ``ray.cancel``s
+(force=False: interrupts the sleep) the tasks still running 50 ms later, as a farm straggler
+gives its slot back within its 50 ms poll. ``uncoded`` sends K tasks and waits for all K.
+Ray gets N + K one-CPU slots (``--slots``; the farm's bench has 40 thread slots in 2
+processes, but a Ray slot is a process with its own torch, ~350 MB), all started and warmed
+before timing (~1-1.5 min on 2 cores). Latency is end to end, from before the encode to
+after the decode, as the farm's ``timings.end_to_end``. Printed per (stragglers, scheme):
+p50/p95/p99/max/mean ms, batches decoded, and p50 minus the simulated compute.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ LAYERS = {
     "coordinator": 4,
     "worker": 4,
     "evaluation": 5,
+    "server": 5,
     "local": 6,
     "cli": 7,
     "__main__": 8,

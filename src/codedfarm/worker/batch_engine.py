@@ -1,14 +1,16 @@
 """The batch engine: a worker that serves many coded tasks per Redis round trip.
 
-``codedfarm worker --engine batch`` consumes the same Celery task messages, from the same
-queues and with the same late acknowledgement, as the Celery worker; the two can serve one
-farm side by side. A Celery worker spends three Redis round trips of kombu bookkeeping and
-two of the farm's on every task, about 1 ms of CPU per task on a small machine before any
-model runs. The batch engine, one process, instead:
+``codedfarm worker`` (the default engine) consumes the same Celery task messages, from the
+same queues and with the same late acknowledgement, as ``--engine celery``; the two can
+serve one farm side by side, and both answer Celery's remote control (here through
+:mod:`~codedfarm.worker.control_plane`). A Celery worker spends three Redis round trips of
+kombu bookkeeping and two of the farm's on every task, about 1 ms of CPU per task on a
+small machine before any model runs. The batch engine, one process, instead:
 
 1. pops up to ``slots`` messages and records each in kombu's unacked hash and index, in one
    Lua script (a message is never off its queue without its unacked record);
-2. reads all their coded inputs with one pipeline of GETRANGEs;
+2. reads all their coded inputs with one pipeline of GETRANGEs, as it takes them (a task
+   with an injected delay has its input in hand when the delay ends);
 3. runs each model once on the stacked inputs (one forward pass for the group, which is
    also how a GPU likes its work);
 4. stores the outputs, pushes the completion notices and acknowledges the messages in one

@@ -1,0 +1,156 @@
+"""The Open Inference Protocol's (KServe v2) JSON tensors, read and written.
+
+A request body ``{"id": ..., "inputs": [{"name", "shape", "datatype", "data"}], ...}``
+becomes one float32 array ``(B, *input_shape)`` for a model that takes ``input_shape``;
+``data`` may be flat (row-major) or nested as ``shape``. ``FP32`` is served as is; ``FP64``,
+``FP16`` and the integer types are converted to float32 (the farm's models take float32).
+Anything else is an :class:`~codedfarm.errors.InputError` that names the field, which the
+server turns into the protocol's ``400 {"error": ...}``.
+
+Reference: https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from codedfarm.errors import InputError
+
+__all__ = [
+    "CONVERTIBLE",
+    "InferRequest",
+    "infer_response",
+    "model_metadata",
+    "parse_infer_request",
+]
+
+CONVERTIBLE = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+}
+"""Tensor datatypes the server accepts; every one is served as float32."""
+
+INPUT_NAME = "input__0"  # Triton's names for a PyTorch model's one input and one output
+OUTPUT_NAME = "output__0"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One parsed infer request: ``x`` float32 ``(B, *input_shape)``, the ``id`` to echo and
+    the requested output name."""
+
+    x: np.ndarray
+    id: str | None
+    output_name: str
+
+
+def _field(mapping: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in mapping:
+        raise InputError(f"{where}: missing '{name}'")
+    value = mapping[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InputError(f"{where}: '{name}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def parse_infer_request(body: object, input_shape: Sequence[int]) -> InferRequest:
+    """The request ``body`` (parsed JSON) for a model whose one input has ``input_shape``
+    (without the batch dimension). Raises :class:`InputError` for anything not servable."""
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputError("'id' must be a string")
+    inputs = _field(body, "inputs", list, "request")
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InputError(f"the model takes one input tensor, got {len(inputs)}")
+    tensor = inputs[0]
+    where = f"input '{tensor.get('name', '?')}'"
+    _field(tensor, "name", str, where)
+    datatype = _field(tensor, "datatype", str, where)
+    if datatype not in CONVERTIBLE:
+        raise InputError(f"{where}: datatype {datatype} is not served; use one of "
+                         f"{', '.join(CONVERTIBLE)}")  # fmt: skip
+    shape = _field(tensor, "shape", list, where)
+    if not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise InputError(f"{where}: shape must be a list of sizes, got {shape}")
+    expected = (shape[0], *input_shape)
+    if tuple(shape) != expected or shape[0] < 1:
+        raise InputError(f"{where}: shape {shape}, the model takes [B, "
+                         f"{', '.join(map(str, input_shape))}] with B >= 1")  # fmt: skip
+    data = _field(tensor, "data", list, where)
+    x = _to_float32(data, shape, CONVERTIBLE[datatype], where)
+    outputs = body.get("outputs")
+    output_name = OUTPUT_NAME
+    if outputs is not None:
+        if not isinstance(outputs, list) or len(outputs) != 1 or not isinstance(outputs[0], dict):
+            raise InputError("'outputs' must list the model's one output")
+        output_name = _field(outputs[0], "name", str, "requested output")
+        if output_name != OUTPUT_NAME:
+            raise InputError(f"unknown output '{output_name}'; the model has '{OUTPUT_NAME}'")
+    return InferRequest(x, request_id, output_name)
+
+
+def _to_float32(data: list[Any], shape: list[int], dtype: Any, where: str) -> np.ndarray:
+    count = math.prod(shape)
+    try:  # nested or flat; bad values raise; out of float32's range: inf, refused below
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(
+            f"{where}: data is not a tensor of {np.dtype(dtype).name} ({exc})"
+        ) from None
+    if array.size != count:
+        raise InputError(f"{where}: {array.size} values for shape {shape} ({count} expected)")
+    if array.ndim not in (1, len(shape)) or (array.ndim > 1 and list(array.shape) != shape):
+        raise InputError(f"{where}: data nested as {list(array.shape)}, not as shape {shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = array.reshape(shape).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{where}: data has NaN or infinite values (after conversion to FP32)")
+    return x
+
+
+def infer_response(
+    model: str, version: int | None, request_id: str | None, y: np.ndarray, output_name: str
+) -> dict[str, Any]:
+    """The response body for outputs ``y`` ``(B, *output_shape)``."""
+    response: dict[str, Any] = {
+        "model_name": model,
+        "model_version": "1" if version is None else str(version),
+        "outputs": [{"name": output_name, "datatype": "FP32", "shape": list(y.shape),
+                     "data": np.asarray(y, np.float32).ravel().tolist()}],
+    }  # fmt: skip
+    if request_id is not None:
+        response["id"] = request_id
+    return response
+
+
+def model_metadata(
+    model: str,
+    versions: Sequence[int],
+    input_shape: Sequence[int],
+    output_shape: Sequence[int],
+) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: one FP32 input and output, ``-1`` for the batch dimension."""
+    return {
+        "name": model,
+        "versions": [str(v) for v in versions] or ["1"],
+        "platform": "pytorch_torchscript",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, *output_shape]}],
+    }

@@ -1,0 +1,77 @@
+"""The Open Inference Protocol's JSON tensors (pure: no server, no farm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from codedfarm.errors import InputError
+from codedfarm.server.oip import infer_response, model_metadata, parse_infer_request
+
+SHAPE = (1, 2, 2)
+
+
+def body(data: object, shape: object = (2, 1, 2, 2), datatype: str = "FP32", **extra: object):
+    tensor = {"name": "input__0", "shape": list(shape) if isinstance(shape, tuple) else shape,
+              "datatype": datatype, "data": data}  # fmt: skip
+    return {"inputs": [tensor], **extra}
+
+
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=8, max_size=8))
+def test_flat_and_nested_data_give_the_same_float32_batch(values):
+    flat = parse_infer_request(body(values, id="r1"), SHAPE)
+    nested = np.asarray(values, np.float32).reshape(2, 1, 2, 2).tolist()
+    again = parse_infer_request(body(nested), SHAPE)
+    assert flat.x.dtype == np.float32 and flat.x.shape == (2, *SHAPE)
+    np.testing.assert_array_equal(flat.x, again.x)
+    assert flat.id == "r1" and again.id is None
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "INT64", "UINT8", "FP16"])
+def test_other_numeric_datatypes_are_converted_to_float32(datatype):
+    request = parse_infer_request(body([0, 1, 2, 3], shape=(1, 1, 2, 2), datatype=datatype), SHAPE)
+    assert request.x.dtype == np.float32
+    np.testing.assert_array_equal(request.x.ravel(), [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({}, "missing 'inputs'"),
+        ({"inputs": []}, "one input tensor, got 0"),
+        (body([0] * 8, shape=(2, 1, 4)), "the model takes [B, 1, 2, 2]"),
+        (body([0] * 4, shape=(1, 1, 2, 2), datatype="BYTES"), "datatype BYTES is not served"),
+        (body([0] * 4, shape=(1, 1, 2, 2), datatype="BOOL"), "datatype BOOL is not served"),
+        (body([0] * 7), "7 values for shape [2, 1, 2, 2]"),
+        (body([0.0, float("nan"), 0, 0], shape=(1, 1, 2, 2)), "NaN or infinite"),
+        (body(["a", "b", "c", "d"], shape=(1, 1, 2, 2)), "data is not a tensor"),
+        (body([], shape=(0, 1, 2, 2)), "B >= 1"),
+        (body([[0, 0, 0, 0]], shape=(1, 1, 2, 2)), "nested as [1, 4]"),
+        (body([0] * 4, shape="1,1,2,2"), "'shape' has the wrong type"),
+        (body([0] * 4, shape=(1, 1, 2, 2), id=7), "'id' must be a string"),
+        (body([0] * 4, shape=(1, 1, 2, 2), outputs=[{"name": "logits"}]), "unknown output"),
+        (body([1e39] * 4, shape=(1, 1, 2, 2)), "NaN or infinite"),  # overflows float32
+    ],
+)
+def test_bad_requests_are_input_errors_that_name_the_problem(request_body, message):
+    with pytest.raises(InputError) as info:
+        parse_infer_request(request_body, SHAPE)
+    assert message in str(info.value)
+
+
+def test_response_and_metadata_follow_the_protocol():
+    y = np.arange(6, dtype=np.float32).reshape(2, 3)
+    response = infer_response("lenet5", None, "r9", y, "output__0")
+    assert response == {
+        "model_name": "lenet5", "model_version": "1", "id": "r9",
+        "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [2, 3],
+                     "data": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}],
+    }  # fmt: skip
+    assert "id" not in infer_response("m", 3, None, y, "output__0")
+    meta = model_metadata("mymodel", [1, 2], (1, 32, 32), (10,))
+    assert meta["versions"] == ["1", "2"]
+    assert meta["inputs"] == [{"name": "input__0", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
+    assert meta["outputs"][0]["shape"] == [-1, 10]

@@ -1,0 +1,183 @@
+"""Coded dynamic batching: single requests wait briefly and are coded together.
+
+Per (model, version), a :class:`CodingQueue` holds the rows of waiting requests in arrival
+order. A coding group forms as soon as ``group_size`` (K) rows wait, or when the oldest
+has waited ``max_queue_delay``; a partial group is coded for its actual size (the codecs
+take any K ≤ N, and a smaller K decodes no worse). A request larger than K is split over
+groups and answered when its last row comes back. When more than ``max_queue`` rows would
+wait, the request is refused at once (:class:`QueueFullError`, the server's 503): memory
+stays bounded. At most ``max_groups_in_flight`` groups of a queue are in the farm at once;
+rows that arrive meanwhile gather into fuller groups (Triton's dynamic batcher and Ray
+Serve's ``@serve.batch`` work the same way, without the coding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from codedfarm.errors import CodedFarmError, ConfigError
+
+__all__ = ["BatcherConfig", "CodingQueue", "QueueFullError"]
+
+
+class QueueFullError(CodedFarmError):
+    """Too many rows are waiting for this model: try again later (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    group_size: int = 8  # K: rows per coding group
+    max_queue_delay: float = 0.005  # seconds the oldest row may wait for a fuller group
+    max_queue: int = 512  # rows that may wait per (model, version)
+    max_groups_in_flight: int = 8
+
+    def validate(self) -> BatcherConfig:
+        if self.group_size < 1 or self.max_queue < self.group_size:
+            raise ConfigError("need group size >= 1 and max queue >= group size, got "
+                              f"{self.group_size} and {self.max_queue}")  # fmt: skip
+        if self.max_queue_delay < 0 or self.max_groups_in_flight < 1:
+            raise ConfigError("need max queue delay >= 0 and groups in flight >= 1")
+        return self
+
+
+@dataclass
+class _Request:
+    x: np.ndarray  # (B, *input_shape)
+    future: asyncio.Future[np.ndarray]
+    arrived: float  # monotonic
+    out: np.ndarray | None = None  # (B, *output_shape), filled group by group
+    remaining: int = 0
+
+
+@dataclass
+class _Slice:
+    request: _Request
+    start: int
+    stop: int
+
+
+@dataclass
+class _Group:
+    slices: list[_Slice] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.stop - s.start for s in self.slices)
+
+
+class CodingQueue:
+    """Requests for one (model, version). ``run_group`` serves one coding group: inputs
+    ``(k, *input_shape)`` -> predictions ``(k, *output_shape)``, raising a
+    :class:`CodedFarmError` when the farm cannot."""
+
+    def __init__(
+        self,
+        config: BatcherConfig,
+        run_group: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        *,
+        on_group: Callable[[int, float], None] = lambda rows, delay: None,
+    ) -> None:
+        self.config = config.validate()
+        self.run_group = run_group
+        self.on_group = on_group  # (rows, queue delay of its oldest row in seconds)
+        self._pending: collections.deque[_Slice] = collections.deque()
+        self._rows = 0
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.max_groups_in_flight)
+        self._flusher: asyncio.Task[None] | None = None
+        self._groups: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting_rows(self) -> int:
+        return self._rows
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        """Predictions for ``x`` ``(B, *input_shape)``; raises :class:`QueueFullError` at
+        once when the queue is full, or what ``run_group`` raised for its group."""
+        if self._rows + len(x) > self.config.max_queue:
+            raise QueueFullError(
+                f"{self._rows} rows are waiting (the limit is {self.config.max_queue}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(x, loop.create_future(), time.monotonic(), remaining=len(x))
+        self._pending.append(_Slice(request, 0, len(x)))
+        self._rows += len(x)
+        self._arrived.set()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_forever())
+        return await request.future
+
+    async def close(self) -> None:
+        """Stop forming groups; groups in flight finish."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._groups:
+            await asyncio.gather(*self._groups, return_exceptions=True)
+
+    async def _flush_forever(self) -> None:
+        k = self.config.group_size
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            oldest = self._pending[0].request.arrived
+            while self._rows < k:
+                left = oldest + self.config.max_queue_delay - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            await self._slots.acquire()  # full groups form while every slot is busy
+            group = self._take(k)
+            self.on_group(group.rows, time.monotonic() - oldest)
+            task = asyncio.create_task(self._serve(group))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
+
+    def _take(self, k: int) -> _Group:
+        group = _Group()
+        while self._pending and group.rows < k:
+            piece = self._pending[0]
+            room = k - group.rows
+            if piece.stop - piece.start <= room:
+                group.slices.append(self._pending.popleft())
+            else:  # a request larger than what is left of the group: split it
+                group.slices.append(_Slice(piece.request, piece.start, piece.start + room))
+                piece.start += room
+        self._rows -= group.rows
+        return group
+
+    async def _serve(self, group: _Group) -> None:
+        try:
+            x = np.concatenate([s.request.x[s.start : s.stop] for s in group.slices])
+            try:
+                y = await self.run_group(x)
+            except Exception as exc:  # every request of the group gets the group's error
+                for s in group.slices:
+                    if not s.request.future.done():
+                        s.request.future.set_exception(exc)
+                return
+            row = 0
+            for s in group.slices:
+                request, n = s.request, s.stop - s.start
+                if request.future.done():  # failed in another group, or the client left
+                    row += n
+                    continue
+                if request.out is None:
+                    request.out = np.empty((len(request.x), *y.shape[1:]), np.float32)
+                request.out[s.start : s.stop] = y[row : row + n]
+                row += n
+                request.remaining -= n
+                if request.remaining == 0:
+                    request.future.set_result(request.out)
+        finally:
+            self._slots.release()

@@ -1,0 +1,148 @@
+"""Coded dynamic batching (pure asyncio: a fake farm stands in for the workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codedfarm.errors import CodedFarmError, ConfigError
+from codedfarm.server.batcher import BatcherConfig, CodingQueue, QueueFullError
+
+
+class FakeFarm:
+    """Serves a group after ``delay`` s: each row's prediction is (its sum, its first value)."""
+
+    def __init__(self, delay: float = 0.01, fail_when: int | None = None) -> None:
+        self.delay = delay
+        self.fail_when = fail_when  # fail groups containing this value
+        self.groups: list[int] = []
+
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.groups.append(len(x))
+        await asyncio.sleep(self.delay)
+        if self.fail_when is not None and (x == self.fail_when).any():
+            raise CodedFarmError("workers failed")
+        flat = x.reshape(len(x), -1)
+        return np.stack([flat.sum(1), flat[:, 0]], 1).astype(np.float32)
+
+
+def rows(start: int, count: int) -> np.ndarray:
+    return np.arange(start, start + count, dtype=np.float32).reshape(count, 1) * np.ones((1, 3))
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.stack([x.sum(1), x[:, 0]], 1).astype(np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_k_waiting_rows_form_one_full_group_at_once():
+    farm = FakeFarm()
+
+    async def main():
+        queue = CodingQueue(BatcherConfig(group_size=4, max_queue_delay=10.0), farm)
+        start = time.monotonic()
+        out = await asyncio.gather(*(queue.infer(rows(i, 1)) for i in range(4)))
+        return out, time.monotonic() - start
+
+    out, elapsed = run(main())
+    assert farm.groups == [4] and elapsed < 1.0  # not the 10 s delay
+    for i, y in enumerate(out):
+        np.testing.assert_array_equal(y, expected(rows(i, 1)))
+
+
+def test_a_lone_request_is_served_after_the_queue_delay_as_a_partial_group():
+    farm = FakeFarm(delay=0.0)
+
+    async def main():
+        queue = CodingQueue(BatcherConfig(group_size=8, max_queue_delay=0.05), farm)
+        start = time.monotonic()
+        y = await queue.infer(rows(5, 1))
+        return y, time.monotonic() - start
+
+    y, elapsed = run(main())
+    assert farm.groups == [1] and 0.05 <= elapsed < 0.5
+    np.testing.assert_array_equal(y, expected(rows(5, 1)))
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.lists(st.integers(1, 11), min_size=1, max_size=6), st.integers(1, 5))
+def test_every_request_gets_its_own_rows_back_however_it_is_split(sizes, k):
+    farm = FakeFarm(delay=0.001)
+
+    async def main():
+        queue = CodingQueue(BatcherConfig(group_size=k, max_queue_delay=0.002, max_queue=100),
+                            farm)  # fmt: skip
+        starts = np.cumsum([0, *sizes[:-1]])
+        return await asyncio.gather(*(queue.infer(rows(int(a), b))
+                                      for a, b in zip(starts, sizes, strict=True)))  # fmt: skip
+
+    out = run(main())
+    starts = np.cumsum([0, *sizes[:-1]])
+    for y, a, b in zip(out, starts, sizes, strict=True):
+        np.testing.assert_array_equal(y, expected(rows(int(a), b)))
+    assert max(farm.groups) <= k and sum(farm.groups) == sum(sizes)
+
+
+def test_a_full_queue_refuses_at_once_and_keeps_serving():
+    farm = FakeFarm(delay=0.2)
+
+    async def main():
+        config = BatcherConfig(group_size=2, max_queue_delay=0.0, max_queue=4,
+                               max_groups_in_flight=1)  # fmt: skip
+        queue = CodingQueue(config, farm)
+        first = asyncio.create_task(queue.infer(rows(0, 2)))  # in flight
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(queue.infer(rows(2, 4)))  # fills the queue
+        await asyncio.sleep(0.01)
+        start = time.monotonic()
+        with pytest.raises(QueueFullError, match="4 rows are waiting"):
+            await queue.infer(rows(6, 1))
+        refused_in = time.monotonic() - start
+        return await first, await waiting, refused_in
+
+    first, waiting, refused_in = run(main())
+    assert refused_in < 0.05
+    np.testing.assert_array_equal(first, expected(rows(0, 2)))
+    np.testing.assert_array_equal(waiting, expected(rows(2, 4)))
+
+
+def test_a_failed_group_fails_its_requests_only():
+    farm = FakeFarm(fail_when=3)
+
+    async def main():
+        queue = CodingQueue(BatcherConfig(group_size=2, max_queue_delay=0.01), farm)
+        return await asyncio.gather(*(queue.infer(rows(i, 1)) for i in range(4)),
+                                    return_exceptions=True)  # fmt: skip
+
+    out = run(main())
+    assert [isinstance(y, CodedFarmError) for y in out] == [False, False, True, True]
+
+
+def test_rows_that_arrive_while_every_slot_is_busy_gather_into_full_groups():
+    farm = FakeFarm(delay=0.1)
+
+    async def main():
+        config = BatcherConfig(group_size=4, max_queue_delay=0.0, max_groups_in_flight=1)
+        queue = CodingQueue(config, farm)
+        tasks = [asyncio.create_task(queue.infer(rows(0, 1)))]
+        await asyncio.sleep(0.02)  # the first row left alone; the next 8 wait for the slot
+        tasks += [asyncio.create_task(queue.infer(rows(i, 1))) for i in range(1, 9)]
+        await asyncio.gather(*tasks)
+
+    run(main())
+    assert farm.groups == [1, 4, 4]
+
+
+def test_bad_batcher_settings_are_config_errors():
+    with pytest.raises(ConfigError):
+        BatcherConfig(group_size=0).validate()
+    with pytest.raises(ConfigError):
+        BatcherConfig(group_size=8, max_queue=4).validate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -109,6 +110,16 @@ class FarmClient:
             left = end - time.perf_counter()
             prepared = replace(prepared, batch=uuid.uuid4().hex, deadline_s=max(left, 0.05),
                                submitted_at=time.time())  # fmt: skip
+
+    def check_farm(self, queues: Sequence[str]) -> None:
+        """Raise :class:`~codedfarm.errors.FarmUnavailableError` unless Redis answers and
+        every queue has a live worker (and the collector service, if one is used, is live)."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            where = mask_url(self.settings.redis_url)
+            raise RedisUnavailableError(f"cannot reach Redis at {where}: {exc}") from None
+        self._farm_check.require(queues, self.collector_name)
 
     def _await_farm(self, prepared: PreparedBatch, budget: float) -> bool:
         """After a lost Redis: wait (up to ``budget`` s) until Redis answers and, unless the

@@ -1,0 +1,78 @@
+"""``codedfarm serve``: the Open Inference Protocol over HTTP, coding single requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from codedfarm.cli.options import (
+    DynamicHelpOption,
+    codec_help,
+    model_repository_option,
+    queues_option,
+    settings_from_context,
+)
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@queues_option("Queues the coding groups go to (default: CODEDFARM_QUEUES).")
+@click.option(
+    "--group-size", "-k", type=click.IntRange(min=1), default=8, show_default=True,
+    help="Requests' rows coded together (K); a group forms when K rows wait.",
+)  # fmt: skip
+@click.option(
+    "--max-queue-delay", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    help="Milliseconds the oldest waiting row waits for a full group before a partial one.",
+)  # fmt: skip
+@click.option(
+    "--max-queue", type=click.IntRange(min=1), default=512, show_default=True,
+    help="Rows that may wait per model; beyond it requests get 503 at once.",
+)  # fmt: skip
+@click.option(
+    "--groups-in-flight", type=click.IntRange(min=1), default=8, show_default=True,
+    help="Coding groups in the farm at once (farm clients, each a thread).",
+)  # fmt: skip
+@click.option(
+    "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
+    help_fn=codec_help("Codec of models whose config.json sets none (default: spline)"),
+)  # fmt: skip
+@click.option("-n", "n", type=int, default=None, help="N (default: the model's, the codec's).")
+@click.option("-s", "--stragglers", "s", type=int, default=None,
+              help="S tolerated (default: the model's, the codec's).")  # fmt: skip
+@click.option("--deadline", type=float, default=None,
+              help="Seconds per group (default: the model's, or CODEDFARM_DEADLINE).")  # fmt: skip
+@click.option(
+    "--straggle", default=None,
+    help="Inject stragglers into every coding group (experiments), e.g. fixed:S=4,delay=0.5.",
+)  # fmt: skip
+@model_repository_option()
+def serve(
+    host: str,
+    port: int,
+    queues: tuple[str, ...],
+    group_size: int,
+    max_queue_delay: float,
+    max_queue: int,
+    groups_in_flight: int,
+    codec: str | None,
+    n: int | None,
+    s: int | None,
+    deadline: float | None,
+    straggle: str | None,
+    model_repository: Path | None,
+) -> None:
+    """Serve the farm's models over HTTP with the Open Inference Protocol (KServe v2)."""
+    from codedfarm.server.app import ServeConfig
+    from codedfarm.server.app import serve as run_server
+    from codedfarm.server.batcher import BatcherConfig
+
+    batcher = BatcherConfig(group_size, max_queue_delay / 1e3, max_queue, groups_in_flight)
+    config = ServeConfig(host=host, port=port, batcher=batcher.validate(), codec=codec, n=n,
+                         s=s, deadline=deadline, queues=queues, straggle=straggle,
+                         clients=groups_in_flight)  # fmt: skip
+    run_server(settings_from_context(model_repository=model_repository), config)

@@ -1,0 +1,305 @@
+"""``codedfarm serve``: the Open Inference Protocol (KServe v2, REST) in front of the farm.
+
+The HTTP stack is Starlette (routing, requests, responses) under uvicorn (HTTP/1.1 with
+keep-alive, and a graceful shutdown on SIGTERM: requests in flight are answered first).
+Both are maintained and small; an async server holds thousands of waiting requests as
+coroutines, not threads. FastAPI's model validation is not needed: :mod:`.oip` checks the
+tensors itself, with the protocol's error messages.
+
+Single requests are coded together by :class:`~.batcher.CodingQueue` (one per model and
+version). A coding group is a batch like any other: it is submitted through a
+:class:`~codedfarm.coordinator.FarmClient` (a pool of them, each in its own thread, since
+submitting blocks on Redis) and decoded by that client's own collector.
+
+Status codes: 400 for a request the model cannot take, 404 for an unknown model or
+version, 503 when the farm is not ready or the model's queue is full, 504 when the
+deadline passes without a decode, 500 when the workers fail the batch; the body is
+``{"error": "..."}`` as the protocol says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from codedfarm.coordinator import BatchSpec, FarmClient
+from codedfarm.errors import (
+    CodedFarmError,
+    ConfigError,
+    FarmUnavailableError,
+    InputError,
+    UnknownModelError,
+)
+from codedfarm.models.resolve import ResolvedModel, resolve_model
+from codedfarm.redis_conn import connect
+from codedfarm.server.batcher import BatcherConfig, CodingQueue, QueueFullError
+from codedfarm.server.oip import infer_response, model_metadata, parse_infer_request
+from codedfarm.settings import Settings
+
+__all__ = ["ServeConfig", "create_app"]
+
+MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``codedfarm serve`` runs with. ``codec``, ``n``, ``s`` and ``deadline``: the
+    defaults of a model whose ``config.json`` sets none (None: the farm's)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    codec: str | None = None
+    n: int | None = None
+    s: int | None = None
+    deadline: float | None = None
+    queues: tuple[str, ...] = ()  # () -> CODEDFARM_QUEUES
+    straggle: str | None = None  # inject stragglers into every group (experiments)
+    max_body_bytes: int = 64 << 20
+    clients: int = 8  # farm clients (threads): groups in the farm at once, every model
+
+    def validate(self) -> ServeConfig:
+        """Raise :class:`~codedfarm.errors.ConfigError` for a bad setting; returns self."""
+        from codedfarm.codecs import plan_codec
+        from codedfarm.stragglers import parse_straggler_spec
+
+        self.batcher.validate()
+        if self.codec is not None:
+            plan_codec(self.codec)
+        if self.straggle is not None:
+            parse_straggler_spec(self.straggle)
+        if self.clients < 1 or self.max_body_bytes < 1:
+            raise ConfigError("need clients >= 1 and max body bytes >= 1")
+        return self
+
+
+class HTTPStatusError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GroupFailedError(CodedFarmError):
+    """The farm answered a coding group without predictions."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Farm:
+    """The server's side of the farm: resolved models, coding queues, farm clients."""
+
+    def __init__(self, settings: Settings, config: ServeConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.queues = config.queues or settings.queues
+        self._clients: queue.SimpleQueue[FarmClient] = queue.SimpleQueue()
+        for _ in range(config.clients):
+            self._clients.put(FarmClient(settings))
+        self._threads = ThreadPoolExecutor(config.clients + 2, thread_name_prefix="farm")
+        self._models: dict[str, tuple[float, ResolvedModel]] = {}
+        self._coding: dict[tuple[str, int | None], CodingQueue] = {}
+
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    def model(self, name: str, version: str | None) -> ResolvedModel:
+        """The model behind a URL (cached briefly); 404 for an unknown one."""
+        ref = name if version is None else f"{name}@{version}"
+        hit = self._models.get(ref)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        try:
+            found = resolve_model(ref, self.settings.model_repository)
+        except UnknownModelError as exc:
+            raise HTTPStatusError(404, str(exc)) from None
+        except CodedFarmError as exc:  # a bad version ("@x") or a broken config.json
+            raise HTTPStatusError(404, str(exc)) from None
+        self._models[ref] = (time.monotonic() + MODEL_CACHE_S, found)
+        return found
+
+    def versions(self, model: ResolvedModel) -> list[int]:
+        from codedfarm.models.repository import ModelRepository
+
+        if model.version is None or self.settings.model_repository is None:
+            return []
+        return ModelRepository(self.settings.model_repository).versions(model.name)
+
+    def coding_queue(self, model: ResolvedModel) -> CodingQueue:
+        key = (model.name, model.version)
+        found = self._coding.get(key)
+        if found is None:
+            ref = model.name if model.version is None else f"{model.name}@{model.version}"
+
+            async def run_group(x: np.ndarray) -> np.ndarray:
+                result: np.ndarray = await self.blocking(self._submit, ref, x)
+                return result
+
+            found = self._coding[key] = CodingQueue(self.config.batcher, run_group)
+        return found
+
+    def _submit(self, ref: str, x: np.ndarray) -> np.ndarray:
+        spec = BatchSpec(model=ref, codec=self.config.codec, n=self.config.n, s=self.config.s,
+                         deadline=self.config.deadline, queues=self.queues,
+                         straggle=self.config.straggle)  # fmt: skip
+        client = self._clients.get()
+        try:
+            result = client.submit(x, spec)
+        finally:
+            self._clients.put(client)
+        if result.predictions is None:
+            status = 504 if result.outcome == "timeout" else 500
+            raise GroupFailedError(f"batch {result.outcome}: {result.record.error or 'no decode'}",
+                              status)  # fmt: skip
+        return result.predictions
+
+    def check_ready(self) -> None:
+        """Raise :class:`FarmUnavailableError` unless Redis answers and every queue of the
+        server has a live worker."""
+        client = self._clients.get()
+        try:
+            client.check_farm(self.queues)
+        finally:
+            self._clients.put(client)
+
+    async def close(self) -> None:
+        for coding in self._coding.values():
+            await coding.close()
+        self._threads.shutdown(wait=False)
+        while not self._clients.empty():
+            self._clients.get().close()
+
+
+def _json(body: Any, status: int = 200) -> Any:
+    from starlette.responses import Response
+
+    return Response(json.dumps(body), status, media_type="application/json")
+
+
+def _problem(status: int, message: str) -> Any:
+    return _json({"error": message}, status)
+
+
+def create_app(settings: Settings, config: ServeConfig) -> Any:
+    """The ASGI application (Starlette) serving ``settings``' farm."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    state: dict[str, Farm] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        state["farm"] = Farm(settings, config)
+        try:
+            yield
+        finally:
+            await state["farm"].close()
+
+    def handler(
+        fn: Callable[[Request, Farm], Awaitable[Any]],
+    ) -> Callable[[Request], Awaitable[Any]]:
+        async def endpoint(request: Request) -> Any:
+            try:
+                return await fn(request, state["farm"])
+            except HTTPStatusError as exc:
+                return _problem(exc.status, str(exc))
+            except (InputError, ValueError) as exc:
+                return _problem(400, str(exc))
+            except (QueueFullError, FarmUnavailableError) as exc:
+                return _problem(503, str(exc))
+            except GroupFailedError as exc:
+                return _problem(exc.status, str(exc))
+            except CodedFarmError as exc:
+                return _problem(500, str(exc))
+
+        return endpoint
+
+    async def live(request: Request, farm: Farm) -> Any:
+        return _json({"live": True})
+
+    async def ready(request: Request, farm: Farm) -> Any:
+        try:
+            await farm.blocking(farm.check_ready)
+        except FarmUnavailableError as exc:
+            return _json({"ready": False, "error": str(exc)}, 503)
+        return _json({"ready": True})
+
+    async def server_metadata(request: Request, farm: Farm) -> Any:
+        from importlib.metadata import version
+
+        return _json({"name": "codedfarm", "version": version("codedfarm"), "extensions": []})
+
+    def model_of(request: Request, farm: Farm) -> ResolvedModel:
+        return farm.model(request.path_params["name"], request.path_params.get("version"))
+
+    async def metadata(request: Request, farm: Farm) -> Any:
+        model = await farm.blocking(model_of, request, farm)
+        versions = await farm.blocking(farm.versions, model)
+        return _json(model_metadata(model.name, versions, model.input_shape, model.output_shape))
+
+    async def model_ready(request: Request, farm: Farm) -> Any:
+        model = await farm.blocking(model_of, request, farm)
+        try:
+            await farm.blocking(farm.check_ready)
+        except FarmUnavailableError as exc:
+            return _json({"name": model.name, "ready": False, "error": str(exc)}, 503)
+        return _json({"name": model.name, "ready": True})
+
+    async def infer(request: Request, farm: Farm) -> Any:
+        model = await farm.blocking(model_of, request, farm)
+        size = request.headers.get("content-length")
+        if size is not None and int(size) > farm.config.max_body_bytes:
+            raise InputError(f"the body is {size} bytes, over the limit of "
+                             f"{farm.config.max_body_bytes}")  # fmt: skip
+        chunks, size_seen = [], 0
+        async for chunk in request.stream():  # a chunked body is cut off at the limit too
+            size_seen += len(chunk)
+            if size_seen > farm.config.max_body_bytes:
+                raise InputError(f"the body is over the limit of {farm.config.max_body_bytes} "
+                                 "bytes")  # fmt: skip
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"the body is not JSON: {exc}") from None
+        parsed = parse_infer_request(body, model.input_shape)
+        y = await farm.coding_queue(model).infer(parsed.x)
+        return _json(infer_response(model.name, model.version, parsed.id, y, parsed.output_name))
+
+    models = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", handler(live)),
+        Route("/v2/health/ready", handler(ready)),
+        Route("/v2", handler(server_metadata)),
+        *(Route(base, handler(metadata)) for base in (models, versioned)),
+        *(Route(f"{base}/ready", handler(model_ready)) for base in (models, versioned)),
+        *(Route(f"{base}/infer", handler(infer), methods=["POST"]) for base in (models, versioned)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(settings: Settings, config: ServeConfig) -> None:
+    """Run the server until SIGTERM or SIGINT (uvicorn answers requests in flight first)."""
+    import uvicorn
+
+    config.validate()
+    connect(settings).close()  # an unreachable Redis is a clear error now, not per request
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again for the
+    # handler it found: make that a no-op, so a requested stop exits with status 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(create_app(settings, config), host=config.host, port=config.port,
+                log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip

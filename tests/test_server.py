@@ -1,0 +1,215 @@
+"""`codedfarm serve` on a live farm, checked with the standard KServe v2 client
+(tritonclient[http]) and raw HTTP for the error cases."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from codedfarm.local import LocalFarm
+from codedfarm.models.digits import load_digits_split
+from codedfarm.models.registry import load_model
+from codedfarm.settings import Settings
+from codedfarm.worker import WorkerOptions
+
+httpclient = pytest.importorskip("tritonclient.http")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(model_cache) -> Iterator[tuple[LocalFarm, str, subprocess.Popen[bytes]]]:
+    """A batch-engine worker and `codedfarm serve` coding groups of 4 with MDS (n=6, S=2),
+    2 of every 6 tasks straggling 3 s."""
+    base = Settings(key_prefix="srv", key_ttl=60.0, deadline=10.0, cache_dir=model_cache)
+    worker = WorkerOptions(queues=("srv",), concurrency=48, preload=("lenet5", "linear"))
+    with LocalFarm([worker], settings=base) as farm:
+        port = free_port()
+        log_path = farm.log_dir / "serve.log"
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "codedfarm", "serve", "--port", str(port), "-Q", "srv",
+                 "--group-size", "4", "--max-queue-delay", "20", "--codec", "mds", "-n", "6",
+                 "-s", "2", "--straggle", "fixed:S=2,delay=3", "--max-queue", "64"],
+                env=farm.env(), stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        url = f"127.0.0.1:{port}"
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, log_path.read_text()
+                time.sleep(0.1)
+        try:
+            yield farm, url, server
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(30)
+
+
+def direct(name: str, cache, x: np.ndarray) -> np.ndarray:
+    model = load_model(name, cache)
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def post(url: str, path: str, body: bytes, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_kserve_client_sees_a_live_ready_server_and_its_models(served):
+    _, url, _ = served
+    client = httpclient.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata()["name"] == "codedfarm"
+    assert client.is_model_ready("linear")
+    meta = client.get_model_metadata("lenet5")
+    assert meta["inputs"] == [{"name": "input__0", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
+    assert meta["outputs"][0]["shape"] == [-1, 10]
+
+
+def test_kserve_client_inference_is_exact_with_mds_on_the_linear_model(served, model_cache):
+    _, url, _ = served
+    x = load_digits_split().test_x[:3]
+    client = httpclient.InferenceServerClient(url)
+    tensor = httpclient.InferInput("input__0", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=False)
+    start = time.monotonic()
+    result = client.infer(
+        "linear",
+        [tensor],
+        request_id="req-1",
+        outputs=[httpclient.InferRequestedOutput("output__0", binary_data=False)],
+    )
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.5  # the two 3 s stragglers of its group are not waited for
+    assert result.get_response()["id"] == "req-1"
+    np.testing.assert_allclose(result.as_numpy("output__0"), direct("linear", model_cache, x),
+                               rtol=1e-3, atol=1e-3)  # fmt: skip
+
+
+def test_concurrent_single_image_requests_are_coded_together_and_answered(served, model_cache):
+    _, url, _ = served
+    x = load_digits_split().test_x[:12]
+    answers: dict[int, np.ndarray] = {}
+
+    def one(i: int) -> None:
+        client = httpclient.InferenceServerClient(url)
+        tensor = httpclient.InferInput("input__0", [1, 1, 32, 32], "FP32")
+        tensor.set_data_from_numpy(x[i : i + 1], binary_data=False)
+        answers[i] = client.infer("linear", [tensor]).as_numpy("output__0")
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert time.monotonic() - start < 2.5 and len(answers) == 12
+    expected = direct("linear", model_cache, x)
+    for i, y in answers.items():
+        np.testing.assert_allclose(y[0], expected[i], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v2/models/linear/infer", b"{not json", 400, "not JSON"),
+        ("/v2/models/linear/infer", json.dumps({"inputs": [{"name": "input__0",
+         "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).encode(), 400,
+         "the model takes [B, 1, 32, 32]"),
+        ("/v2/models/linear/infer", json.dumps({"inputs": [{"name": "input__0",
+         "shape": [1, 1, 32, 32], "datatype": "BYTES", "data": ["a"] * 1024}]}).encode(), 400,
+         "datatype BYTES"),
+        ("/v2/models/linear/infer", json.dumps({"inputs": [{"name": "input__0",
+         "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [0.0] * 1023 + [None]}]}).encode(),
+         400, "data"),
+        ("/v2/models/nosuch/infer", b"{}", 404, "unknown model 'nosuch'"),
+        ("/v2/models/linear/versions/2/infer", b"{}", 404, "no versions"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_the_protocols_status_and_a_json_error(served, path, body, status,
+                                                                  message):  # fmt: skip
+    _, url, _ = served
+    code, answer = post(url, path, body)
+    assert code == status and message in answer["error"], answer
+
+
+def test_nan_and_oversized_bodies_are_refused(served):
+    _, url, _ = served
+    nan = (
+        '{"inputs": [{"name": "input__0", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [NaN'
+        + ", 0" * 1023
+        + "]}]}"
+    )
+    code, answer = post(url, "/v2/models/linear/infer", nan.encode())
+    assert code == 400 and "NaN" in answer["error"]
+    # the server answers from the headers, without reading 65 MB it would refuse anyway
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
+                     % (65 << 20))  # fmt: skip
+        reply = b""
+        while b"}" not in reply.partition(b"\r\n\r\n")[2]:
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"over the limit" in payload, reply
+
+
+def test_sigterm_answers_requests_in_flight_then_stops(served, model_cache):
+    _, url, server = served
+    x = load_digits_split().test_x[:1]
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input__0",
+                    "shape": [1, 1, 32, 32],
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    results: list[tuple[int, dict[str, Any]]] = []
+    thread = threading.Thread(target=lambda: results.append(post(url, "/v2/models/linear/infer",
+                                                                 body)))  # fmt: skip
+    thread.start()
+    time.sleep(0.01)  # the request waits in its coding queue (20 ms) or in the farm
+    server.send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert results and results[0][0] == 200, results
+    expected = direct("linear", model_cache, x)[0]
+    got = results[0][1]["outputs"][0]["data"]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    assert server.wait(30) == 0

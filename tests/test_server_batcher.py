@@ -146,3 +146,30 @@ def test_bad_batcher_settings_are_config_errors():
         BatcherConfig(group_size=0).validate()
     with pytest.raises(ConfigError):
         BatcherConfig(group_size=8, max_queue=4).validate()
+
+
+def test_the_server_pads_a_partial_group_to_k_with_its_own_rows(monkeypatch):
+    """Every codec takes K rows (spline cannot code one); the copies' answers are dropped."""
+    from types import SimpleNamespace
+
+    import codedfarm.server.app as app
+    from codedfarm.settings import Settings
+
+    sent: list[np.ndarray] = []
+
+    class FakeClient:
+        def __init__(self, settings: object) -> None: ...
+
+        def submit(self, x: np.ndarray, spec: object) -> SimpleNamespace:
+            sent.append(x.copy())
+            return SimpleNamespace(predictions=expected(x), outcome="decoded", record=None)
+
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(app, "FarmClient", FakeClient)
+    farm = app.Farm(Settings(), app.ServeConfig(batcher=BatcherConfig(group_size=4), clients=1))
+    y = farm._submit("lenet5", rows(7, 3))
+    assert len(sent[0]) == 4 and (sent[0][3] == sent[0][0]).all()
+    np.testing.assert_array_equal(y, expected(rows(7, 3)))
+    farm._submit("lenet5", rows(0, 4))
+    assert len(sent[1]) == 4

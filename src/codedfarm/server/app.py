@@ -150,6 +150,13 @@ class Farm:
         return found
 
     def _submit(self, ref: str, x: np.ndarray) -> np.ndarray:
+        # A partial group is padded to K with copies of its own rows: the workers run N
+        # tasks either way, the codec for K is the one cached (and calibrated), and an
+        # approximate code sees inputs like its neighbours (zeros would bend the
+        # interpolation); the copies' predictions are dropped
+        rows, k = len(x), self.config.batcher.group_size
+        if rows < k:
+            x = x[np.arange(k) % rows]
         spec = BatchSpec(model=ref, codec=self.config.codec, n=self.config.n, s=self.config.s,
                          deadline=self.config.deadline, queues=self.queues,
                          straggle=self.config.straggle)  # fmt: skip
@@ -162,7 +169,7 @@ class Farm:
             status = 504 if result.outcome == "timeout" else 500
             raise GroupFailedError(f"batch {result.outcome}: {result.record.error or 'no decode'}",
                               status)  # fmt: skip
-        return result.predictions
+        return result.predictions[:rows]
 
     def check_ready(self) -> None:
         """Raise :class:`FarmUnavailableError` unless Redis answers and every queue of the

@@ -37,7 +37,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(model_cache) -> Iterator[tuple[LocalFarm, str, subprocess.Popen[bytes]]]:
     """A batch-engine worker and `codedfarm serve` coding groups of 4 with MDS (n=6, S=2),
-    2 of every 6 tasks straggling 3 s."""
+    2 of every 6 tasks straggling 3 s; 16 rows may wait, 2 groups in the farm at once."""
     base = Settings(key_prefix="srv", key_ttl=60.0, deadline=10.0, cache_dir=model_cache)
     worker = WorkerOptions(queues=("srv",), concurrency=48, preload=("lenet5", "linear"))
     with LocalFarm([worker], settings=base) as farm:
@@ -47,7 +47,8 @@ def served(model_cache) -> Iterator[tuple[LocalFarm, str, subprocess.Popen[bytes
             server = subprocess.Popen(
                 [sys.executable, "-m", "codedfarm", "serve", "--port", str(port), "-Q", "srv",
                  "--group-size", "4", "--max-queue-delay", "20", "--codec", "mds", "-n", "6",
-                 "-s", "2", "--straggle", "fixed:S=2,delay=3", "--max-queue", "64"],
+                 "-s", "2", "--straggle", "fixed:S=2,delay=3", "--max-queue", "16",
+                 "--groups-in-flight", "2"],
                 env=farm.env(), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         url = f"127.0.0.1:{port}"
@@ -186,7 +187,84 @@ def test_nan_and_oversized_bodies_are_refused(served):
     assert head.startswith(b"HTTP/1.1 400") and b"over the limit" in payload, reply
 
 
+def test_a_full_queue_answers_503_at_once_and_the_rest_are_served(served):
+    _, url, _ = served
+    x = load_digits_split().test_x[:1]
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input__0",
+                    "shape": [1, 1, 32, 32],
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    results: list[tuple[int, float, dict[str, Any]]] = []
+
+    def one() -> None:
+        start = time.monotonic()
+        code, answer = post(url, "/v2/models/linear/infer", body)
+        results.append((code, time.monotonic() - start, answer))
+
+    threads = [threading.Thread(target=one) for _ in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    codes = [code for code, _, _ in results]
+    assert len(codes) == 60 and set(codes) <= {200, 503} and codes.count(503) > 0, codes
+    refused = [(seconds, answer) for code, seconds, answer in results if code == 503]
+    assert all("rows are waiting" in answer["error"] for _, answer in refused)
+    assert max(seconds for seconds, _ in refused) < 1.0  # refused at once, not queued
+
+
+def test_metrics_count_requests_by_outcome_and_groups_by_rows(served, model_cache):
+    _, url, _ = served
+    x = load_digits_split().test_x[:10]
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input__0",
+                    "shape": [10, 1, 32, 32],
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    code, answer = post(url, "/v2/models/linear/infer", body)  # 10 rows: 3 groups of K=4
+    assert code == 200 and answer["outputs"][0]["shape"] == [10, 10]
+    np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (10, 10)),
+                               direct("linear", model_cache, x), rtol=1e-3, atol=1e-3)  # fmt: skip
+    post(url, "/v2/models/linear/infer", b"[]")
+    post(url, "/v2/models/nosuch/infer", b"{}")
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    def value(line_start: str) -> float:
+        lines = [line for line in text.splitlines() if line.startswith(line_start)]
+        assert lines, line_start
+        return float(lines[0].rsplit(" ", 1)[1])
+
+    ok = 'codedfarm_server_request_seconds_count{codec="mds",model="linear",outcome="ok"}'
+    bad = 'codedfarm_server_request_seconds_count{codec="mds",model="linear",outcome="bad_request"}'
+    assert value(ok) >= 1 and value(bad) >= 1
+    assert (
+        value(
+            'codedfarm_server_request_seconds_count{codec="",model="unknown",outcome="not_found"}'
+        )
+        >= 1
+    )
+    assert value('codedfarm_server_group_rows_count{model="linear"}') >= 3
+    assert value('codedfarm_server_requests_in_flight{model="linear"}') == 0
+
+
 def test_sigterm_answers_requests_in_flight_then_stops(served, model_cache):
+    """Last in this module: it stops the module's server."""
     _, url, server = served
     x = load_digits_split().test_x[:1]
     body = json.dumps(

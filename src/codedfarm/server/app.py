@@ -41,6 +41,7 @@ from codedfarm.errors import (
     UnknownModelError,
 )
 from codedfarm.models.resolve import ResolvedModel, resolve_model
+from codedfarm.monitoring.server_metrics import ServerMetrics
 from codedfarm.redis_conn import connect
 from codedfarm.server.batcher import BatcherConfig, CodingQueue, QueueFullError
 from codedfarm.server.oip import infer_response, model_metadata, parse_infer_request
@@ -49,6 +50,9 @@ from codedfarm.settings import Settings
 __all__ = ["ServeConfig", "create_app"]
 
 MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
+DEFAULT_CODEC = "spline"  # the farm's, when neither the server nor the model sets one
+OUTCOME_BY_STATUS = {200: "ok", 400: "bad_request", 404: "not_found", 503: "unavailable",
+                     504: "timeout"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ class Farm:
         self._threads = ThreadPoolExecutor(config.clients + 2, thread_name_prefix="farm")
         self._models: dict[str, tuple[float, ResolvedModel]] = {}
         self._coding: dict[tuple[str, int | None], CodingQueue] = {}
+        self.metrics = ServerMetrics()
+
+    def codec_of(self, model: ResolvedModel) -> str:
+        """The codec spec a group of ``model`` is coded with (a metrics label)."""
+        return self.config.codec or model.serving.codec or DEFAULT_CODEC
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
@@ -146,7 +155,12 @@ class Farm:
                 result: np.ndarray = await self.blocking(self._submit, ref, x)
                 return result
 
-            found = self._coding[key] = CodingQueue(self.config.batcher, run_group)
+            def on_group(rows: int, delay: float) -> None:
+                self.metrics.group(model.name, rows, delay)
+
+            found = self._coding[key] = CodingQueue(
+                self.config.batcher, run_group, on_group=on_group
+            )
         return found
 
     def _submit(self, ref: str, x: np.ndarray) -> np.ndarray:
@@ -266,6 +280,8 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
 
     async def infer(request: Request, farm: Farm) -> Any:
         model = await farm.blocking(model_of, request, farm)
+        request.state.labels.update(model=model.name, codec=farm.codec_of(model))
+        farm.metrics.in_flight.labels(model.name).inc()
         size = request.headers.get("content-length")
         if size is not None and int(size) > farm.config.max_body_bytes:
             raise InputError(f"the body is {size} bytes, over the limit of "
@@ -282,8 +298,39 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"the body is not JSON: {exc}") from None
         parsed = parse_infer_request(body, model.input_shape)
-        y = await farm.coding_queue(model).infer(parsed.x)
+        try:
+            y = await farm.coding_queue(model).infer(parsed.x)
+        except QueueFullError:
+            farm.metrics.rejected.labels(model.name, "queue_full").inc()
+            raise
+        except FarmUnavailableError:
+            farm.metrics.rejected.labels(model.name, "not_ready").inc()
+            raise
         return _json(infer_response(model.name, model.version, parsed.id, y, parsed.output_name))
+
+    infer_handled = handler(infer)
+
+    async def infer_endpoint(request: Request) -> Any:
+        """The infer route, measured: latency by model, codec and outcome, and in flight."""
+        farm = state["farm"]
+        request.state.labels = labels = {"model": "unknown", "codec": ""}  # set by infer
+        start = time.perf_counter()
+        try:
+            response = await infer_handled(request)
+        finally:
+            if labels["model"] != "unknown":
+                farm.metrics.in_flight.labels(labels["model"]).dec()
+        outcome = OUTCOME_BY_STATUS.get(response.status_code, "error")
+        farm.metrics.latency.labels(labels["model"], labels["codec"], outcome).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+    async def metrics(request: Request) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
+        from starlette.responses import Response
+
+        return Response(state["farm"].metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     models = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
@@ -293,7 +340,8 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
         Route("/v2", handler(server_metadata)),
         *(Route(base, handler(metadata)) for base in (models, versioned)),
         *(Route(f"{base}/ready", handler(model_ready)) for base in (models, versioned)),
-        *(Route(f"{base}/infer", handler(infer), methods=["POST"]) for base in (models, versioned)),
+        *(Route(f"{base}/infer", infer_endpoint, methods=["POST"]) for base in (models, versioned)),
+        Route("/metrics", metrics),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -1,0 +1,65 @@
+"""Metrics of ``codedfarm serve``, on the server's own ``/metrics``.
+
+Per request: latency by model, codec and outcome (``ok``, ``bad_request``, ``not_found``,
+``unavailable``, ``timeout``, ``error``); per coding group: its rows and how long its
+oldest row waited; and requests in flight and refusals, by model. No label carries a
+request id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from codedfarm.monitoring.metrics import LATENCY_BUCKETS, STAGE_BUCKETS
+
+__all__ = ["ServerMetrics"]
+
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServerMetrics:
+    """The server's metrics in their own registry (one server per process, tests many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "codedfarm_server_request_seconds",
+            "Time from a request's arrival to its answer, by model, codec and outcome.",
+            ["model", "codec", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_delay = Histogram(
+            "codedfarm_server_queue_delay_seconds",
+            "How long a coding group's oldest row waited before the group formed.",
+            ["model"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.group_rows = Histogram(
+            "codedfarm_server_group_rows",
+            "Rows of real requests per coding group (the rest of K is padding).",
+            ["model"],
+            buckets=GROUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "codedfarm_server_requests_in_flight",
+            "Infer requests received and not yet answered.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "codedfarm_server_rejected_total",
+            "Infer requests refused at once: queue_full (503) or not_ready (503).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+
+    def group(self, model: str, rows: int, delay: float) -> None:
+        self.group_rows.labels(model).observe(rows)
+        self.queue_delay.labels(model).observe(delay)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return bytes(generate_latest(self.registry))

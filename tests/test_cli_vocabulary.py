@@ -14,9 +14,19 @@ from codedfarm.cli.options import codec_list
 from codedfarm.codecs import available_codecs
 from codedfarm.models.registry import MODELS
 
-COMMANDS = ("worker", "collector", "submit", "serve", "demo", "scale", "bench", "soak",
-            "compare", "eval", "models")  # fmt: skip
-PRINTS_RESULTS = ("submit", "demo", "scale", "bench", "soak", "compare", "eval", "models")
+COMMANDS = ("worker", "collector", "submit", "serve", "loadgen", "demo", "scale", "bench",
+            "soak", "compare", "eval", "models")  # fmt: skip
+PRINTS_RESULTS = (
+    "submit",
+    "loadgen",
+    "demo",
+    "scale",
+    "bench",
+    "soak",
+    "compare",
+    "eval",
+    "models",
+)
 
 
 def run(*args: str):

@@ -263,6 +263,25 @@ def test_metrics_count_requests_by_outcome_and_groups_by_rows(served, model_cach
     assert value('codedfarm_server_requests_in_flight{model="linear"}') == 0
 
 
+def test_loadgen_runs_an_open_loop_load_and_reports_what_it_measured(served):
+    from click.testing import CliRunner
+
+    from codedfarm.cli import cli
+    from codedfarm.local.loadgen import LoadConfig, run_load
+
+    _, url, _ = served
+    report = run_load(LoadConfig(url=f"http://{url}", model="linear", rate=20, seconds=2))
+    assert report.sent > 10 and report.ok == report.sent and report.errors == {}
+    assert 8 < report.offered_rate < 40  # Poisson arrivals around 20/s
+    # every answer comes well before the injected 3 s stragglers
+    assert report.latency_ms["max"] < 2500, report
+    result = CliRunner().invoke(cli, ["loadgen", "--url", f"http://{url}", "-m", "nosuch",
+                                      "--rate", "10", "--seconds", "0.5", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["ok"] == 0 and answer["errors"] == {"404": answer["sent"]}
+
+
 def test_sigterm_answers_requests_in_flight_then_stops(served, model_cache):
     """Last in this module: it stops the module's server."""
     _, url, server = served

@@ -1,4 +1,5 @@
-"""``codedfarm serve``: the Open Inference Protocol over HTTP, coding single requests."""
+"""``codedfarm serve`` (the Open Inference Protocol over HTTP, coding single requests) and
+``codedfarm loadgen`` (an open-loop load on it)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import click
 from codedfarm.cli.options import (
     DynamicHelpOption,
     codec_help,
+    json_option,
     model_repository_option,
     queues_option,
     settings_from_context,
 )
 
-__all__ = ["serve"]
+__all__ = ["loadgen", "serve"]
 
 
 @click.command()
@@ -76,3 +78,41 @@ def serve(
                          s=s, deadline=deadline, queues=queues, straggle=straggle,
                          clients=groups_in_flight)  # fmt: skip
     run_server(settings_from_context(model_repository=model_repository), config)
+
+
+@click.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+              help="The server (codedfarm serve, or any KServe v2 server).")  # fmt: skip
+@click.option("--model", "-m", default="lenet5", show_default=True, help="Model to call.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=100.0,
+              show_default=True, help="Requests per second (Poisson arrivals).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="How long requests keep arriving.")  # fmt: skip
+@click.option("--rows", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Inputs per request.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Seconds a request may take.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option("the report")
+def loadgen(url: str, model: str, rate: float, seconds: float, rows: int, timeout: float,
+            seed: int, as_json: bool) -> None:  # fmt: skip
+    """Open-loop load on a server: per-request latency percentiles, errors, achieved rate."""
+    import json
+    import sys
+
+    from codedfarm.local.loadgen import LoadConfig, run_load
+
+    config = LoadConfig(url=url, model=model, rate=rate, seconds=seconds, rows=rows,
+                        timeout=timeout, seed=seed).validate()  # fmt: skip
+    with click.progressbar(length=int(rate * seconds), label="requests", file=sys.stderr,
+                           show_pos=True) as bar:  # fmt: skip
+        report = run_load(config, bar.update)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    lat = report.latency_ms
+    click.echo(f"sent {report.sent} requests in {seconds:g} s ({report.offered_rate:.1f}/s "
+               f"offered), {report.ok} answered ({report.achieved_rate:.1f}/s)")  # fmt: skip
+    if lat:
+        click.echo("latency ms: " + "  ".join(f"{k} {v:.1f}" for k, v in lat.items()))
+    click.echo("errors: " + (", ".join(f"{k}: {v}" for k, v in report.errors.items()) or "none"))

@@ -164,10 +164,13 @@ HISTOGRAMS = {
     "codedfarm_batch_results_used", "codedfarm_batch_coded_tasks",
     "codedfarm_batch_slowed_tasks", "codedfarm_decode_mse",
     "codedfarm_worker_task_seconds", "codedfarm_worker_injected_delay_seconds",
+    "codedfarm_server_request_seconds", "codedfarm_server_queue_delay_seconds",
+    "codedfarm_server_group_rows",
 }
 OTHERS = {
     "codedfarm_batches_total", "codedfarm_results_dropped_total",
     "codedfarm_batches_in_flight", "codedfarm_queue_depth", "codedfarm_worker_tasks_total",
+    "codedfarm_server_requests_in_flight", "codedfarm_server_rejected_total",
 }
 ALLOWED = OTHERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 

@@ -190,12 +190,25 @@ def test_dashboard_and_alerts_query_only_exported_metrics(monitored, digits_batc
     names: set[str] = set()
     for key in ("collector", "w1", "w2"):
         names |= exported_names(http_get(f"http://127.0.0.1:{ports[key]}/metrics"))
+    names |= exported_names(server_exposition())  # tests/test_server.py scrapes a live one
     used = {m for q in dashboard_queries() for m in METRIC.findall(q)}
     alert_exprs = [r["expr"] for g in yaml.safe_load(ALERTS.read_text())["groups"]
                    for r in g["rules"]]  # fmt: skip
     used |= {m for q in alert_exprs for m in METRIC.findall(q)}
     assert used, "no codedfarm metric in the dashboard?"
     assert used <= names, sorted(used - names)
+
+
+def server_exposition() -> str:
+    """What `codedfarm serve` exports once every metric has a labelled sample."""
+    from codedfarm.monitoring.server_metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    metrics.latency.labels("lenet5", "spline", "ok").observe(0.06)
+    metrics.group("lenet5", 8, 0.004)
+    metrics.in_flight.labels("lenet5").set(0)
+    metrics.rejected.labels("lenet5", "queue_full").inc()
+    return metrics.exposition().decode()
 
 
 @pytest.fixture(scope="module")

@@ -95,18 +95,19 @@ def test_the_kserve_client_sees_a_live_ready_server_and_its_models(served):
     assert meta["outputs"][0]["shape"] == [-1, 10]
 
 
-def test_kserve_client_inference_is_exact_with_mds_on_the_linear_model(served, model_cache):
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary-extension"])
+def test_kserve_client_inference_is_exact_with_mds_on_the_linear_model(served, model_cache, binary):
     _, url, _ = served
     x = load_digits_split().test_x[:3]
     client = httpclient.InferenceServerClient(url)
     tensor = httpclient.InferInput("input__0", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x, binary_data=False)
+    tensor.set_data_from_numpy(x, binary_data=binary)
     start = time.monotonic()
     result = client.infer(
         "linear",
         [tensor],
         request_id="req-1",
-        outputs=[httpclient.InferRequestedOutput("output__0", binary_data=False)],
+        outputs=[httpclient.InferRequestedOutput("output__0", binary_data=binary)],
     )
     elapsed = time.monotonic() - start
     assert elapsed < 2.5  # the two 3 s stragglers of its group are not waited for

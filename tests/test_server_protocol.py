@@ -64,13 +64,36 @@ def test_bad_requests_are_input_errors_that_name_the_problem(request_body, messa
 
 def test_response_and_metadata_follow_the_protocol():
     y = np.arange(6, dtype=np.float32).reshape(2, 3)
-    response = infer_response("lenet5", None, "r9", y, "output__0")
-    assert response == {
+    response, tail = infer_response("lenet5", None, "r9", y, "output__0")
+    assert tail == b"" and response == {
         "model_name": "lenet5", "model_version": "1", "id": "r9",
         "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [2, 3],
                      "data": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}],
     }  # fmt: skip
-    assert "id" not in infer_response("m", 3, None, y, "output__0")
+    assert "id" not in infer_response("m", 3, None, y, "output__0")[0]
+    binary, raw = infer_response("m", 3, None, y, "output__0", binary=True)
+    assert (
+        binary["outputs"][0]["parameters"] == {"binary_data_size": 24}
+        and "data" not in (binary["outputs"][0])
+    )
+    np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(2, 3), y)
+
+
+def test_binary_tensor_data_is_read_after_the_json_header():
+    x = np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)
+    tensor = {"name": "input__0", "shape": [2, 1, 2, 2], "datatype": "FP32",
+              "parameters": {"binary_data_size": 32}}  # fmt: skip
+    request = parse_infer_request({"inputs": [tensor], "parameters": {"binary_data_output": True}},
+                                  SHAPE, x.tobytes())  # fmt: skip
+    np.testing.assert_array_equal(request.x, x)
+    assert request.binary_output
+    with pytest.raises(InputError, match="binary_data_size 32 does not match"):
+        parse_infer_request({"inputs": [tensor]}, SHAPE, x.tobytes()[:16])
+    with pytest.raises(InputError, match="left over"):
+        parse_infer_request({"inputs": [tensor]}, SHAPE, x.tobytes() + b"1234")
+    nan = np.full((2, 1, 2, 2), np.nan, np.float32).tobytes()
+    with pytest.raises(InputError, match="NaN"):
+        parse_infer_request({"inputs": [tensor]}, SHAPE, nan)
     meta = model_metadata("mymodel", [1, 2], (1, 32, 32), (10,))
     assert meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [{"name": "input__0", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]

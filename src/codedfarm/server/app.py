@@ -293,11 +293,19 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
                 raise InputError(f"the body is over the limit of {farm.config.max_body_bytes} "
                                  "bytes")  # fmt: skip
             chunks.append(chunk)
+        raw = b"".join(chunks)
+        header = request.headers.get("inference-header-content-length")
+        json_size = len(raw)
+        if header is not None:
+            if not header.isdigit() or int(header) > len(raw):
+                raise InputError(f"Inference-Header-Content-Length {header!r} does not fit a "
+                                 f"body of {len(raw)} bytes")  # fmt: skip
+            json_size = int(header)
         try:
-            body = json.loads(b"".join(chunks))
+            body = json.loads(raw[:json_size])
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"the body is not JSON: {exc}") from None
-        parsed = parse_infer_request(body, model.input_shape)
+        parsed = parse_infer_request(body, model.input_shape, raw[json_size:])
         try:
             y = await farm.coding_queue(model).infer(parsed.x)
         except QueueFullError:
@@ -306,7 +314,15 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
         except FarmUnavailableError:
             farm.metrics.rejected.labels(model.name, "not_ready").inc()
             raise
-        return _json(infer_response(model.name, model.version, parsed.id, y, parsed.output_name))
+        answer, tail = infer_response(model.name, model.version, parsed.id, y,
+                                      parsed.output_name, parsed.binary_output)  # fmt: skip
+        if not parsed.binary_output:
+            return _json(answer)
+        from starlette.responses import Response
+
+        head = json.dumps(answer).encode()
+        return Response(head + tail, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
 
     infer_handled = handler(infer)
 

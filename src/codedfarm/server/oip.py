@@ -2,8 +2,12 @@
 
 A request body ``{"id": ..., "inputs": [{"name", "shape", "datatype", "data"}], ...}``
 becomes one float32 array ``(B, *input_shape)`` for a model that takes ``input_shape``;
-``data`` may be flat (row-major) or nested as ``shape``. ``FP32`` is served as is; ``FP64``,
-``FP16`` and the integer types are converted to float32 (the farm's models take float32).
+``data`` may be flat (row-major) or nested as ``shape``, or the tensor's raw bytes may
+follow the JSON (the binary tensor data extension: ``Inference-Header-Content-Length``
+gives the JSON's length, ``parameters.binary_data_size`` each tensor's bytes), which is
+what Triton's clients send by default; outputs come back the same way when asked.
+``FP32`` is served as is; ``FP64``, ``FP16`` and the integer types are converted to float32
+(the farm's models take float32).
 Anything else is an :class:`~codedfarm.errors.InputError` that names the field, which the
 server turns into the protocol's ``400 {"error": ...}``.
 
@@ -56,6 +60,7 @@ class InferRequest:
     x: np.ndarray
     id: str | None
     output_name: str
+    binary_output: bool = False  # answer with the binary tensor data extension
 
 
 def _field(mapping: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -67,9 +72,12 @@ def _field(mapping: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
     return value
 
 
-def parse_infer_request(body: object, input_shape: Sequence[int]) -> InferRequest:
+def parse_infer_request(
+    body: object, input_shape: Sequence[int], binary: bytes = b""
+) -> InferRequest:
     """The request ``body`` (parsed JSON) for a model whose one input has ``input_shape``
-    (without the batch dimension). Raises :class:`InputError` for anything not servable."""
+    (without the batch dimension); ``binary``: the bytes after the JSON header of the binary
+    tensor data extension. Raises :class:`InputError` for anything not servable."""
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")
     request_id = body.get("id")
@@ -92,8 +100,13 @@ def parse_infer_request(body: object, input_shape: Sequence[int]) -> InferReques
     if tuple(shape) != expected or shape[0] < 1:
         raise InputError(f"{where}: shape {shape}, the model takes [B, "
                          f"{', '.join(map(str, input_shape))}] with B >= 1")  # fmt: skip
-    data = _field(tensor, "data", list, where)
-    x = _to_float32(data, shape, CONVERTIBLE[datatype], where)
+    size = _parameters(tensor, where).get("binary_data_size")
+    if size is not None:
+        x = _from_binary(binary, size, shape, CONVERTIBLE[datatype], where)
+    else:
+        data = _field(tensor, "data", list, where)
+        x = _to_float32(data, shape, CONVERTIBLE[datatype], where)
+    binary_output = bool(_parameters(body, "request").get("binary_data_output", False))
     outputs = body.get("outputs")
     output_name = OUTPUT_NAME
     if outputs is not None:
@@ -102,7 +115,33 @@ def parse_infer_request(body: object, input_shape: Sequence[int]) -> InferReques
         output_name = _field(outputs[0], "name", str, "requested output")
         if output_name != OUTPUT_NAME:
             raise InputError(f"unknown output '{output_name}'; the model has '{OUTPUT_NAME}'")
-    return InferRequest(x, request_id, output_name)
+        binary_output = bool(_parameters(outputs[0], "requested output").get("binary_data"))
+    return InferRequest(x, request_id, output_name, binary_output)
+
+
+def _parameters(mapping: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    parameters = mapping.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InputError(f"{where}: 'parameters' must be a JSON object")
+    return parameters
+
+
+def _from_binary(
+    binary: bytes, size: object, shape: list[int], dtype: Any, where: str
+) -> np.ndarray:
+    """A tensor sent with the binary tensor data extension: raw little-endian values."""
+    itemsize = np.dtype(dtype).itemsize
+    if type(size) is not int or size != math.prod(shape) * itemsize or size > len(binary):
+        raise InputError(f"{where}: binary_data_size {size!r} does not match shape {shape} of "
+                         f"{np.dtype(dtype).name} with {len(binary)} bytes sent")  # fmt: skip
+    if size != len(binary):
+        raise InputError(f"{where}: {len(binary) - size} bytes of binary data left over")
+    array = np.frombuffer(binary, np.dtype(dtype).newbyteorder("<"), count=math.prod(shape))
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = array.reshape(shape).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{where}: data has NaN or infinite values (after conversion to FP32)")
+    return x
 
 
 def _to_float32(data: list[Any], shape: list[int], dtype: Any, where: str) -> np.ndarray:
@@ -126,18 +165,31 @@ def _to_float32(data: list[Any], shape: list[int], dtype: Any, where: str) -> np
 
 
 def infer_response(
-    model: str, version: int | None, request_id: str | None, y: np.ndarray, output_name: str
-) -> dict[str, Any]:
-    """The response body for outputs ``y`` ``(B, *output_shape)``."""
+    model: str,
+    version: int | None,
+    request_id: str | None,
+    y: np.ndarray,
+    output_name: str,
+    binary: bool = False,
+) -> tuple[dict[str, Any], bytes]:
+    """The response for outputs ``y`` ``(B, *output_shape)``: its JSON and, with ``binary``
+    (the binary tensor data extension), the raw float32 bytes that follow it (else b"")."""
+    y = np.asarray(y, np.float32)
+    output: dict[str, Any] = {"name": output_name, "datatype": "FP32", "shape": list(y.shape)}
+    raw = b""
+    if binary:
+        raw = y.astype("<f4", copy=False).tobytes()
+        output["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        output["data"] = y.ravel().tolist()
     response: dict[str, Any] = {
         "model_name": model,
         "model_version": "1" if version is None else str(version),
-        "outputs": [{"name": output_name, "datatype": "FP32", "shape": list(y.shape),
-                     "data": np.asarray(y, np.float32).ravel().tolist()}],
-    }  # fmt: skip
+        "outputs": [output],
+    }
     if request_id is not None:
         response["id"] = request_id
-    return response
+    return response, raw
 
 
 def model_metadata(

@@ -111,7 +111,8 @@ class Farm:
         self._clients: queue.SimpleQueue[FarmClient] = queue.SimpleQueue()
         for _ in range(config.clients):
             self._clients.put(FarmClient(settings))
-        self._threads = ThreadPoolExecutor(config.clients + 2, thread_name_prefix="farm")
+        self._probe = FarmClient(settings)
+        self._threads = ThreadPoolExecutor(config.clients + 4, thread_name_prefix="farm")
         self._models: dict[str, tuple[float, ResolvedModel]] = {}
         self._coding: dict[tuple[str, int | None], CodingQueue] = {}
         self.metrics = ServerMetrics()
@@ -181,23 +182,20 @@ class Farm:
             self._clients.put(client)
         if result.predictions is None:
             status = 504 if result.outcome == "timeout" else 500
-            raise GroupFailedError(f"batch {result.outcome}: {result.record.error or 'no decode'}",
-                              status)  # fmt: skip
+            reason = result.record.error or "no decode"
+            raise GroupFailedError(f"batch {result.outcome}: {reason}", status)
         return result.predictions[:rows]
 
     def check_ready(self) -> None:
         """Raise :class:`FarmUnavailableError` unless Redis answers and every queue of the
         server has a live worker."""
-        client = self._clients.get()
-        try:
-            client.check_farm(self.queues)
-        finally:
-            self._clients.put(client)
+        self._probe.check_farm(self.queues)  # its own client: never waits for a busy one
 
     async def close(self) -> None:
         for coding in self._coding.values():
             await coding.close()
         self._threads.shutdown(wait=False)
+        self._probe.close()
         while not self._clients.empty():
             self._clients.get().close()
 

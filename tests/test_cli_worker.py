@@ -23,9 +23,15 @@ from codedfarm.cli import cli
          "cannot reach Redis at redis://127.0.0.1:1/0"),
         (["--redis-url", "http://example", "collector", "--metrics-port", "0"],
          "cannot reach Redis at http://example"),
+        (["serve", "--codec", "nope"], "unknown codec 'nope'"),
+        (["serve", "--straggle", "exp:shift=1"], "needs shift, rate; missing rate"),
+        (["serve", "--group-size", "16", "--max-queue", "8"], "max queue >= group size"),
+        (["--redis-url", "redis://127.0.0.1:1/0", "serve"],
+         "cannot reach Redis at redis://127.0.0.1:1/0"),
+        (["loadgen", "--url", "localhost:8000"], "--url must start with http:// or https://"),
     ],
 )  # fmt: skip
-def test_bad_worker_and_collector_options_exit_2_or_3(args, message):
+def test_bad_options_of_the_farm_commands_exit_2_or_3(args, message):
     result = CliRunner().invoke(cli, args)
     # 3: the farm (Redis) is unavailable; 2: a bad call
     assert result.exit_code == (3 if "cannot reach Redis" in message else 2), result.output

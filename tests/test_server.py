@@ -22,6 +22,7 @@ import torch
 from codedfarm.local import LocalFarm
 from codedfarm.models.digits import load_digits_split
 from codedfarm.models.registry import load_model
+from codedfarm.server.oip import infer_request
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
 
@@ -72,6 +73,10 @@ def direct(name: str, cache, x: np.ndarray) -> np.ndarray:
     model = load_model(name, cache)
     with torch.inference_mode():
         return model(torch.from_numpy(x)).numpy()
+
+
+def infer_body(x: np.ndarray) -> bytes:
+    return json.dumps(infer_request(x)).encode()
 
 
 def post(url: str, path: str, body: bytes, timeout: float = 30) -> tuple[int, dict[str, Any]]:
@@ -191,18 +196,7 @@ def test_nan_and_oversized_bodies_are_refused(served):
 def test_a_full_queue_answers_503_at_once_and_the_rest_are_served(served):
     _, url, _ = served
     x = load_digits_split().test_x[:1]
-    body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input__0",
-                    "shape": [1, 1, 32, 32],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-    ).encode()
+    body = infer_body(x)
     results: list[tuple[int, float, dict[str, Any]]] = []
 
     def one() -> None:
@@ -225,18 +219,7 @@ def test_a_full_queue_answers_503_at_once_and_the_rest_are_served(served):
 def test_metrics_count_requests_by_outcome_and_groups_by_rows(served, model_cache):
     _, url, _ = served
     x = load_digits_split().test_x[:10]
-    body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input__0",
-                    "shape": [10, 1, 32, 32],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-    ).encode()
+    body = infer_body(x)
     code, answer = post(url, "/v2/models/linear/infer", body)  # 10 rows: 3 groups of K=4
     assert code == 200 and answer["outputs"][0]["shape"] == [10, 10]
     np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (10, 10)),
@@ -287,18 +270,7 @@ def test_sigterm_answers_requests_in_flight_then_stops(served, model_cache):
     """Last in this module: it stops the module's server."""
     _, url, server = served
     x = load_digits_split().test_x[:1]
-    body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input__0",
-                    "shape": [1, 1, 32, 32],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-    ).encode()
+    body = infer_body(x)
     results: list[tuple[int, dict[str, Any]]] = []
     thread = threading.Thread(target=lambda: results.append(post(url, "/v2/models/linear/infer",
                                                                  body)))  # fmt: skip

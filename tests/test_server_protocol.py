@@ -8,7 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from codedfarm.errors import InputError
-from codedfarm.server.oip import infer_response, model_metadata, parse_infer_request
+from codedfarm.server.oip import (
+    infer_request,
+    infer_response,
+    model_metadata,
+    parse_infer_request,
+)
 
 SHAPE = (1, 2, 2)
 
@@ -98,3 +103,10 @@ def test_binary_tensor_data_is_read_after_the_json_header():
     assert meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [{"name": "input__0", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
     assert meta["outputs"][0]["shape"] == [-1, 10]
+
+
+def test_a_request_built_by_infer_request_parses_back_to_its_inputs():
+    x = np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)
+    parsed = parse_infer_request(infer_request(x, "r2"), SHAPE)
+    np.testing.assert_array_equal(parsed.x, x)
+    assert parsed.id == "r2" and not parsed.binary_output

@@ -146,9 +146,12 @@ class FarmClient:
         try:
             durable = self.keys.open_batches(self.collector_name) if self.collector_name else None
             own = not self.collector_name
+            registration = self.dispatcher.registration(prepared)
             if own:  # the in-process collector: told directly, not through its inbox
-                self._collector.register(self.dispatcher.registration(prepared))
-            dispatch_s = self.dispatcher.dispatch(prepared, inbox, durable, announce=not own)
+                self._collector.register(registration)
+            dispatch_s = self.dispatcher.dispatch(
+                prepared, inbox, durable, announce=not own, registration=registration
+            )
             dispatched_at = time.time()
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)

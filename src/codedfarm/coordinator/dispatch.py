@@ -294,16 +294,22 @@ class Dispatcher:
         return by_queue
 
     def dispatch(
-        self, batch: PreparedBatch, inbox: str, durable: str | None = None, *, announce: bool = True
+        self,
+        batch: PreparedBatch,
+        inbox: str,
+        durable: str | None = None,
+        *,
+        announce: bool = True,
+        registration: BatchRegistration | None = None,
     ) -> float:
         """Inputs + registration + every task in one pipeline; returns seconds spent.
         ``durable``: a collector service's hash of open batches, which keeps the
         registration until the batch ends (so a restarted collector finishes it).
         ``announce=False``: no registration in ``inbox`` (the caller's own in-process
-        collector has it already)."""
+        collector has it already; pass its ``registration`` to build it once)."""
         start = time.perf_counter()
         ttl = int(self.settings.key_ttl)
-        registration = self.registration(batch)
+        registration = registration or self.registration(batch)
         extra = 0 if batch.reference is None else batch.k  # uncoded reference tasks
         tasks = [
             (j, None if batch.fates is None else (batch.fates[j] if j < batch.n else TaskFate()))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from codedfarm.errors import ConfigError
+from codedfarm.server.oip import infer_request
 
 __all__ = ["LoadConfig", "LoadReport", "run_load"]
 
@@ -69,9 +70,7 @@ def _bodies(config: LoadConfig, count: int = 64) -> list[bytes]:
     bodies = []
     for _ in range(count):
         x = images[rng.choice(len(images), config.rows, replace=False)]
-        tensor = {"name": "input__0", "shape": list(x.shape), "datatype": "FP32",
-                  "data": x.ravel().tolist()}  # fmt: skip
-        bodies.append(json.dumps({"inputs": [tensor]}).encode())
+        bodies.append(json.dumps(infer_request(x)).encode())
     return bodies
 
 

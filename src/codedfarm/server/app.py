@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import queue
 import signal
 import time
@@ -48,6 +49,8 @@ from codedfarm.server.oip import infer_response, model_metadata, parse_infer_req
 from codedfarm.settings import Settings
 
 __all__ = ["ServeConfig", "create_app"]
+
+log = logging.getLogger("codedfarm.serve")
 
 MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
 DEFAULT_CODEC = "spline"  # the farm's, when neither the server nor the model sets one
@@ -220,7 +223,11 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        state["farm"] = Farm(settings, config)
+        state["farm"] = farm = Farm(settings, config)
+        try:  # say at once what readiness waits for, not only when a probe asks
+            await farm.blocking(farm.check_ready)
+        except FarmUnavailableError as exc:
+            log.warning("not ready yet (/v2/health/ready answers 503 until then): %s", exc)
         try:
             yield
         finally:
@@ -370,5 +377,6 @@ def serve(settings: Settings, config: ServeConfig) -> None:
     # handler it found: make that a no-op, so a requested stop exits with status 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    # uvicorn's info log says when it listens (and on which address); no line per request
     uvicorn.run(create_app(settings, config), host=config.host, port=config.port,
-                log_level="warning", timeout_graceful_shutdown=30)  # fmt: skip
+                log_level="info", access_log=False, timeout_graceful_shutdown=30)  # fmt: skip

@@ -28,6 +28,7 @@ from codedfarm.errors import InputError
 __all__ = [
     "CONVERTIBLE",
     "InferRequest",
+    "infer_request",
     "infer_response",
     "model_metadata",
     "parse_infer_request",
@@ -162,6 +163,18 @@ def _to_float32(data: list[Any], shape: list[int], dtype: Any, where: str) -> np
     if not np.isfinite(x).all():
         raise InputError(f"{where}: data has NaN or infinite values (after conversion to FP32)")
     return x
+
+
+def infer_request(x: np.ndarray, request_id: str | None = None) -> dict[str, Any]:
+    """A request body (as JSON would carry it) for inputs ``x`` ``(B, *input_shape)``, FP32:
+    the other half of :func:`parse_infer_request`, for clients and tests."""
+    x = np.asarray(x, np.float32)
+    tensor = {"name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32",
+              "data": x.ravel().tolist()}  # fmt: skip
+    body: dict[str, Any] = {"inputs": [tensor]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
 
 
 def infer_response(

@@ -49,8 +49,18 @@ __all__ = ["loadgen", "serve"]
 @click.option("--deadline", type=float, default=None,
               help="Seconds per group (default: the model's, or CODEDFARM_DEADLINE).")  # fmt: skip
 @click.option(
+    "--wait-for", type=click.IntRange(min=1), default=None,
+    help="Results a group decodes at (default: N - S; for replication K, the first copy "
+    "of each input).",
+)  # fmt: skip
+@click.option(
     "--straggle", default=None,
     help="Inject stragglers into every coding group (experiments), e.g. fixed:S=4,delay=0.5.",
+)  # fmt: skip
+@click.option(
+    "--straggle-seed", type=int, default=None,
+    help="Seed of the injected stragglers: group i draws with seed + i, so runs compare "
+    "on the same draws (default: fresh draws).",
 )  # fmt: skip
 @model_repository_option()
 def serve(
@@ -65,7 +75,9 @@ def serve(
     n: int | None,
     s: int | None,
     deadline: float | None,
+    wait_for: int | None,
     straggle: str | None,
+    straggle_seed: int | None,
     model_repository: Path | None,
 ) -> None:
     """Serve the farm's models over HTTP with the Open Inference Protocol (KServe v2)."""
@@ -75,7 +87,8 @@ def serve(
 
     batcher = BatcherConfig(group_size, max_queue_delay / 1e3, max_queue, groups_in_flight)
     config = ServeConfig(host=host, port=port, batcher=batcher.validate(), codec=codec, n=n,
-                         s=s, deadline=deadline, queues=queues, straggle=straggle,
+                         s=s, deadline=deadline, queues=queues, wait_for=wait_for,
+                         straggle=straggle, straggle_seed=straggle_seed,
                          clients=groups_in_flight)  # fmt: skip
     run_server(settings_from_context(model_repository=model_repository), config)
 

@@ -12,6 +12,7 @@ requests still out get ``timeout`` more.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections import Counter
@@ -78,6 +79,10 @@ async def _run(config: LoadConfig, progress: Callable[[int], None]) -> LoadRepor
     import httpx
 
     bodies = _bodies(config)
+    # the bodies come from torch and sklearn, whose ~250k objects would make every full
+    # garbage collection a ~100 ms stall of this loop, counted as the server's latency
+    gc.collect()
+    gc.freeze()
     rng = np.random.default_rng(config.seed)
     gaps = rng.exponential(1.0 / config.rate, int(config.rate * config.seconds * 1.5) + 16)
     arrivals = np.cumsum(gaps)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import itertools
 import json
 import logging
 import queue
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from codedfarm.codecs import plan_codec
 from codedfarm.coordinator import BatchSpec, FarmClient
 from codedfarm.errors import (
     CodedFarmError,
@@ -71,13 +74,14 @@ class ServeConfig:
     s: int | None = None
     deadline: float | None = None
     queues: tuple[str, ...] = ()  # () -> CODEDFARM_QUEUES
+    wait_for: int | None = None  # results to decode at (None: N - S; replication: K)
     straggle: str | None = None  # inject stragglers into every group (experiments)
+    straggle_seed: int | None = None  # group i draws its stragglers with seed + i
     max_body_bytes: int = 64 << 20
     clients: int = 8  # farm clients (threads): groups in the farm at once, every model
 
     def validate(self) -> ServeConfig:
         """Raise :class:`~codedfarm.errors.ConfigError` for a bad setting; returns self."""
-        from codedfarm.codecs import plan_codec
         from codedfarm.stragglers import parse_straggler_spec
 
         self.batcher.validate()
@@ -87,6 +91,8 @@ class ServeConfig:
             parse_straggler_spec(self.straggle)
         if self.clients < 1 or self.max_body_bytes < 1:
             raise ConfigError("need clients >= 1 and max body bytes >= 1")
+        if self.wait_for is not None and self.wait_for < 1:
+            raise ConfigError(f"need wait_for >= 1, got {self.wait_for}")
         return self
 
 
@@ -118,6 +124,7 @@ class Farm:
         self._threads = ThreadPoolExecutor(config.clients + 4, thread_name_prefix="farm")
         self._models: dict[str, tuple[float, ResolvedModel]] = {}
         self._coding: dict[tuple[str, int | None], CodingQueue] = {}
+        self._groups_sent = itertools.count()  # numbers the groups' straggler draws
         self.metrics = ServerMetrics()
 
     def codec_of(self, model: ResolvedModel) -> str:
@@ -155,8 +162,12 @@ class Farm:
         if found is None:
             ref = model.name if model.version is None else f"{model.name}@{model.version}"
 
+            wait_for = self.config.wait_for
+            if wait_for is None and plan_codec(self.codec_of(model)).name == "replication":
+                wait_for = self.config.batcher.group_size  # the first copy of each input
+
             async def run_group(x: np.ndarray) -> np.ndarray:
-                result: np.ndarray = await self.blocking(self._submit, ref, x)
+                result: np.ndarray = await self.blocking(self._submit, ref, x, wait_for)
                 return result
 
             def on_group(rows: int, delay: float) -> None:
@@ -167,7 +178,7 @@ class Farm:
             )
         return found
 
-    def _submit(self, ref: str, x: np.ndarray) -> np.ndarray:
+    def _submit(self, ref: str, x: np.ndarray, wait_for: int | None) -> np.ndarray:
         # A partial group is padded to K with copies of its own rows: the workers run N
         # tasks either way, the codec for K is the one cached (and calibrated), and an
         # approximate code sees inputs like its neighbours (zeros would bend the
@@ -175,9 +186,12 @@ class Farm:
         rows, k = len(x), self.config.batcher.group_size
         if rows < k:
             x = x[np.arange(k) % rows]
+        seed = self.config.straggle_seed
+        if seed is not None:
+            seed += next(self._groups_sent)
         spec = BatchSpec(model=ref, codec=self.config.codec, n=self.config.n, s=self.config.s,
-                         deadline=self.config.deadline, queues=self.queues,
-                         straggle=self.config.straggle)  # fmt: skip
+                         wait_for=wait_for, deadline=self.config.deadline, queues=self.queues,
+                         straggle=self.config.straggle, seed=seed)  # fmt: skip
         client = self._clients.get()
         try:
             result = client.submit(x, spec)
@@ -228,6 +242,8 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
             await farm.blocking(farm.check_ready)
         except FarmUnavailableError as exc:
             log.warning("not ready yet (/v2/health/ready answers 503 until then): %s", exc)
+        gc.collect()  # what startup imported is not garbage: later collections skip it
+        gc.freeze()
         try:
             yield
         finally:

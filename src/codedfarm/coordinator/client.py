@@ -222,6 +222,13 @@ class FarmClient:
             return None
         return read_reply_frame(as_bytes(item[1]))
 
+    def flush_cleanup(self) -> None:
+        """Delete the inputs and outputs of the batches finished so far, now: their
+        straggling tasks then give their worker slots back. ``submit`` leaves this to the
+        client's next poll so as not to delay its answer; a client that may sit idle
+        between batches (one of a pool) calls this after each."""
+        self._collector.flush_cleanup()
+
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):
             self._collector.flush_cleanup()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 
 from codedfarm.codecs import plan_codec
 from codedfarm.coordinator import BatchSpec, FarmClient
@@ -195,13 +196,25 @@ class Farm:
         client = self._clients.get()
         try:
             result = client.submit(x, spec)
-        finally:
+        except BaseException:
             self._clients.put(client)
+            raise
+        # the group's inputs are deleted at once, after the answer: its straggling tasks
+        # then free their worker slots (a pooled client may wait long for its next poll)
+        self._threads.submit(self._release, client)
         if result.predictions is None:
             status = 504 if result.outcome == "timeout" else 500
             reason = result.record.error or "no decode"
             raise GroupFailedError(f"batch {result.outcome}: {reason}", status)
         return result.predictions[:rows]
+
+    def _release(self, client: FarmClient) -> None:
+        try:
+            client.flush_cleanup()
+        except redis.RedisError as exc:  # the keys expire with their TTL anyway
+            log.warning("could not delete a finished group's keys: %s", exc)
+        finally:
+            self._clients.put(client)
 
     def check_ready(self) -> None:
         """Raise :class:`FarmUnavailableError` unless Redis answers and every queue of the
@@ -211,7 +224,8 @@ class Farm:
     async def close(self) -> None:
         for coding in self._coding.values():
             await coding.close()
-        self._threads.shutdown(wait=False)
+        # the groups are answered; wait for their clients' cleanups (and any probe)
+        await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown)
         self._probe.close()
         while not self._clients.empty():
             self._clients.get().close()

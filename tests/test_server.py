@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import torch
 
 from codedfarm.local import LocalFarm
@@ -142,6 +143,19 @@ def test_concurrent_single_image_requests_are_coded_together_and_answered(served
     expected = direct("linear", model_cache, x)
     for i, y in answers.items():
         np.testing.assert_allclose(y[0], expected[i], rtol=1e-3, atol=1e-3)
+
+
+def test_an_answered_groups_stragglers_are_cancelled_at_once(served):
+    """The group's inputs are deleted right after its answer, though its pooled farm client
+    sends nothing more: its 3 s stragglers then give their worker slots back."""
+    farm, url, _ = served
+    status, _ = post(url, "/v2/models/linear/infer", infer_body(load_digits_split().test_x[:4]))
+    assert status == 200
+    store = redis.Redis.from_url(farm.settings.redis_url)
+    deadline = time.monotonic() + 1.0  # well before the stragglers' 3 s
+    while list(store.scan_iter(match="srv:b:*:in")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(store.scan_iter(match="srv:b:*:in")) == []
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,20 +158,53 @@ def test_the_server_pads_a_partial_group_to_k_with_its_own_rows(monkeypatch):
     from codedfarm.settings import Settings
 
     sent: list[np.ndarray] = []
+    specs: list[Any] = []
+    flushed = threading.Semaphore(0)
 
     class FakeClient:
         def __init__(self, settings: object) -> None: ...
 
         def submit(self, x: np.ndarray, spec: object) -> SimpleNamespace:
             sent.append(x.copy())
+            specs.append(spec)
             return SimpleNamespace(predictions=expected(x), outcome="decoded", record=None)
+
+        def flush_cleanup(self) -> None:
+            flushed.release()
 
         def close(self) -> None: ...
 
     monkeypatch.setattr(app, "FarmClient", FakeClient)
-    farm = app.Farm(Settings(), app.ServeConfig(batcher=BatcherConfig(group_size=4), clients=1))
-    y = farm._submit("lenet5", rows(7, 3))
+    config = app.ServeConfig(batcher=BatcherConfig(group_size=4), clients=1, straggle_seed=10)
+    farm = app.Farm(Settings(), config)
+    y = farm._submit("lenet5", rows(7, 3), None)
     assert len(sent[0]) == 4 and (sent[0][3] == sent[0][0]).all()
     np.testing.assert_array_equal(y, expected(rows(7, 3)))
-    farm._submit("lenet5", rows(0, 4))
-    assert len(sent[1]) == 4
+    # the one client comes back to the pool after deleting the group's keys
+    assert flushed.acquire(timeout=5)
+    farm._submit("lenet5", rows(0, 4), 4)
+    assert len(sent[1]) == 4 and flushed.acquire(timeout=5)
+    # group i draws its stragglers with seed + i; wait_for is passed through
+    assert [s.seed for s in specs] == [10, 11] and [s.wait_for for s in specs] == [None, 4]
+
+
+def test_replication_is_served_at_the_first_copy_of_each_input(monkeypatch):
+    """The server decodes a replication group as soon as every input has one copy back
+    (wait_for K), unless told otherwise; other codecs wait for N - S."""
+    import codedfarm.server.app as app
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.settings import Settings
+
+    waits: list[int | None] = []
+
+    async def blocking(fn: object, ref: str, x: np.ndarray, wait_for: int | None) -> None:
+        waits.append(wait_for)
+
+    model = resolve_model("lenet5")
+    for codec, wait_for, expect in [("replication", None, 8), ("replication", 12, 12),
+                                    ("spline", None, None)]:  # fmt: skip
+        config = app.ServeConfig(codec=codec, wait_for=wait_for)
+        farm = app.Farm(Settings(), config)
+        monkeypatch.setattr(farm, "blocking", blocking)
+        asyncio.run(farm.coding_queue(model).run_group(np.zeros((8, 1, 32, 32), np.float32)))
+        assert waits[-1] == expect

@@ -115,7 +115,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--codec", action="append", default=None)
     parser.add_argument("--stragglers", default="none,fixed")
-    parser.add_argument("--max-queue-delay", type=float, default=40.0, help="milliseconds")
+    parser.add_argument("--max-queue-delay", type=float, default=20.0, help="milliseconds")
     parser.add_argument("--groups-in-flight", type=int, default=16)
     parser.add_argument("--straggle-seed", type=int, default=0)
     parser.add_argument("--capacity", action="store_true")

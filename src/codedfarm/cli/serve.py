@@ -28,7 +28,7 @@ __all__ = ["loadgen", "serve"]
     help="Requests' rows coded together (K); a group forms when K rows wait.",
 )  # fmt: skip
 @click.option(
-    "--max-queue-delay", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    "--max-queue-delay", type=click.FloatRange(min=0), default=20.0, show_default=True,
     help="Milliseconds the oldest waiting row waits for a full group before a partial one.",
 )  # fmt: skip
 @click.option(
@@ -36,7 +36,7 @@ __all__ = ["loadgen", "serve"]
     help="Rows that may wait per model; beyond it requests get 503 at once.",
 )  # fmt: skip
 @click.option(
-    "--groups-in-flight", type=click.IntRange(min=1), default=8, show_default=True,
+    "--groups-in-flight", type=click.IntRange(min=1), default=16, show_default=True,
     help="Coding groups in the farm at once (farm clients, each a thread).",
 )  # fmt: skip
 @click.option(

@@ -79,7 +79,7 @@ class ServeConfig:
     straggle: str | None = None  # inject stragglers into every group (experiments)
     straggle_seed: int | None = None  # group i draws its stragglers with seed + i
     max_body_bytes: int = 64 << 20
-    clients: int = 8  # farm clients (threads): groups in the farm at once, every model
+    clients: int = 16  # farm clients (threads): groups in the farm at once, every model
 
     def validate(self) -> ServeConfig:
         """Raise :class:`~codedfarm.errors.ConfigError` for a bad setting; returns self."""

@@ -33,9 +33,9 @@ class QueueFullError(CodedFarmError):
 @dataclass(frozen=True)
 class BatcherConfig:
     group_size: int = 8  # K: rows per coding group
-    max_queue_delay: float = 0.005  # seconds the oldest row may wait for a fuller group
+    max_queue_delay: float = 0.02  # seconds the oldest row may wait for a fuller group
     max_queue: int = 512  # rows that may wait per (model, version)
-    max_groups_in_flight: int = 8
+    max_groups_in_flight: int = 16
 
     def validate(self) -> BatcherConfig:
         if self.group_size < 1 or self.max_queue < self.group_size:

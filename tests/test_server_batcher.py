@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from codedfarm.coordinator import BatchSpec
 from codedfarm.errors import CodedFarmError, ConfigError
 from codedfarm.server.batcher import BatcherConfig, CodingQueue, QueueFullError
 
@@ -177,12 +178,12 @@ def test_the_server_pads_a_partial_group_to_k_with_its_own_rows(monkeypatch):
     monkeypatch.setattr(app, "FarmClient", FakeClient)
     config = app.ServeConfig(batcher=BatcherConfig(group_size=4), clients=1, straggle_seed=10)
     farm = app.Farm(Settings(), config)
-    y = farm._submit("lenet5", rows(7, 3), None)
+    y = farm._submit(BatchSpec(model="lenet5"), rows(7, 3))
     assert len(sent[0]) == 4 and (sent[0][3] == sent[0][0]).all()
     np.testing.assert_array_equal(y, expected(rows(7, 3)))
     # the one client comes back to the pool after deleting the group's keys
     assert flushed.acquire(timeout=5)
-    farm._submit("lenet5", rows(0, 4), 4)
+    farm._submit(BatchSpec(model="lenet5", wait_for=4), rows(0, 4))
     assert len(sent[1]) == 4 and flushed.acquire(timeout=5)
     # group i draws its stragglers with seed + i; wait_for is passed through
     assert [s.seed for s in specs] == [10, 11] and [s.wait_for for s in specs] == [None, 4]
@@ -197,8 +198,8 @@ def test_replication_is_served_at_the_first_copy_of_each_input(monkeypatch):
 
     waits: list[int | None] = []
 
-    async def blocking(fn: object, ref: str, x: np.ndarray, wait_for: int | None) -> None:
-        waits.append(wait_for)
+    async def blocking(fn: object, spec: BatchSpec, x: np.ndarray) -> None:
+        waits.append(spec.wait_for)
 
     model = resolve_model("lenet5")
     for codec, wait_for, expect in [("replication", None, 8), ("replication", 12, 12),
@@ -208,3 +209,26 @@ def test_replication_is_served_at_the_first_copy_of_each_input(monkeypatch):
         monkeypatch.setattr(farm, "blocking", blocking)
         asyncio.run(farm.coding_queue(model).run_group(np.zeros((8, 1, 32, 32), np.float32)))
         assert waits[-1] == expect
+
+
+def test_a_models_config_json_comes_before_the_servers_flags():
+    """The server's --codec, -n, -s and --deadline are defaults: a model's config.json
+    serving settings win, field by field."""
+    import dataclasses
+
+    import codedfarm.server.app as app
+    from codedfarm.models.config import ServingDefaults
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.settings import Settings
+
+    config = app.ServeConfig(codec="mds", n=24, s=4, deadline=3.0)
+    farm = app.Farm(Settings(), config)
+    plain = resolve_model("lenet5")
+    spec = farm.group_spec(plain)
+    assert (spec.codec, spec.n, spec.s, spec.deadline) == ("mds", 24, 4, 3.0)
+    serving = ServingDefaults(codec="berrut", n=12, deadline=1.5)
+    own = dataclasses.replace(plain, version=2, serving=serving)
+    spec = farm.group_spec(own)
+    assert (spec.model, spec.codec, spec.n, spec.s, spec.deadline) == (
+        "lenet5@2", "berrut", 12, 4, 1.5)  # fmt: skip
+    assert farm.codec_of(own) == "berrut" and farm.codec_of(plain) == "mds"

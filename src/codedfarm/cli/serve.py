@@ -43,11 +43,13 @@ __all__ = ["loadgen", "serve"]
     "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
     help_fn=codec_help("Codec of models whose config.json sets none (default: spline)"),
 )  # fmt: skip
-@click.option("-n", "n", type=int, default=None, help="N (default: the model's, the codec's).")
+@click.option("-n", "n", type=int, default=None,
+              help="N of models whose config.json sets none (default: the codec's).")  # fmt: skip
 @click.option("-s", "--stragglers", "s", type=int, default=None,
-              help="S tolerated (default: the model's, the codec's).")  # fmt: skip
+              help="S of models whose config.json sets none (default: 0).")  # fmt: skip
 @click.option("--deadline", type=float, default=None,
-              help="Seconds per group (default: the model's, or CODEDFARM_DEADLINE).")  # fmt: skip
+              help="Seconds per group, for models whose config.json sets none "
+              "(default: CODEDFARM_DEADLINE).")  # fmt: skip
 @click.option(
     "--wait-for", type=click.IntRange(min=1), default=None,
     help="Results a group decodes at (default: N - S; for replication K, the first copy "

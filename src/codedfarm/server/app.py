@@ -30,7 +30,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -130,7 +130,25 @@ class Farm:
 
     def codec_of(self, model: ResolvedModel) -> str:
         """The codec spec a group of ``model`` is coded with (a metrics label)."""
-        return self.config.codec or model.serving.codec or DEFAULT_CODEC
+        return model.serving.codec or self.config.codec or DEFAULT_CODEC
+
+    def group_spec(self, model: ResolvedModel) -> BatchSpec:
+        """How ``model``'s groups are coded: its ``config.json`` serving settings first,
+        then the server's flags (then the farm's defaults, in the dispatcher)."""
+        serving, config = model.serving, self.config
+
+        def first(mine: Any, default: Any) -> Any:
+            return mine if mine is not None else default
+
+        codec = first(serving.codec, config.codec)
+        wait_for = config.wait_for
+        if wait_for is None and plan_codec(self.codec_of(model)).name == "replication":
+            wait_for = config.batcher.group_size  # the first copy of each input
+        ref = model.name if model.version is None else f"{model.name}@{model.version}"
+        return BatchSpec(model=ref, codec=codec, n=first(serving.n, config.n),
+                         s=first(serving.s, config.s), wait_for=wait_for,
+                         deadline=first(serving.deadline, config.deadline),
+                         queues=self.queues, straggle=config.straggle)  # fmt: skip
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
@@ -161,14 +179,10 @@ class Farm:
         key = (model.name, model.version)
         found = self._coding.get(key)
         if found is None:
-            ref = model.name if model.version is None else f"{model.name}@{model.version}"
-
-            wait_for = self.config.wait_for
-            if wait_for is None and plan_codec(self.codec_of(model)).name == "replication":
-                wait_for = self.config.batcher.group_size  # the first copy of each input
+            spec = self.group_spec(model)
 
             async def run_group(x: np.ndarray) -> np.ndarray:
-                result: np.ndarray = await self.blocking(self._submit, ref, x, wait_for)
+                result: np.ndarray = await self.blocking(self._submit, spec, x)
                 return result
 
             def on_group(rows: int, delay: float) -> None:
@@ -179,7 +193,7 @@ class Farm:
             )
         return found
 
-    def _submit(self, ref: str, x: np.ndarray, wait_for: int | None) -> np.ndarray:
+    def _submit(self, spec: BatchSpec, x: np.ndarray) -> np.ndarray:
         # A partial group is padded to K with copies of its own rows: the workers run N
         # tasks either way, the codec for K is the one cached (and calibrated), and an
         # approximate code sees inputs like its neighbours (zeros would bend the
@@ -187,12 +201,8 @@ class Farm:
         rows, k = len(x), self.config.batcher.group_size
         if rows < k:
             x = x[np.arange(k) % rows]
-        seed = self.config.straggle_seed
-        if seed is not None:
-            seed += next(self._groups_sent)
-        spec = BatchSpec(model=ref, codec=self.config.codec, n=self.config.n, s=self.config.s,
-                         wait_for=wait_for, deadline=self.config.deadline, queues=self.queues,
-                         straggle=self.config.straggle, seed=seed)  # fmt: skip
+        if self.config.straggle_seed is not None:
+            spec = replace(spec, seed=self.config.straggle_seed + next(self._groups_sent))
         client = self._clients.get()
         try:
             result = client.submit(x, spec)

@@ -151,8 +151,9 @@ def test_bad_batcher_settings_are_config_errors():
         BatcherConfig(group_size=8, max_queue=4).validate()
 
 
-def test_the_server_pads_a_partial_group_to_k_with_its_own_rows(monkeypatch):
-    """Every codec takes K rows (spline cannot code one); the copies' answers are dropped."""
+def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
+    """A group of fewer than K rows is sent as it is (the codec's k is its size); the
+    farm client goes back to the pool after deleting the group's keys."""
     from types import SimpleNamespace
 
     import codedfarm.server.app as app
@@ -178,8 +179,9 @@ def test_the_server_pads_a_partial_group_to_k_with_its_own_rows(monkeypatch):
     monkeypatch.setattr(app, "FarmClient", FakeClient)
     config = app.ServeConfig(batcher=BatcherConfig(group_size=4), clients=1, straggle_seed=10)
     farm = app.Farm(Settings(), config)
-    y = farm._submit(BatchSpec(model="lenet5"), rows(7, 3))
-    assert len(sent[0]) == 4 and (sent[0][3] == sent[0][0]).all()
+    y = farm._submit(BatchSpec(model="lenet5", n=24, s=4), rows(7, 3))
+    np.testing.assert_array_equal(sent[0], rows(7, 3))
+    assert (specs[0].n, specs[0].s) == (24, 4)  # the same workers and stragglers
     np.testing.assert_array_equal(y, expected(rows(7, 3)))
     # the one client comes back to the pool after deleting the group's keys
     assert flushed.acquire(timeout=5)
@@ -187,6 +189,24 @@ def test_the_server_pads_a_partial_group_to_k_with_its_own_rows(monkeypatch):
     assert len(sent[1]) == 4 and flushed.acquire(timeout=5)
     # group i draws its stragglers with seed + i; wait_for is passed through
     assert [s.seed for s in specs] == [10, 11] and [s.wait_for for s in specs] == [None, 4]
+
+
+@pytest.mark.parametrize(
+    ("codec", "n", "wait_for", "rows", "expect"),
+    [("replication", 24, 8, 3, (9, 3)), ("replication", None, 8, 5, (None, 5)),
+     ("uncoded", 8, None, 2, (2, None)), ("replication", 24, 12, 3, (9, 5)),
+     ("spline", 24, None, 3, (24, None)), ("mds", 6, None, 1, (6, None)),
+     ("replication", 24, 8, 8, (24, 8))],
+)  # fmt: skip
+def test_a_partial_groups_copies_shrink_with_it(codec, n, wait_for, rows, expect):
+    """Replication and uncoded keep N/K copies per row, and wait for the same share;
+    the other codes keep N and S."""
+    import codedfarm.server.app as app
+    from codedfarm.settings import Settings
+
+    farm = app.Farm(Settings(), app.ServeConfig())
+    spec = farm.partial_spec(BatchSpec(model="m", codec=codec, n=n, wait_for=wait_for), rows)
+    assert (spec.n, spec.wait_for) == expect
 
 
 def test_replication_is_served_at_the_first_copy_of_each_input(monkeypatch):

@@ -193,14 +193,26 @@ class Farm:
             )
         return found
 
+    def partial_spec(self, spec: BatchSpec, rows: int) -> BatchSpec:
+        """The spec of a group of ``rows`` < K rows: coded for its own size (k = rows).
+
+        Measured against padding to K with copies of its rows (benchmarks/partial_groups.py,
+        docs/serve.md): with the same N workers and S, a code for fewer rows decodes them
+        far more closely (spline, 4 rows of 8: MSE 0.02 against 2.0), at the same cost. The
+        codes whose N is a multiple of k (uncoded, replication) keep their copies per row:
+        N and the results waited for shrink with the group."""
+        k = self.config.batcher.group_size
+        if rows >= k or plan_codec(spec.codec or DEFAULT_CODEC).name not in (
+            "uncoded",
+            "replication",
+        ):
+            return spec
+        n = None if spec.n is None else max(1, spec.n * rows // k)
+        wait_for = None if spec.wait_for is None else max(1, -(-spec.wait_for * rows // k))
+        return replace(spec, n=n, wait_for=wait_for)
+
     def _submit(self, spec: BatchSpec, x: np.ndarray) -> np.ndarray:
-        # A partial group is padded to K with copies of its own rows: the workers run N
-        # tasks either way, the codec for K is the one cached (and calibrated), and an
-        # approximate code sees inputs like its neighbours (zeros would bend the
-        # interpolation); the copies' predictions are dropped
-        rows, k = len(x), self.config.batcher.group_size
-        if rows < k:
-            x = x[np.arange(k) % rows]
+        spec = self.partial_spec(spec, len(x))
         if self.config.straggle_seed is not None:
             spec = replace(spec, seed=self.config.straggle_seed + next(self._groups_sent))
         client = self._clients.get()
@@ -216,7 +228,7 @@ class Farm:
             status = 504 if result.outcome == "timeout" else 500
             reason = result.record.error or "no decode"
             raise GroupFailedError(f"batch {result.outcome}: {reason}", status)
-        return result.predictions[:rows]
+        return result.predictions
 
     def _release(self, client: FarmClient) -> None:
         try:

@@ -193,10 +193,10 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
 
 @pytest.mark.parametrize(
     ("codec", "n", "wait_for", "rows", "expect"),
-    [("replication", 24, 8, 3, (9, 3)), ("replication", None, 8, 5, (None, 5)),
-     ("uncoded", 8, None, 2, (2, None)), ("replication", 24, 12, 3, (9, 5)),
-     ("spline", 24, None, 3, (24, None)), ("mds", 6, None, 1, (6, None)),
-     ("replication", 24, 8, 8, (24, 8))],
+    [("replication", 24, 8, 3, (9, 1, 3)), ("replication", None, 8, 5, (None, 2, 5)),
+     ("uncoded", 8, None, 2, (2, 1, None)), ("replication", 24, 12, 3, (9, 1, 5)),
+     ("replication", 24, 8, 1, (3, 0, 1)), ("spline", 24, None, 3, (24, 4, None)),
+     ("mds", 6, None, 1, (6, 4, None)), ("replication", 24, 8, 8, (24, 4, 8))],
 )  # fmt: skip
 def test_a_partial_groups_copies_shrink_with_it(codec, n, wait_for, rows, expect):
     """Replication and uncoded keep N/K copies per row, and wait for the same share;
@@ -205,8 +205,28 @@ def test_a_partial_groups_copies_shrink_with_it(codec, n, wait_for, rows, expect
     from codedfarm.settings import Settings
 
     farm = app.Farm(Settings(), app.ServeConfig())
-    spec = farm.partial_spec(BatchSpec(model="m", codec=codec, n=n, wait_for=wait_for), rows)
-    assert (spec.n, spec.wait_for) == expect
+    spec = BatchSpec(model="m", codec=codec, n=n, s=4, wait_for=wait_for)
+    spec = farm.partial_spec(spec, rows)
+    assert (spec.n, spec.s, spec.wait_for) == expect
+
+
+@pytest.mark.parametrize("codec", ["replication", "uncoded", "spline", "berrut", "mds"])
+def test_the_dispatcher_takes_every_partial_group(codec):
+    """Groups of 1..K rows under the server's settings for the benchmark (K=8, N=24, S=4;
+    uncoded N=8) all pass the dispatcher's checks and encode."""
+    import codedfarm.server.app as app
+    from codedfarm.coordinator.dispatch import Dispatcher
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.settings import Settings
+
+    n, s = (8, 0) if codec == "uncoded" else (24, 4)
+    farm = app.Farm(Settings(), app.ServeConfig(codec=codec, n=n, s=s))
+    model = resolve_model("linear")
+    dispatcher = Dispatcher(Settings(), client=None)  # type: ignore[arg-type]  # no writes
+    for rows in range(1, 9):
+        spec = farm.partial_spec(farm.group_spec(model), rows)
+        prepared = dispatcher.prepare(np.zeros((rows, 1, 32, 32), np.float32), spec)
+        assert prepared.k == rows
 
 
 def test_replication_is_served_at_the_first_copy_of_each_input(monkeypatch):

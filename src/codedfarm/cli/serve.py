@@ -51,7 +51,7 @@ __all__ = ["loadgen", "serve"]
               help="Seconds per group, for models whose config.json sets none "
               "(default: CODEDFARM_DEADLINE).")  # fmt: skip
 @click.option(
-    "--wait-for", type=click.IntRange(min=1), default=None,
+    "--wait", "wait_for", type=click.IntRange(min=1), default=None,
     help="Results a group decodes at (default: N - S; for replication K, the first copy "
     "of each input).",
 )  # fmt: skip

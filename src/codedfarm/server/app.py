@@ -200,7 +200,7 @@ class Farm:
         docs/serve.md): with the same N workers and S, a code for fewer rows decodes them
         far more closely (spline, 4 rows of 8: MSE 0.02 against 2.0), at the same cost. The
         codes whose N is a multiple of k (uncoded, replication) keep their copies per row:
-        N and the results waited for shrink with the group."""
+        N, S and the results waited for shrink with the group."""
         k = self.config.batcher.group_size
         if rows >= k or plan_codec(spec.codec or DEFAULT_CODEC).name not in (
             "uncoded",
@@ -208,8 +208,9 @@ class Farm:
         ):
             return spec
         n = None if spec.n is None else max(1, spec.n * rows // k)
+        s = None if spec.s is None else spec.s * rows // k  # < n, as s < N
         wait_for = None if spec.wait_for is None else max(1, -(-spec.wait_for * rows // k))
-        return replace(spec, n=n, wait_for=wait_for)
+        return replace(spec, n=n, s=s, wait_for=wait_for)
 
     def _submit(self, spec: BatchSpec, x: np.ndarray) -> np.ndarray:
         spec = self.partial_spec(spec, len(x))

@@ -193,14 +193,16 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
 
 @pytest.mark.parametrize(
     ("codec", "n", "wait_for", "rows", "expect"),
-    [("replication", 24, 8, 3, (9, 1, 3)), ("replication", None, 8, 5, (None, 2, 5)),
-     ("uncoded", 8, None, 2, (2, 1, None)), ("replication", 24, 12, 3, (9, 1, 5)),
-     ("replication", 24, 8, 1, (3, 0, 1)), ("spline", 24, None, 3, (24, 4, None)),
+    [("replication", 24, 8, 3, (24, 4, 3)), ("replication", 24, 8, 5, (20, 4, 5)),
+     ("replication", 24, 8, 7, (21, 4, 7)), ("replication", None, 8, 5, (None, 4, 5)),
+     ("uncoded", 8, None, 2, (2, 1, None)), ("replication", 6, 8, 4, (4, 3, 4)),
+     ("replication", 24, 8, 1, (24, 4, 1)), ("spline", 24, None, 3, (24, 4, None)),
      ("mds", 6, None, 1, (6, 4, None)), ("replication", 24, 8, 8, (24, 4, 8))],
 )  # fmt: skip
 def test_a_partial_groups_copies_shrink_with_it(codec, n, wait_for, rows, expect):
-    """Replication and uncoded keep N/K copies per row, and wait for the same share;
-    the other codes keep N and S."""
+    """Uncoded sends a task per row; replication keeps its worker budget (the most copies
+    per row that fit in N) and waits for the first copy of each row; the other codes keep
+    N and S."""
     import codedfarm.server.app as app
     from codedfarm.settings import Settings
 

@@ -199,18 +199,22 @@ class Farm:
         Measured against padding to K with copies of its rows (benchmarks/partial_groups.py,
         docs/serve.md): with the same N workers and S, a code for fewer rows decodes them
         far more closely (spline, 4 rows of 8: MSE 0.02 against 2.0), at the same cost. The
-        codes whose N is a multiple of k (uncoded, replication) keep their copies per row:
-        N, S and the results waited for shrink with the group."""
+        codes whose N is a multiple of k change N: uncoded sends one task per row;
+        replication keeps its worker budget, ``rows * (N // rows)`` tasks (the most copies
+        of each row that fit in N), and decodes at the first copy of each row unless
+        ``--wait`` says otherwise."""
         k = self.config.batcher.group_size
-        if rows >= k or plan_codec(spec.codec or DEFAULT_CODEC).name not in (
-            "uncoded",
-            "replication",
-        ):
+        name = plan_codec(spec.codec or DEFAULT_CODEC).name
+        if rows >= k or name not in ("uncoded", "replication"):
             return spec
-        n = None if spec.n is None else max(1, spec.n * rows // k)
-        s = None if spec.s is None else spec.s * rows // k  # < n, as s < N
-        wait_for = None if spec.wait_for is None else max(1, -(-spec.wait_for * rows // k))
-        return replace(spec, n=n, s=s, wait_for=wait_for)
+        if name == "uncoded":
+            n = None if spec.n is None else max(1, spec.n * rows // k)
+            s = None if spec.s is None else spec.s * rows // k  # < n, as s < N
+            return replace(spec, n=n, s=s)
+        n = None if spec.n is None else rows * max(1, spec.n // rows)
+        s = spec.s if spec.s is None or n is None else min(spec.s, n - 1)
+        wait_for = rows if self.config.wait_for is None else self.config.wait_for
+        return replace(spec, n=n, s=s, wait_for=wait_for if n is None else min(wait_for, n))
 
     def _submit(self, spec: BatchSpec, x: np.ndarray) -> np.ndarray:
         spec = self.partial_spec(spec, len(x))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import replace
@@ -216,3 +217,22 @@ def digits_batch() -> np.ndarray:
     from codedfarm.models.digits import load_digits_split
 
     return load_digits_split().test_x[:6]
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_workers_and_the_collector_answer_their_probes(monitored):
+    """/livez and /readyz on the metrics port of both engines and of the collector service;
+    /metrics is still there."""
+    _, ports = monitored
+    for name in ("w1", "w2", "collector"):
+        assert get(ports[name], "/livez") == (200, "ok\n")
+        assert get(ports[name], "/readyz") == (200, "ok\n")
+        status, text = get(ports[name], "/metrics")
+        assert status == 200 and "# TYPE" in text

@@ -94,6 +94,9 @@ def test_the_kserve_client_sees_a_live_ready_server_and_its_models(served):
     _, url, _ = served
     client = httpclient.InferenceServerClient(url)
     assert client.is_server_live() and client.is_server_ready()
+    for probe in ("livez", "readyz"):  # the probes' names, as on workers and collectors
+        with urllib.request.urlopen(f"http://{url}/{probe}", timeout=5) as response:
+            assert response.status == 200
     assert client.get_server_metadata()["name"] == "codedfarm"
     assert client.is_model_ready("linear")
     meta = client.get_model_metadata("lenet5")

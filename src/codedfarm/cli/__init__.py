@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from codedfarm.cli.experiments import compare, evaluate
-from codedfarm.cli.farm import collector, submit, worker
+from codedfarm.cli.farm import collector, probe, submit, worker
 from codedfarm.cli.local import bench, demo, scale
 from codedfarm.cli.models import models
 from codedfarm.cli.serve import loadgen, serve
@@ -70,8 +70,8 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
     ctx.obj = {"redis_url": redis_url}
 
 
-for _command in (worker, collector, submit, serve, loadgen, demo, scale, bench, soak, compare,
-                 evaluate, models):  # fmt: skip
+for _command in (worker, collector, probe, submit, serve, loadgen, demo, scale, bench, soak,
+                 compare, evaluate, models):  # fmt: skip
     cli.add_command(_command)
 
 

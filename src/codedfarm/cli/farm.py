@@ -285,3 +285,26 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
         if out is not None:
             lines.append(f"  saved to {out}")
     return "\n".join(lines)
+
+
+@click.command()
+@click.argument("url", envvar="CODEDFARM_PROBE_URL", default="http://127.0.0.1:9809/readyz")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3.0,
+              help="Seconds to wait for the answer.")  # fmt: skip
+def probe(url: str, timeout: float) -> None:
+    """Ask a health endpoint (a healthcheck's command): exit 0 when it answers 200, else 1.
+
+    URL defaults to CODEDFARM_PROBE_URL, else a worker's /readyz on this host. Workers and
+    the collector serve /livez and /readyz on their metrics port, the server on its own."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            click.echo(response.read().decode(errors="replace").strip())
+    except urllib.error.HTTPError as exc:
+        click.echo(exc.read().decode(errors="replace").strip() or str(exc), err=True)
+        sys.exit(1)
+    except (OSError, ValueError) as exc:
+        click.echo(f"cannot reach {url}: {exc}", err=True)
+        sys.exit(1)

@@ -26,12 +26,13 @@ def run_collector(
 ) -> None:
     """Serve the inbox of collector ``name`` until ``stop`` is set (metrics on
     ``metrics_port``, 0: none). Raises :class:`~codedfarm.errors.RedisUnavailableError`."""
-    from codedfarm.monitoring.metrics import CollectorMetrics, serve_metrics
+    from codedfarm.monitoring.health import probe_redis, redis_ready, serve_health_and_metrics
+    from codedfarm.monitoring.metrics import CollectorMetrics
 
     client = connect(settings)
     hooks = CollectorMetrics()
-    if metrics_port:
-        serve_metrics(metrics_port, metrics_addr)
+    if metrics_port:  # with /livez and /readyz (Redis answers)
+        serve_health_and_metrics(metrics_port, metrics_addr, redis_ready(probe_redis(settings)))
     keys = Keys(settings.key_prefix)
     inbox = keys.inbox(name)
     heartbeat = Heartbeat(lambda: client, [keys.live_collectors()], name).start()

@@ -12,14 +12,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
 )
 
 from codedfarm.errors import ConfigError
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import BatchRecord, BatchRegistration
 
-__all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "port_error", "serve_metrics"]
+__all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "port_error"]
 
 LATENCY_BUCKETS = (
     0.005,
@@ -172,15 +171,6 @@ class CollectorMetrics(CollectorHooks):
 
     def fidelity(self, codec: str, model: str, mse: float) -> None:
         self.decode_mse.labels(codec, model).observe(mse)
-
-
-def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` of the default registry from a daemon thread; a port in use is a
-    :class:`~codedfarm.errors.ConfigError`."""
-    try:
-        start_http_server(port, addr)
-    except OSError as exc:
-        raise port_error(port, addr, exc) from None
 
 
 def port_error(port: int, addr: str, exc: OSError) -> ConfigError:

@@ -8,7 +8,9 @@ that exit keep their counts). Without a port the metrics are ordinary in-process
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from codedfarm.monitoring.health import Readiness, serve_health_and_metrics
 
 __all__ = ["WorkerMetrics", "serve_worker_metrics", "worker_metrics"]
 
@@ -70,16 +72,12 @@ def worker_metrics() -> WorkerMetrics:
     return _metrics
 
 
-def serve_worker_metrics(port: int, addr: str = "0.0.0.0") -> None:
+def serve_worker_metrics(port: int, addr: str = "0.0.0.0", ready: Readiness | None = None) -> None:
     """Serve ``/metrics`` aggregated over every process writing to the multiprocess dir
-    (which :func:`codedfarm.monitoring.multiproc.prepare_multiprocess_dir` made)."""
+    (which :func:`codedfarm.monitoring.multiproc.prepare_multiprocess_dir` made), with
+    ``/livez`` and ``/readyz`` (``ready``; None: ready while the process serves)."""
     from prometheus_client import multiprocess
-
-    from codedfarm.monitoring.metrics import port_error
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    try:
-        start_http_server(port, addr, registry=registry)
-    except OSError as exc:
-        raise port_error(port, addr, exc) from None
+    serve_health_and_metrics(port, addr, ready or (lambda: None), registry)

@@ -415,6 +415,8 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
     routes = [
         Route("/v2/health/live", handler(live)),
         Route("/v2/health/ready", handler(ready)),
+        Route("/livez", handler(live)),  # the probes' names on every codedfarm process
+        Route("/readyz", handler(ready)),
         Route("/v2", handler(server_metadata)),
         *(Route(base, handler(metadata)) for base in (models, versioned)),
         *(Route(f"{base}/ready", handler(model_ready)) for base in (models, versioned)),

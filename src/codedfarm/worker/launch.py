@@ -83,9 +83,18 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
 
         samples = prepare_multiprocess_dir()
         atexit.register(shutil.rmtree, samples, True)
+        from codedfarm.heartbeat import LIVENESS_S
+        from codedfarm.monitoring.health import probe_redis, worker_ready
         from codedfarm.monitoring.worker_metrics import serve_worker_metrics
+        from codedfarm.protocol import Keys
+        from codedfarm.worker.batch_worker import node_name
 
-        serve_worker_metrics(options.metrics_port, options.metrics_addr)
+        # ready: the engine's heartbeat (models loaded, taking tasks) on every queue
+        keys = Keys(settings.key_prefix)
+        live = [keys.live_workers(q) for q in options.queues]
+        ready = worker_ready(probe_redis(settings), live, node_name(options.hostname),
+                             LIVENESS_S)  # fmt: skip
+        serve_worker_metrics(options.metrics_port, options.metrics_addr, ready)
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
     prepare_zoo_models(settings, options)

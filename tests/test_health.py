@@ -1,0 +1,84 @@
+"""/livez and /readyz: the HTTP side, and the readiness rules against a real Redis."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+
+from codedfarm.errors import ConfigError
+from codedfarm.local.redis_server import LocalRedis, free_port
+from codedfarm.monitoring.health import (
+    probe_redis,
+    redis_ready,
+    serve_health_and_metrics,
+    worker_ready,
+)
+from codedfarm.settings import Settings
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_probes_answer_from_the_readiness_check_and_metrics_stay():
+    reason: list[str | None] = ["loading models"]
+    port = free_port()
+    httpd = serve_health_and_metrics(port, "127.0.0.1", lambda: reason[0])
+    try:
+        assert get(port, "/livez") == (200, "ok\n")
+        assert get(port, "/readyz") == (503, "not ready: loading models\n")
+        reason[0] = None
+        assert get(port, "/readyz") == (200, "ok\n")
+        status, text = get(port, "/metrics")
+        assert status == 200 and "python_info" in text
+        # a port in use is a clear error, not a traceback
+        with pytest.raises(ConfigError, match=f"--metrics-port {port}"):
+            serve_health_and_metrics(port, "127.0.0.1", lambda: None)
+    finally:
+        httpd.shutdown()
+
+
+def test_a_readiness_check_that_raises_is_a_503_with_its_reason():
+    def broken() -> str | None:
+        raise RuntimeError("boom")
+
+    port = free_port()
+    httpd = serve_health_and_metrics(port, "127.0.0.1", broken)
+    try:
+        status, text = get(port, "/readyz")
+        assert status == 503 and "boom" in text
+    finally:
+        httpd.shutdown()
+
+
+def test_a_worker_is_ready_when_its_heartbeat_is_fresh_on_every_queue(redis_server: LocalRedis):
+    client = redis.Redis.from_url(redis_server.url)
+    keys = ["t:live:queue:q1", "t:live:queue:q2"]
+    check = worker_ready(client, keys, "w@h", liveness_s=10.0)
+    assert "not serving queue(s) q1, q2" in (check() or "")
+    client.zadd(keys[0], {"w@h": time.time()})
+    assert "queue(s) q2 " in (check() or "")
+    client.zadd(keys[1], {"w@h": time.time() - 60})  # stale: its engine stopped beating
+    assert "queue(s) q2 " in (check() or "")
+    client.zadd(keys[1], {"w@h": time.time(), "other@h": time.time()})
+    assert check() is None
+
+
+def test_readiness_says_when_redis_is_gone(redis_server: LocalRedis):
+    settings = Settings(redis_url=redis_server.url)
+    client = probe_redis(settings)
+    check, worker = redis_ready(client), worker_ready(client, ["t:live:queue:q"], "w", 10.0)
+    assert check() is None
+    redis_server.stop()
+    start = time.monotonic()
+    assert "Redis does not answer" in (check() or "")
+    assert "Redis does not answer" in (worker() or "")
+    assert time.monotonic() - start < 10  # probes time out in seconds, not minutes

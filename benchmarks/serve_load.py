@@ -74,7 +74,7 @@ def run_pair(farm: LocalFarm, codec: str, stragglers: str,
     rows: list[dict[str, Any]] = []
     for rate in args.rate:
         port = free_port()  # a fresh server per run: no state carries over
-        server = subprocess.Popen(serve_args(codec, port, stragglers, args), env={**farm.env(), "DBG_GROUPS": "/tmp/groups.jsonl"})
+        server = subprocess.Popen(serve_args(codec, port, stragglers, args), env=farm.env())
         try:
             wait_ready(port)
             url = f"http://127.0.0.1:{port}"

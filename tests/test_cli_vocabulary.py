@@ -14,8 +14,8 @@ from codedfarm.cli.options import codec_list
 from codedfarm.codecs import available_codecs
 from codedfarm.models.registry import MODELS
 
-COMMANDS = ("worker", "collector", "submit", "serve", "loadgen", "demo", "scale", "bench",
-            "soak", "compare", "eval", "models")  # fmt: skip
+COMMANDS = ("worker", "collector", "probe", "submit", "serve", "loadgen", "demo", "scale",
+            "bench", "soak", "compare", "eval", "models")  # fmt: skip
 PRINTS_RESULTS = (
     "submit",
     "loadgen",

@@ -82,3 +82,27 @@ def test_readiness_says_when_redis_is_gone(redis_server: LocalRedis):
     assert "Redis does not answer" in (check() or "")
     assert "Redis does not answer" in (worker() or "")
     assert time.monotonic() - start < 10  # probes time out in seconds, not minutes
+
+
+def test_codedfarm_probe_exits_0_when_ready_and_1_otherwise():
+    from click.testing import CliRunner
+
+    from codedfarm.cli import cli
+
+    reason: list[str | None] = ["loading models"]
+    port = free_port()
+    httpd = serve_health_and_metrics(port, "127.0.0.1", lambda: reason[0])
+    try:
+        result = CliRunner().invoke(cli, ["probe", f"http://127.0.0.1:{port}/readyz"])
+        assert result.exit_code == 1 and "not ready: loading models" in result.output
+        reason[0] = None
+        result = CliRunner().invoke(cli, ["probe", f"http://127.0.0.1:{port}/readyz"])
+        assert result.exit_code == 0 and result.output.strip() == "ok"
+        result = CliRunner(env={"CODEDFARM_PROBE_URL": f"http://127.0.0.1:{port}/livez"}).invoke(
+            cli, ["probe"]
+        )
+        assert result.exit_code == 0
+    finally:
+        httpd.shutdown()
+    result = CliRunner().invoke(cli, ["probe", f"http://127.0.0.1:{port}/readyz", "--timeout", "1"])
+    assert result.exit_code == 1 and "cannot reach" in result.output

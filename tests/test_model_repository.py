@@ -353,3 +353,52 @@ def test_the_client_checks_the_input_before_writing_to_redis(repo_farm, redis_cl
         with pytest.raises(InputError, match="takes a batch of shape"):
             client.submit(np.zeros((2, 1, 16, 16), np.float32), BatchSpec(model="affine"))
         assert set(client.redis.keys("*")) == keys_before
+
+
+def test_the_http_server_serves_repository_models_with_their_own_serving_settings(
+    repo_farm, digits
+):
+    """`codedfarm serve` in front of the repository: the KServe client gets exact answers
+    from a TorchScript model (mds, from the server's flags), a version by URL, and a model
+    whose config.json names its codec (spline) is coded with it, not the server's."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    httpclient = pytest.importorskip("tritonclient.http")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "codedfarm", "serve", "--port", str(port), "-Q", "r0",
+         "--group-size", "4", "--codec", "mds", "-n", "6", "-s", "2"],
+        env=repo_farm.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.2)
+        assert client.get_model_metadata("affine")["versions"] == ["1"]
+        x = digits[:3]
+        tensor = httpclient.InferInput("input__0", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        for version in ("", "1"):
+            y = client.infer("affine", [tensor], model_version=version).as_numpy("output__0")
+            truth = direct(affine(), x)
+            assert np.abs(y - truth).max() / np.abs(truth).max() <= 1e-5
+        y = client.infer("factmlp", [tensor]).as_numpy("output__0")
+        assert y.shape == (3, 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'codec="spline",model="factmlp"' in metrics
+        assert 'codec="mds",model="affine"' in metrics
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -38,7 +38,7 @@ class ServerMetrics:
         )
         self.group_rows = Histogram(
             "codedfarm_server_group_rows",
-            "Rows of real requests per coding group (the rest of K is padding).",
+            "Rows per coding group (K for a full one; a partial group is coded for its size).",
             ["model"],
             buckets=GROUP_BUCKETS,
             registry=self.registry,

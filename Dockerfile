@@ -26,7 +26,15 @@ RUN pip install . \
 USER 10001:10001
 WORKDIR /home/codedfarm
 VOLUME ["/cache"]
-# collector and worker /metrics ports
-EXPOSE 9808 9809
+# collector and worker /metrics ports (with /livez and /readyz), the HTTP server's port
+EXPOSE 9808 9809 8000
+
+# Ready when the process's /readyz answers 200: a worker's by default (its metrics port,
+# 9809); set CODEDFARM_PROBE_URL for a collector (9808) or the server (8000). compose.yaml
+# and the Kubernetes manifests set their own probes.
+ENV CODEDFARM_PROBE_URL=http://127.0.0.1:9809/readyz
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["codedfarm", "probe"]
 
 CMD ["codedfarm", "--help"]
+

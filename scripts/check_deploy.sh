@@ -82,6 +82,16 @@ compose_check() {
     fi
 }
 
+# Grafana has no default admin password: compose must refuse to start without one ...
+rc=0
+out=$(env -u GRAFANA_ADMIN_PASSWORD "$DC" -f compose.yaml config --quiet 2>&1) || rc=$?
+if [[ $rc -ne 0 && "$out" == *"set GRAFANA_ADMIN_PASSWORD"* ]]; then
+    pass "compose refuses to start without GRAFANA_ADMIN_PASSWORD (exit $rc)"
+else
+    fail "compose refuses to start without GRAFANA_ADMIN_PASSWORD (exit $rc)" "$out"
+fi
+export GRAFANA_ADMIN_PASSWORD=checked  # ... and the checks below run as a user would
+
 # Self-test: the validator must reject a broken copy, or a PASS below would mean nothing.
 cp compose.yaml compose.cpu.yaml "$TMP/"
 sed 's/^  worker:$/&\n    not_a_compose_key: true/' compose.yaml >"$TMP/compose.yaml"
@@ -92,6 +102,7 @@ if [[ $rc -ne 0 && "$out" == *not_a_compose_key* ]]; then
 else
     fail "compose validator rejects a broken compose.yaml (exit $rc)" "$out"
 fi
+
 
 compose_check "compose.yaml ($("$DC" version --short 2>/dev/null || echo '?'))" -f compose.yaml
 compose_check "compose.yaml + compose.cpu.yaml" -f compose.yaml -f compose.cpu.yaml
@@ -106,7 +117,8 @@ elif printf '%s' "$merged" | "$PY" -c '
 import json, sys
 w = json.load(sys.stdin)["services"]["worker"]
 cmd = w["command"]
-assert "deploy" not in w or not w["deploy"].get("resources"), "GPU reservation left"
+assert not w.get("deploy", {}).get("resources", {}).get("reservations"), "GPU reservation left"
+assert w["deploy"]["resources"]["limits"]["memory"], "limits dropped"
 assert cmd[cmd.index("--device") + 1] == "cpu", cmd
 assert cmd[cmd.index("--queues") + 1] == "cpu", cmd
 assert "container_name" not in w and not w.get("ports"), "worker cannot be scaled"
@@ -116,6 +128,32 @@ else
     fail "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation" \
         "$(tail -n 1 "$TMP/err")"
 fi
+
+# Safe defaults, in every combination: limits and a healthcheck on every service, codedfarm
+# services probed on their own /readyz, no Prometheus lifecycle API, no anonymous Grafana.
+for files in "-f compose.yaml" "-f compose.yaml -f compose.cpu.yaml" \
+        "-f compose.yaml -f compose.sentinel.yaml"; do
+    label="every service has limits and a healthcheck; safe defaults ($files)"
+    # shellcheck disable=SC2086
+    if "$DC" $files config --format json 2>/dev/null | "$PY" -c '
+import json, sys
+services = json.load(sys.stdin)["services"]
+for name, s in services.items():
+    limits = s.get("deploy", {}).get("resources", {}).get("limits", {})
+    assert limits.get("cpus") and limits.get("memory"), f"{name}: no cpu/memory limits"
+    test = s.get("healthcheck", {}).get("test")
+    assert test and not s["healthcheck"].get("disable"), f"{name}: no healthcheck"
+    if s.get("image") == "codedfarm:local":
+        assert test[1:3] == ["codedfarm", "probe"] and test[3].endswith("/readyz"), name
+prom = services["prometheus"]
+assert not any("enable-lifecycle" in c for c in prom["command"]), "prometheus lifecycle API"
+assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false", "anonymous"
+' 2>"$TMP/err"; then
+        pass "$label"
+    else
+        fail "$label" "$(tail -n 1 "$TMP/err")"
+    fi
+done
 
 # Workers of both files see the model repository, read-only, where the variable says.
 for files in "-f compose.yaml" "-f compose.yaml -f compose.cpu.yaml"; do

@@ -202,6 +202,7 @@ HISTOGRAMS = {
     "codedfarm_batch_results_used", "codedfarm_batch_coded_tasks",
     "codedfarm_batch_slowed_tasks", "codedfarm_decode_mse",
     "codedfarm_worker_task_seconds", "codedfarm_worker_injected_delay_seconds",
+    "codedfarm_batch_observed_stragglers", "codedfarm_worker_task_work_seconds",
     "codedfarm_server_request_seconds", "codedfarm_server_queue_delay_seconds",
     "codedfarm_server_group_rows",
 }

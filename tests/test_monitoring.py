@@ -236,3 +236,18 @@ def test_workers_and_the_collector_answer_their_probes(monitored):
         assert get(ports[name], "/readyz") == (200, "ok\n")
         status, text = get(ports[name], "/metrics")
         assert status == 200 and "# TYPE" in text
+        component = "collector" if name == "collector" else "worker"
+        assert re.search(rf'codedfarm_build_info{{.*component="{component}".*}} 1.0', text), name
+
+
+def test_worker_metrics_carry_the_engine(monitored, digits_batch):
+    farm, ports = monitored
+    with FarmClient(farm.settings) as client:
+        for queue in ("m1", "m2"):
+            spec = BatchSpec(model="lenet5", codec="uncoded", queues=(queue,))
+            assert client.submit(digits_batch[:4], spec).outcome == "decoded"
+    for name, engine in (("w1", "celery"), ("w2", "batch")):
+        _, text = get(ports[name], "/metrics")
+        assert re.search(rf'codedfarm_worker_tasks_total{{.*engine="{engine}".*status="ok"}}',
+                         text), name  # fmt: skip
+        assert f'codedfarm_worker_task_work_seconds_count{{engine="{engine}"' in text, name

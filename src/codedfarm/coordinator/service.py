@@ -26,11 +26,13 @@ def run_collector(
 ) -> None:
     """Serve the inbox of collector ``name`` until ``stop`` is set (metrics on
     ``metrics_port``, 0: none). Raises :class:`~codedfarm.errors.RedisUnavailableError`."""
+    from codedfarm.monitoring.build_info import register_build_info
     from codedfarm.monitoring.health import probe_redis, redis_ready, serve_health_and_metrics
     from codedfarm.monitoring.metrics import CollectorMetrics
 
     client = connect(settings)
     hooks = CollectorMetrics()
+    register_build_info("collector")
     if metrics_port:  # with /livez and /readyz (Redis answers)
         serve_health_and_metrics(metrics_port, metrics_addr, redis_ready(probe_redis(settings)))
     keys = Keys(settings.key_prefix)

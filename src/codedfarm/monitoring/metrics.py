@@ -20,27 +20,10 @@ from codedfarm.protocol import BatchRecord, BatchRegistration
 
 __all__ = ["LATENCY_BUCKETS", "CollectorMetrics", "port_error"]
 
-LATENCY_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.0,
-    3.0,
-    5.0,
-    7.5,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    45.0,
-    60.0,
-    120.0,
-)
+LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.125, 0.15,
+                   0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+                   15.0, 20.0, 30.0, 45.0, 60.0, 120.0)  # fmt: skip
+"""Seconds; dense between 10 ms and 1 s, where a served batch's latency lives."""
 STAGE_BUCKETS = (
     0.0001,
     0.00025,
@@ -113,9 +96,17 @@ class CollectorMetrics(CollectorHooks):
             buckets=(1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 256, 512, 1024),
             registry=registry,
         )
+        self.observed_stragglers = Histogram(
+            "codedfarm_batch_observed_stragglers",
+            "Tasks whose result was not in when the batch finished (late, lost or failed): "
+            "the stragglers production has, injected or not.",
+            ["codec"],
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
         self.slowed_tasks = Histogram(
             "codedfarm_batch_slowed_tasks",
-            "Tasks the batch's straggler plan slowed or failed.",
+            "Tasks the batch's injected straggler plan slowed or failed (0 in production).",
             ["codec"],
             buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
             registry=registry,
@@ -155,6 +146,7 @@ class CollectorMetrics(CollectorHooks):
         self.stage.labels("wait", codec).observe(record.timings.wait)
         self.coded_tasks.labels(codec).observe(record.n)
         self.slowed_tasks.labels(codec).observe(len(record.slowed))
+        self.observed_stragglers.labels(codec).observe(max(0, record.n - record.results_received))
         if record.workers_used:
             self.stage.labels("decode", codec).observe(record.timings.decode)
             self.results_used.labels(codec).observe(len(record.workers_used))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from codedfarm.monitoring.build_info import register_build_info
 from codedfarm.monitoring.metrics import LATENCY_BUCKETS, STAGE_BUCKETS
 
 __all__ = ["ServerMetrics"]
@@ -22,6 +23,7 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        register_build_info("server", self.registry)
         self.latency = Histogram(
             "codedfarm_server_request_seconds",
             "Time from a request's arrival to its answer, by model, codec and outcome.",

@@ -3,12 +3,13 @@
 Per (model, version), a :class:`CodingQueue` holds the rows of waiting requests in arrival
 order. A coding group forms as soon as ``group_size`` (K) rows wait, or when the oldest
 has waited ``max_queue_delay``; the server codes a partial group for its actual size
-(measured against padding it to K in docs/serve.md: closer decodes, the same cost). A request larger than K is split over
-groups and answered when its last row comes back. When more than ``max_queue`` rows would
-wait, the request is refused at once (:class:`QueueFullError`, the server's 503): memory
-stays bounded. At most ``max_groups_in_flight`` groups of a queue are in the farm at once;
-rows that arrive meanwhile gather into fuller groups (Triton's dynamic batcher and Ray
-Serve's ``@serve.batch`` work the same way, without the coding).
+(measured against padding it to K in docs/serve.md: closer decodes, the same cost). A
+request larger than K is split over groups and answered when its last row comes back.
+When more than ``max_queue`` rows would wait, the request is refused at once
+(:class:`QueueFullError`, the server's 503): memory stays bounded. At most
+``max_groups_in_flight`` groups of a queue are in the farm at once; rows that arrive
+meanwhile gather into fuller groups (Triton's dynamic batcher and Ray Serve's
+``@serve.batch`` work the same way, without the coding).
 """
 
 from __future__ import annotations

@@ -95,6 +95,9 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         ready = worker_ready(probe_redis(settings), live, node_name(options.hostname),
                              LIVENESS_S)  # fmt: skip
         serve_worker_metrics(options.metrics_port, options.metrics_addr, ready)
+    from codedfarm.monitoring.worker_metrics import set_engine
+
+    set_engine(options.engine)  # the engine label of every task metric
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
     prepare_zoo_models(settings, options)

@@ -186,6 +186,8 @@ promtool_check "promtool check config deploy/prometheus/prometheus.yml" \
     check config deploy/prometheus/prometheus.yml
 promtool_check "promtool check rules deploy/prometheus/alerts.yml" \
     check rules deploy/prometheus/alerts.yml
+promtool_check "promtool test rules: the alerts fire (and stay quiet) as meant" \
+    test rules deploy/prometheus/alerts_test.yml
 
 # --- grafana ---------------------------------------------------------------------------
 

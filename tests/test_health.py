@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -106,3 +107,36 @@ def test_codedfarm_probe_exits_0_when_ready_and_1_otherwise():
         httpd.shutdown()
     result = CliRunner().invoke(cli, ["probe", f"http://127.0.0.1:{port}/readyz", "--timeout", "1"])
     assert result.exit_code == 1 and "cannot reach" in result.output
+
+
+def test_relayed_records_are_bounded_and_a_bad_one_is_skipped(redis_server: LocalRedis):
+    """Without a collector service the relay list keeps only the newest records, with a
+    TTL; a malformed entry does not stop the others."""
+    from codedfarm.coordinator.record_relay import MAX_RECORDS, RecordRelay, drain_records
+    from codedfarm.monitoring.hooks import CollectorHooks
+    from codedfarm.protocol import BatchRecord
+
+    client = redis.Redis.from_url(redis_server.url)
+    relay = RecordRelay("t:records", ttl=30)
+    record = BatchRecord(batch="b", model="m", codec="spline", k=8, n=24, s=4, wait_for=20,
+                         outcome="decoded")  # fmt: skip
+    for _ in range(MAX_RECORDS + 10):
+        relay.batch_finished(record)
+    relay.fidelity("spline", "m", 0.5)
+    with client.pipeline() as pipe:
+        relay.flush_into(pipe)
+        pipe.execute()
+    assert client.llen("t:records") == MAX_RECORDS and 0 < client.ttl("t:records") <= 30
+    client.delete("t:records")
+    client.rpush("t:records", b"not json", json.dumps({"record": record.to_dict()}))
+
+    class Seen(CollectorHooks):
+        def __init__(self) -> None:
+            self.records: list[BatchRecord] = []
+
+        def batch_finished(self, record: BatchRecord) -> None:
+            self.records.append(record)
+
+    seen = Seen()
+    assert drain_records(client, "t:records", seen) == 2
+    assert seen.records == [record] and client.llen("t:records") == 0

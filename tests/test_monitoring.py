@@ -251,3 +251,25 @@ def test_worker_metrics_carry_the_engine(monitored, digits_batch):
         assert re.search(rf'codedfarm_worker_tasks_total{{.*engine="{engine}".*status="ok"}}',
                          text), name  # fmt: skip
         assert f'codedfarm_worker_task_work_seconds_count{{engine="{engine}"' in text, name
+
+
+def test_in_process_batches_reach_the_collector_services_metrics(monitored, digits_batch):
+    """A client without --collector decodes its own batches; they are counted on the
+    collector service's /metrics all the same (relayed through Redis)."""
+    farm, ports = monitored
+
+    def decoded() -> float:
+        _, text = get(ports["collector"], "/metrics")
+        found = re.search(r'codedfarm_batches_total{codec="lagrange",model="lenet5",'
+                          r'outcome="decoded"} ([0-9.]+)', text)  # fmt: skip
+        return float(found.group(1)) if found else 0.0
+
+    before = decoded()
+    with FarmClient(farm.settings) as client:  # in-process: no collector service involved
+        for _ in range(3):
+            spec = BatchSpec(model="lenet5", codec="lagrange", n=12, s=2, queues=("m2",))
+            assert client.submit(digits_batch[:4], spec).outcome == "decoded"
+    end = time.monotonic() + 10
+    while decoded() < before + 3 and time.monotonic() < end:
+        time.sleep(0.2)
+    assert decoded() == before + 3

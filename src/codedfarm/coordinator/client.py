@@ -16,6 +16,7 @@ import redis
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
 from codedfarm.coordinator.liveness import FarmCheck
+from codedfarm.coordinator.record_relay import RecordRelay
 from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
 from codedfarm.heartbeat import LIVENESS_S
 from codedfarm.protocol import BatchRecord, Keys, as_bytes, read_reply_frame
@@ -71,7 +72,12 @@ class FarmClient:
         self.wait_for_workers = wait_for_workers
         self._farm_check = FarmCheck(self.redis, self.keys)
         self._own_inbox = self.keys.inbox(f"client-{uuid.uuid4().hex[:12]}")
-        self._collector = Collector(self.redis, self._own_inbox, reply_in_memory=True)
+        self._collector = self._new_collector()
+
+    def _new_collector(self) -> Collector:
+        # what it finishes goes to the collector service's /metrics (record_relay.py)
+        relay = RecordRelay(self.keys.records(), self.settings.key_ttl)
+        return Collector(self.redis, self._own_inbox, reply_in_memory=True, relay=relay)
 
     def submit(self, x: Any, spec: BatchSpec) -> BatchResult:
         """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions.
@@ -162,7 +168,7 @@ class FarmClient:
                 reply = self._collector.wait_for(prepared.batch, budget)
         except redis.RedisError as exc:  # e.g. Redis restarted: the batch's state is gone
             lost = f"lost Redis at {mask_url(self.settings.redis_url)} during the batch: {exc}"
-            self._collector = Collector(self.redis, self._own_inbox, reply_in_memory=True)
+            self._collector = self._new_collector()
         reply_at = time.time()
         end_to_end = time.perf_counter() - start
         if reply is None:

@@ -22,6 +22,7 @@ import redis
 from codedfarm.codecs import Codec, CodecPlan
 from codedfarm.coordinator.fidelity import FidelitySampler
 from codedfarm.coordinator.inbox import InboxReader
+from codedfarm.coordinator.record_relay import RecordRelay, drain_records
 from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
 MAX_BLOCK_S = 1.0  # longest single BLPOP
 MAX_REPLIES = 1000  # in-process answers kept for their waiter
+
+
+RECORDS_DRAIN_S = 0.5
+"""Seconds between a collector service's reads of the relayed records."""
 
 
 @dataclass
@@ -72,11 +77,17 @@ class Collector:
         clock: Callable[[], float] = time.time,
         reply_in_memory: bool = False,
         durable_key: str | None = None,
+        relay: RecordRelay | None = None,
+        records_key: str | None = None,
     ) -> None:
         self.redis = client
+        # an in-process collector relays what it finishes to the collector service (which
+        # drains records_key): see record_relay.py
+        self.relay = relay
+        self.records_key = records_key
         self.inbox = inbox
         self.durable_key = durable_key  # the service's hash of open batches (see recovery.py)
-        self.hooks = hooks or CollectorHooks()
+        self.hooks = hooks or relay or CollectorHooks()
         self.clock = clock
         self._open: dict[str, _Open] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
@@ -91,6 +102,7 @@ class Collector:
         self._queues: set[str] = set()
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
+        self._next_drain = 0.0
         self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
         self._woke_at = 0.0  # when the current poll's messages were taken
         self._inbox = InboxReader(client, inbox)
@@ -115,6 +127,9 @@ class Collector:
         if self._queues and self.clock() >= self._next_depth_check:
             self._next_depth_check = self.clock() + self.depth_interval
             self._read_queue_depths()
+        if self.records_key is not None and self.clock() >= self._next_drain:
+            self._next_drain = self.clock() + RECORDS_DRAIN_S  # in-process clients' batches
+            drain_records(self.redis, self.records_key, self.hooks)
         return finished
 
     def _read_queue_depths(self) -> None:
@@ -432,10 +447,16 @@ class Collector:
     def flush_cleanup(self) -> None:
         """Housekeeping for batches finished since the last call: delete their inputs and
         outputs in one call."""
-        if not self._cleanup:
+        relayed = self.relay is not None and self.relay.pending
+        if not self._cleanup and not relayed:
             return
         keys, self._cleanup[:] = list(self._cleanup), []
-        self.redis.delete(*keys)
+        with self.redis.pipeline(transaction=False) as pipe:
+            if keys:
+                pipe.delete(*keys)
+            if self.relay is not None:
+                self.relay.flush_into(pipe)
+            pipe.execute()
 
     @property
     def open_batches(self) -> int:

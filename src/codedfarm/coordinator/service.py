@@ -39,7 +39,9 @@ def run_collector(
     inbox = keys.inbox(name)
     heartbeat = Heartbeat(lambda: client, [keys.live_collectors()], name).start()
     echo(f"collector {name!r} listening on {inbox}; metrics on :{metrics_port}")
-    collector = Collector(client, inbox, hooks=hooks, durable_key=keys.open_batches(name))
+    # it also exports the batches in-process collectors relay (record_relay.py)
+    collector = Collector(client, inbox, hooks=hooks, durable_key=keys.open_batches(name),
+                          records_key=keys.records())  # fmt: skip
     recovered = recover_open_batches(collector)
     if recovered:
         echo(f"collector {name!r}: finishing {recovered} batch(es) left open by its predecessor")

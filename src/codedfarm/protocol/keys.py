@@ -56,3 +56,7 @@ class Keys:
 
     def live_collectors(self) -> str:
         return f"{self.prefix}:live:collectors"
+
+    def records(self) -> str:
+        """Finished batches' records relayed by in-process collectors to the service."""
+        return f"{self.prefix}:records"

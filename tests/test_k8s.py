@@ -75,6 +75,8 @@ def test_pods_run_unprivileged_with_limits_and_probes(rendered):
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], where
             assert "readinessProbe" in container and "livenessProbe" in container, where
+            volumes = {v["name"] for v in pod.get("volumes", [])}
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, where
             args = container.get("args", [])
             if args[:1] != ["codedfarm"]:
                 continue

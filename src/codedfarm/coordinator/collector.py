@@ -22,7 +22,8 @@ import redis
 from codedfarm.codecs import Codec, CodecPlan
 from codedfarm.coordinator.fidelity import FidelitySampler
 from codedfarm.coordinator.inbox import InboxReader
-from codedfarm.coordinator.record_relay import RecordRelay, drain_records
+from codedfarm.coordinator.liveness import queue_depths
+from codedfarm.coordinator.record_relay import RecordDrain, RecordRelay
 from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
 MAX_BLOCK_S = 1.0  # longest single BLPOP
 MAX_REPLIES = 1000  # in-process answers kept for their waiter
-
-
-RECORDS_DRAIN_S = 0.5
-"""Seconds between a collector service's reads of the relayed records."""
 
 
 @dataclass
@@ -81,10 +78,7 @@ class Collector:
         records_key: str | None = None,
     ) -> None:
         self.redis = client
-        # an in-process collector relays what it finishes to the collector service (which
-        # drains records_key): see record_relay.py
-        self.relay = relay
-        self.records_key = records_key
+        self.relay = relay  # in-process: relay what it finishes to the service (record_relay)
         self.inbox = inbox
         self.durable_key = durable_key  # the service's hash of open batches (see recovery.py)
         self.hooks = hooks or relay or CollectorHooks()
@@ -102,10 +96,10 @@ class Collector:
         self._queues: set[str] = set()
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
-        self._next_drain = 0.0
         self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
         self._woke_at = 0.0  # when the current poll's messages were taken
         self._inbox = InboxReader(client, inbox)
+        self._drain = RecordDrain(client, records_key, self.hooks) if records_key else None
 
     # ----- the loop ----------------------------------------------------------------------
     def poll(self, timeout: float) -> list[BatchRecord]:
@@ -126,19 +120,10 @@ class Collector:
         self.hooks.open_batches(len(self._open))
         if self._queues and self.clock() >= self._next_depth_check:
             self._next_depth_check = self.clock() + self.depth_interval
-            self._read_queue_depths()
-        if self.records_key is not None and self.clock() >= self._next_drain:
-            self._next_drain = self.clock() + RECORDS_DRAIN_S  # in-process clients' batches
-            drain_records(self.redis, self.records_key, self.hooks)
+            self.hooks.queue_depths(queue_depths(self.redis, self._queues))
+        if self._drain is not None:  # the service: in-process clients' batches too
+            self._drain.maybe(self.clock())
         return finished
-
-    def _read_queue_depths(self) -> None:
-        queues = sorted(self._queues)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.llen(queue)
-            depths = pipe.execute()
-        self.hooks.queue_depths(dict(zip(queues, (int(d) for d in depths), strict=True)))
 
     def serve_forever(self, stop: threading.Event, tick: float = 1.0) -> None:
         """Run until ``stop`` is set (the ``codedfarm collector`` service)."""
@@ -445,10 +430,8 @@ class Collector:
         return None if state is None else set(state.received) | set(state.errors)
 
     def flush_cleanup(self) -> None:
-        """Housekeeping for batches finished since the last call: delete their inputs and
-        outputs in one call."""
-        relayed = self.relay is not None and self.relay.pending
-        if not self._cleanup and not relayed:
+        """Delete finished batches' inputs and outputs, and relay their records: one call."""
+        if not self._cleanup and not (self.relay and self.relay.pending):
             return
         keys, self._cleanup[:] = list(self._cleanup), []
         with self.redis.pipeline(transaction=False) as pipe:

@@ -12,7 +12,7 @@ from codedfarm.errors import CollectorUnavailableError, NoWorkerError, RedisUnav
 from codedfarm.heartbeat import LIVENESS_S, live_counts
 from codedfarm.protocol import Keys
 
-__all__ = ["FarmCheck"]
+__all__ = ["FarmCheck", "queue_depths"]
 
 CHECK_CACHE_S = 1.0
 """A positive answer is trusted this long (a high-rate client checks once a second)."""
@@ -64,3 +64,13 @@ class FarmCheck:
                 f"`codedfarm collector --name {collector}`, or submit without --collector"
             )
         self._good_until[key] = now + CHECK_CACHE_S
+
+
+def queue_depths(client: redis.Redis, queues: Sequence[str] | set[str]) -> dict[str, int]:
+    """Tasks waiting in each worker queue (the Redis list named after it), one round trip."""
+    names = sorted(queues)
+    with client.pipeline(transaction=False) as pipe:
+        for queue in names:
+            pipe.llen(queue)
+        depths = pipe.execute()
+    return dict(zip(names, (int(d) for d in depths), strict=True))

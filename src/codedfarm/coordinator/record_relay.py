@@ -24,14 +24,16 @@ import redis
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import BatchRecord
 
-__all__ = ["MAX_RECORDS", "RecordRelay", "drain_records"]
+__all__ = ["MAX_RECORDS", "RecordDrain", "RecordRelay", "drain_records"]
 
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 5000
 """Records the relay list keeps when nobody drains it (the newest)."""
 DRAIN_BATCH = 500
-"""Records a collector service takes per poll."""
+"""Records a collector service takes per read."""
+DRAIN_EVERY_S = 0.5
+"""Seconds between a collector service's reads of the relayed records."""
 
 
 class RecordRelay(CollectorHooks):
@@ -79,3 +81,17 @@ def drain_records(client: redis.Redis, key: str, hooks: CollectorHooks) -> int:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping a malformed relayed record: %s", exc)
     return len(items)
+
+
+class RecordDrain:
+    """The collector service's side: :func:`drain_records` at most every
+    :data:`DRAIN_EVERY_S` seconds (called from its poll loop)."""
+
+    def __init__(self, client: redis.Redis, key: str, hooks: CollectorHooks) -> None:
+        self.client, self.key, self.hooks = client, key, hooks
+        self._next = 0.0
+
+    def maybe(self, now: float) -> None:
+        if now >= self._next:
+            self._next = now + DRAIN_EVERY_S
+            drain_records(self.client, self.key, self.hooks)

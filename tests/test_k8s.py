@@ -5,6 +5,7 @@ KEDA ScaledObject checked structurally against what the workers really consume."
 from __future__ import annotations
 
 import base64
+import re
 import json
 import shlex
 import shutil
@@ -164,6 +165,10 @@ def test_the_scrape_job_is_a_valid_prometheus_config(tmp_path):
         "scrape-codedfarm.yml"])  # fmt: skip
     # Debian's promtool is built without Kubernetes discovery: check the role here, and the
     # rest of the job (its relabelling) with promtool, discovery swapped for a static target
+    # the job names the alerts select on
+    assert {job["job_name"] for job in jobs} == {"workers", "collector", "server"}
+    alerts = (ROOT / "deploy/prometheus/alerts.yml").read_text()
+    assert set(re.findall(r'job="(\w+)"', alerts)) <= {job["job_name"] for job in jobs}
     for job in jobs:
         assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
         job["static_configs"] = [{"targets": ["127.0.0.1:9809"]}]

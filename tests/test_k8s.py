@@ -5,8 +5,8 @@ KEDA ScaledObject checked structurally against what the workers really consume."
 from __future__ import annotations
 
 import base64
-import re
 import json
+import re
 import shlex
 import shutil
 import subprocess

@@ -94,6 +94,38 @@ def settings(resources: list[dict[str, Any]]) -> dict[str, str]:
     return dict(find(resources, "ConfigMap", "codedfarm-settings")["data"])
 
 
+# KEDA's ScaledObject fields and its redis (lists) scaler's parameters, as KEDA documents
+# them: a misspelt field (minReplicas) would be ignored by KEDA, not refused
+SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod",
+                      "initialCooldownPeriod", "idleReplicaCount", "minReplicaCount",
+                      "maxReplicaCount", "fallback", "advanced", "triggers"}  # fmt: skip
+REDIS_TRIGGER = {"address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv",
+                 "usernameFromEnv", "passwordFromEnv", "listName", "listLength",
+                 "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl"}  # fmt: skip
+
+
+def test_the_scaled_object_uses_only_fields_keda_knows(rendered):
+    _, resources = rendered
+    scaled = find(resources, "ScaledObject", "codedfarm-worker")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert set(scaled["spec"]) <= SCALED_OBJECT_SPEC, set(scaled["spec"]) - SCALED_OBJECT_SPEC
+    assert set(scaled["spec"]["advanced"]) <= {"horizontalPodAutoscalerConfig",
+                                               "restoreToOriginalReplicaCount"}  # fmt: skip
+    for trigger in scaled["spec"]["triggers"]:
+        assert set(trigger) <= {"type", "metadata", "authenticationRef", "name", "metricType"}
+        assert set(trigger["metadata"]) <= REDIS_TRIGGER, set(trigger["metadata"]) - REDIS_TRIGGER
+        assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA wants strings
+    # the HPA behaviour KEDA passes on: valid as an autoscaling/v2 HorizontalPodAutoscaler's
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "check"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                       "name": scaled["spec"]["scaleTargetRef"]["name"]},
+                    "maxReplicas": scaled["spec"]["maxReplicaCount"],
+                    "behavior": scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"][
+                        "behavior"]}}  # fmt: skip
+    kubernetes_validate.validate(hpa, KUBERNETES, strict=True)
+
+
 def test_keda_scales_the_workers_on_the_queue_they_consume(rendered):
     name, resources = rendered
     scaled = find(resources, "ScaledObject", "codedfarm-worker")

@@ -29,6 +29,7 @@ from codedfarm.cli import cli
         (["--redis-url", "redis://127.0.0.1:1/0", "serve"],
          "cannot reach Redis at redis://127.0.0.1:1/0"),
         (["loadgen", "--url", "localhost:8000"], "--url must start with http:// or https://"),
+        (["probe", "localhost:9809/readyz"], "the probe URL must start with http:// or https://"),
     ],
 )  # fmt: skip
 def test_bad_options_of_the_farm_commands_exit_2_or_3(args, message):
@@ -37,6 +38,19 @@ def test_bad_options_of_the_farm_commands_exit_2_or_3(args, message):
     assert result.exit_code == (3 if "cannot reach Redis" in message else 2), result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["serve", "--wait", "0"], "Invalid value for '--wait'"),
+     (["serve", "--straggle-seed", "x"], "Invalid value for '--straggle-seed'"),
+     (["probe", "--timeout", "0"], "Invalid value for '--timeout'")],
+)  # fmt: skip
+def test_out_of_range_values_are_usage_errors(args, message):
+    """click's own checks: exit 2 and its usage message, no traceback."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
 
 

@@ -26,7 +26,7 @@ from codedfarm.cli.options import (
     queues_option,
     settings_from_context,
 )
-from codedfarm.errors import InputWarning
+from codedfarm.errors import ConfigError, InputWarning
 
 __all__ = ["collector", "submit", "worker"]
 
@@ -299,12 +299,14 @@ def probe(url: str, timeout: float) -> None:
     import urllib.error
     import urllib.request
 
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"the probe URL must start with http:// or https://, got {url!r}")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             click.echo(response.read().decode(errors="replace").strip())
     except urllib.error.HTTPError as exc:
         click.echo(exc.read().decode(errors="replace").strip() or str(exc), err=True)
         sys.exit(1)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         click.echo(f"cannot reach {url}: {exc}", err=True)
         sys.exit(1)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -25,6 +23,7 @@ from codedfarm.local import LocalFarm
 from codedfarm.local.redis_server import free_port
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
+from live_processes import start_collector, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = {r["alert"]: r["expr"] for r in yaml.safe_load(
@@ -76,20 +75,10 @@ def watched(model_cache: Path) -> Iterator[tuple[LocalFarm, dict[str, int], Path
              "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]},
         ],
     }  # fmt: skip
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     with LocalFarm(workers, settings=Settings(key_prefix="al", cache_dir=model_cache)) as farm:
         log = open(tmp / "collector.log", "wb")  # noqa: SIM115
-        collector = subprocess.Popen(
-            [sys.executable, "-m", "codedfarm", "collector", "--name", "al",
-             "--metrics-port", str(ports["collector"]), "--metrics-addr", "127.0.0.1"],
-            env=farm.env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        prom = subprocess.Popen(
-            [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{ports['prom']}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        collector = start_collector(farm, "al", ports["collector"], log)
+        prom = start_prometheus(prometheus, tmp, config, ports["prom"])
         try:
             yield farm, ports, targets, collector
         finally:

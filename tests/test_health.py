@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import redis
@@ -19,14 +17,7 @@ from codedfarm.monitoring.health import (
     worker_ready,
 )
 from codedfarm.settings import Settings
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from live_processes import get
 
 
 def test_probes_answer_from_the_readiness_check_and_metrics_stay():

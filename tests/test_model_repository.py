@@ -361,15 +361,14 @@ def test_the_http_server_serves_repository_models_with_their_own_serving_setting
     """`codedfarm serve` in front of the repository: the KServe client gets exact answers
     from a TorchScript model (mds, from the server's flags), a version by URL, and a model
     whose config.json names its codec (spline) is coded with it, not the server's."""
-    import socket
     import subprocess
     import sys
     import urllib.request
 
+    from codedfarm.local.redis_server import free_port
+
     httpclient = pytest.importorskip("tritonclient.http")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "codedfarm", "serve", "--port", str(port), "-Q", "r0",
          "--group-size", "4", "--codec", "mds", "-n", "6", "-s", "2"],

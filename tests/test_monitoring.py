@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -28,6 +26,7 @@ from codedfarm.local.redis_server import free_port
 from codedfarm.protocol import Keys
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
+from live_processes import get, start_collector, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/codedfarm.json"
@@ -91,11 +90,7 @@ def monitored(model_cache: Path):
     tmp = Path(tempfile.mkdtemp(prefix="codedfarm-prom-"))
     with LocalFarm(workers, settings=base) as farm:
         log = open(tmp / "collector.log", "wb")  # noqa: SIM115
-        collector = subprocess.Popen(
-            [sys.executable, "-m", "codedfarm", "collector", "--name", "mon",
-             "--metrics-port", str(ports["collector"]), "--metrics-addr", "127.0.0.1"],
-            env=farm.env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        collector = start_collector(farm, "mon", ports["collector"], log)
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
             "scrape_configs": [
@@ -105,13 +100,7 @@ def monitored(model_cache: Path):
                     f"127.0.0.1:{ports['w1']}", f"127.0.0.1:{ports['w2']}"]}]},
             ],
         }  # fmt: skip
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        prom = subprocess.Popen(
-            [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{ports['prom']}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        prom = start_prometheus(prometheus, tmp, config, ports["prom"])
         try:
             end = time.monotonic() + 30
             while b"listening" not in (tmp / "collector.log").read_bytes():
@@ -217,14 +206,6 @@ def digits_batch() -> np.ndarray:
     from codedfarm.models.digits import load_digits_split
 
     return load_digits_split().test_x[:6]
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_workers_and_the_collector_answer_their_probes(monitored):

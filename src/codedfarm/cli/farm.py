@@ -66,6 +66,14 @@ __all__ = ["collector", "submit", "worker"]
     help="Default straggler spec for tasks whose batch gives none: none, exp:shift=S,rate=R, "
     "pareto:scale=S,alpha=A, fail:p=P, joined with +.",
 )
+@click.option(
+    "--corrupt",
+    default="none",
+    metavar="MODE:p=P",
+    help="Testing facility: make a fraction P of this worker's outputs wrong, large (noise "
+    "of 100x the output's spread) or subtle (of its spread), e.g. large:p=0.5. For "
+    "testing byzantine decoding; never in production.",
+)
 @preload_option("Models to load in each process at start (repeatable)")
 @click.option(
     "--torch-threads", type=click.IntRange(min=1), default=1, help="torch threads per process."
@@ -97,6 +105,7 @@ def worker(
     pool: str | None,
     slowdown: float,
     straggle: str,
+    corrupt: str,
     preload: tuple[str, ...],
     torch_threads: int,
     metrics_port: int,
@@ -113,7 +122,7 @@ def worker(
         queues=queues, engine=engine, concurrency=concurrency, pool=pool, device=device,
         slowdown=slowdown, straggle=straggle, preload=preload, torch_threads=torch_threads,
         metrics_port=metrics_port, metrics_addr=metrics_addr, hostname=hostname,
-        loglevel=loglevel.lower(), events=events,
+        loglevel=loglevel.lower(), events=events, corrupt=corrupt,
     )  # fmt: skip
     sys.exit(run_worker(settings_from_context(model_repository=model_repository), options))
 
@@ -277,6 +286,9 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
         )
         more = f" (+{len(record.slowed) - 12})" if len(record.slowed) > 12 else ""
         lines.append(f"  slowed tasks: {shown}{more}")
+    if record.rejected:
+        shown = ", ".join(f"{d['index']} ({d['worker'] or '?'})" for d in record.rejected)
+        lines.append(f"  rejected as wrong (byzantine decode): {shown}")
     if record.error:
         lines.append(f"  error: {record.error}")
     if predictions is not None:

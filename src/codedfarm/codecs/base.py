@@ -5,13 +5,14 @@ from __future__ import annotations
 import abc
 import operator
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
+from codedfarm.codecs.byzantine import locate_wrong_results
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
 from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import (
@@ -21,7 +22,7 @@ from codedfarm.errors import (
     WorkerSetError,
 )
 
-__all__ = ["Codec", "Decoded", "Workers", "check_int"]
+__all__ = ["Codec", "Decoded", "Workers", "byzantine_unsupported", "check_int"]
 
 Workers = tuple[int, ...]
 
@@ -32,12 +33,14 @@ class Decoded:
 
     ``values``: ``(k, *out_shape)``, the type, device and dtype of the results.
     ``workers``: the results used, in order. ``lam_dec``: the smoothing the decoder used
-    (spline codes; the GCV choice under ``lam_dec="auto"``), else None.
+    (spline codes; the GCV choice under ``lam_dec="auto"``), else None. ``rejected``: the
+    workers whose results a ``byzantine`` decode judged wrong and left out.
     """
 
     values: Array
     workers: Workers
     lam_dec: float | None = None
+    rejected: Workers = ()
 
 
 def check_int(codec: str, name: str, value: object, minimum: int) -> int:
@@ -49,6 +52,14 @@ def check_int(codec: str, name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise CodecParameterError(f"{codec}: {name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def byzantine_unsupported(codec: str) -> str:
+    """The error for ``byzantine`` on a code whose results cannot check each other."""
+    return (
+        f"{codec}: byzantine decoding is not available: its results do not predict each "
+        "other (use berrut, spline, letcc, lagrange or mds)"
+    )
 
 
 def _read_only(matrix: FloatMatrix) -> FloatMatrix:
@@ -73,6 +84,9 @@ class Codec(abc.ABC):
     """Spec parameters beyond k and n, with their types (``spline:lam_enc=0`` -> float)."""
     takes_s: ClassVar[bool] = False
     """True if the code's parameters depend on S, the stragglers tolerated (given as ``s``)."""
+    byzantine: int = 0
+    """Wrong results the decoder locates and leaves out (``byzantine=A``; codes whose
+    results predict each other: those with a ``byzantine`` entry in ``PARAMS``)."""
 
     @classmethod
     def exact_degree(cls, params: dict[str, Any]) -> int | None:
@@ -84,10 +98,14 @@ class Codec(abc.ABC):
     @classmethod
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
         """Workers used when a batch names none: ``k + s`` for exact codes (the fewest that
-        tolerate ``s`` stragglers), ``3k`` for approximate ones (NeRCC's ratio)."""
-        return k + s if cls.exact else 3 * k
+        tolerate ``s`` stragglers), ``3k`` for approximate ones (NeRCC's ratio), plus
+        ``2A`` for a decoder that locates ``A`` wrong results (``byzantine=A``)."""
+        extra = 2 * int(params.get("byzantine", 0))
+        return (k + s if cls.exact else 3 * k) + extra
 
-    def __init__(self, k: int, n: int, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self, k: int, n: int, *, byzantine: int = 0, cache_size: int = DEFAULT_CACHE_SIZE
+    ) -> None:
         self.k = check_int(self.name, "k", k, 1)
         self.n = check_int(self.name, "n", n, 1)
         if self.n < self.k:
@@ -95,6 +113,9 @@ class Codec(abc.ABC):
                 f"{self.name}: n must be >= k (one coded input per worker), "
                 f"got k={self.k}, n={self.n}"
             )
+        self.byzantine = check_int(self.name, "byzantine", byzantine, 0)
+        if self.byzantine and "byzantine" not in self.PARAMS:
+            raise CodecParameterError(byzantine_unsupported(self.name))
         self._encoder: FloatMatrix | None = None
         self._decoders: LRUCache[Hashable, FloatMatrix] = LRUCache(cache_size)
         self._device_matrices: LRUCache[Hashable, Any] = LRUCache(cache_size)
@@ -102,8 +123,13 @@ class Codec(abc.ABC):
     # ----- what subclasses provide -------------------------------------------------------
     @property
     @abc.abstractmethod
-    def min_results(self) -> int:
-        """Fewest results ``decode`` accepts."""
+    def base_min_results(self) -> int:
+        """Fewest results the code decodes from when every result is right."""
+
+    def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
+        """``(len(targets), len(known))``: the results the code expects at workers
+        ``targets`` from the results of workers ``known`` (codes that take ``byzantine``)."""
+        raise NotImplementedError(byzantine_unsupported(self.name))
 
     @abc.abstractmethod
     def _build_encoder(self) -> FloatMatrix:
@@ -113,9 +139,18 @@ class Codec(abc.ABC):
     def _build_decoder(self, workers: Workers) -> FloatMatrix:
         """The ``(k, len(workers))`` decoder for results ordered as ``workers``."""
 
+    @property
+    def min_results(self) -> int:
+        """Fewest results ``decode`` accepts: the code's own minimum plus ``2A`` under
+        ``byzantine=A`` (each wrong result must be outvoted, as in Reed-Solomon decoding)."""
+        return self.base_min_results + 2 * self.byzantine
+
     def params(self) -> dict[str, Any]:
         """Codec parameters beyond k and n (used in records and ``spec``)."""
-        return {}
+        return self._byzantine_param()
+
+    def _byzantine_param(self) -> dict[str, Any]:
+        return {"byzantine": self.byzantine} if self.byzantine else {}
 
     def _check_decodable(self, workers: Workers) -> None:
         if len(workers) < self.min_results:
@@ -231,6 +266,9 @@ class Codec(abc.ABC):
                 "given; y's leading dimension must equal len(workers)"
             )
         self._check_decodable(ids)
+        rejected: Workers = ()
+        if self.byzantine:
+            ids, y, rejected = self._leave_out_wrong(y, ids)
         key, matrix, lam = self._decoder_for(y, ids)
         values = apply_matrix(
             matrix,
@@ -239,7 +277,34 @@ class Codec(abc.ABC):
             what="worker results y",
             torch_matrix=self._device_matrix(key, matrix, y),
         )
-        return Decoded(values, ids, lam)
+        return Decoded(values, ids, lam, rejected)
+
+    def locate_wrong(self, y: Array, workers: Iterable[int]) -> Workers:
+        """The workers among ``workers`` whose results ``y`` ``(m, *out_shape)`` the
+        ``byzantine`` locator judges wrong (at most ``byzantine`` of them)."""
+        ids = self.validate_workers(workers)
+        self._check_decodable(ids)
+        return self._leave_out_wrong(y, ids)[2]
+
+    def _leave_out_wrong(self, y: Array, ids: Workers) -> tuple[Workers, Array, Workers]:
+        if is_torch(y):
+            flat = y.detach().reshape(len(ids), -1).double().cpu().numpy()
+        else:
+            flat = np.asarray(y, dtype=np.float64).reshape(len(ids), -1)
+
+        def predict(known: Sequence[int], targets: Sequence[int]) -> FloatMatrix:
+            return self._result_predictor(
+                tuple(ids[i] for i in known), tuple(ids[i] for i in targets)
+            )
+
+        with single_threaded_blas():
+            bad = locate_wrong_results(
+                flat, predict, self.byzantine, min_kept=self.base_min_results
+            )
+        if not bad:
+            return ids, y, ()
+        keep = [i for i in range(len(ids)) if i not in bad]
+        return tuple(ids[i] for i in keep), y[keep], tuple(ids[i] for i in bad)
 
     def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix, float | None]:
         """The cache key (None: not cacheable), decoder matrix and decoder lambda (None for

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class BerrutCodec(Codec):
 
     name = "berrut"
     exact = False
+    PARAMS: ClassVar[dict[str, type]] = {"byzantine": int}
 
     def __init__(self, k: int, n: int, **kwargs: Any) -> None:
         super().__init__(k, n, **kwargs)
@@ -49,8 +50,11 @@ class BerrutCodec(Codec):
         self._beta = worker_points(self.n)
 
     @property
-    def min_results(self) -> int:
+    def base_min_results(self) -> int:
         return 1
+
+    def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
+        return berrut_matrix(self._beta[list(known)], self._beta[list(targets)])
 
     def _build_encoder(self) -> FloatMatrix:
         return berrut_matrix(self._alpha, self._beta)

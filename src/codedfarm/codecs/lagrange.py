@@ -27,15 +27,16 @@ class LagrangeCodec(Codec):
 
     name = "lagrange"
     exact = True
-    PARAMS: ClassVar[dict[str, type]] = {"degree": int}
+    PARAMS: ClassVar[dict[str, type]] = {"degree": int, "byzantine": int}
 
     def __init__(self, k: int, n: int, *, degree: int = 1, **kwargs: Any) -> None:
         super().__init__(k, n, **kwargs)
         self.degree = check_int(self.name, "degree", degree, 1)
         if self.n < self.min_results:
+            extra = f" + 2*byzantine = {self.min_results}" if self.byzantine else ""
             raise CodecParameterError(
                 f"{self.name}: n={self.n} is too small: degree={self.degree} with k={self.k} "
-                f"needs n >= (k-1)*degree+1 = {self.min_results}"
+                f"needs n >= (k-1)*degree+1 = {self.base_min_results}{extra}"
             )
         self._alpha = data_points(self.k)
         self._beta = worker_points(self.n)
@@ -46,15 +47,22 @@ class LagrangeCodec(Codec):
 
     @classmethod
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
-        """The fewest workers that tolerate ``s`` stragglers: ``(k-1)*degree + 1 + s``."""
-        return (k - 1) * int(params.get("degree", 1)) + 1 + s
+        """The fewest workers that tolerate ``s`` stragglers: ``(k-1)*degree + 1 + s``
+        (``+ 2A`` under ``byzantine=A``)."""
+        return (k - 1) * int(params.get("degree", 1)) + 1 + s + 2 * int(params.get("byzantine", 0))
 
     @property
-    def min_results(self) -> int:
+    def base_min_results(self) -> int:
         return (self.k - 1) * self.degree + 1
 
     def params(self) -> dict[str, Any]:
-        return {"degree": self.degree}
+        return {"degree": self.degree, **self._byzantine_param()}
+
+    def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
+        top = self.base_min_results - 1
+        fit = np.linalg.pinv(chebyshev.chebvander(self._beta[list(known)], top))
+        predictor: FloatMatrix = chebyshev.chebvander(self._beta[list(targets)], top) @ fit
+        return predictor
 
     def _build_encoder(self) -> FloatMatrix:
         basis_at_alpha = chebyshev.chebvander(self._alpha, self.k - 1)
@@ -63,7 +71,7 @@ class LagrangeCodec(Codec):
         return encoder
 
     def _build_decoder(self, workers: Workers) -> FloatMatrix:
-        top = self.min_results - 1
+        top = self.base_min_results - 1
         fit_basis = chebyshev.chebvander(self._beta[list(workers)], top)
         decoder: FloatMatrix = chebyshev.chebvander(self._alpha, top) @ np.linalg.pinv(fit_basis)
         return decoder

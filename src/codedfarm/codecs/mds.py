@@ -32,7 +32,7 @@ class MDSCodec(Codec):
 
     name = "mds"
     exact = True
-    PARAMS: ClassVar[dict[str, type]] = {"seed": int}
+    PARAMS: ClassVar[dict[str, type]] = {"seed": int, "byzantine": int}
 
     @classmethod
     def exact_degree(cls, params: dict[str, Any]) -> int | None:
@@ -43,11 +43,17 @@ class MDSCodec(Codec):
         self.seed = check_int(self.name, "seed", seed, 0)
 
     @property
-    def min_results(self) -> int:
+    def base_min_results(self) -> int:
         return self.k
 
     def params(self) -> dict[str, Any]:
-        return {"seed": self.seed} if self.seed != DEFAULT_SEED else {}
+        seed = {"seed": self.seed} if self.seed != DEFAULT_SEED else {}
+        return {**seed, **self._byzantine_param()}
+
+    def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
+        generator = self.encoder_matrix
+        predictor: FloatMatrix = generator[list(targets)] @ np.linalg.pinv(generator[list(known)])
+        return predictor
 
     def _build_encoder(self) -> FloatMatrix:
         rng = np.random.default_rng([self.seed, self.k, self.n])

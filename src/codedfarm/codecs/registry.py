@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from codedfarm.codecs.base import Codec
+from codedfarm.codecs.base import Codec, byzantine_unsupported
 from codedfarm.codecs.berrut import BerrutCodec
 from codedfarm.codecs.lagrange import LagrangeCodec
 from codedfarm.codecs.mds import MDSCodec
@@ -46,6 +46,10 @@ def codec_class(name: str) -> type[Codec]:
 def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
     """Build codec ``name`` for ``k`` inputs and ``n`` workers (``n`` defaults to ``k``)."""
     cls = codec_class(name)
+    if "byzantine" in params and "byzantine" not in cls.PARAMS:
+        if params["byzantine"]:
+            raise CodecParameterError(byzantine_unsupported(name))
+        params = {key: value for key, value in params.items() if key != "byzantine"}
     unknown = sorted(set(params) - set(cls.PARAMS) - {"cache_size"})
     if unknown:
         allowed = ", ".join(cls.PARAMS) or "none"
@@ -68,6 +72,8 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
+        if key == "byzantine" and sep and key not in kinds:
+            raise CodecParameterError(byzantine_unsupported(name))
         if not sep or key not in kinds:
             allowed = ", ".join(kinds) or "none"
             raise CodecParameterError(

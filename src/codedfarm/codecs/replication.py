@@ -42,7 +42,7 @@ class ReplicationCodec(Codec):
         return self.n // self.k
 
     @property
-    def min_results(self) -> int:
+    def base_min_results(self) -> int:
         return self.k
 
     def params(self) -> dict[str, Any]:

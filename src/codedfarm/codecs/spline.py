@@ -46,7 +46,7 @@ class SplineCodec(Codec):
 
     name = "spline"
     exact = False
-    PARAMS: ClassVar[dict[str, type]] = {"lam_enc": float, "lam_dec": float}
+    PARAMS: ClassVar[dict[str, type]] = {"lam_enc": float, "lam_dec": float, "byzantine": int}
 
     def __init__(
         self,
@@ -67,11 +67,16 @@ class SplineCodec(Codec):
         self._bases: LRUCache[Workers, SplineBasis] = LRUCache(self._decoders.maxsize)
 
     @property
-    def min_results(self) -> int:
+    def base_min_results(self) -> int:
         return 1
 
     def params(self) -> dict[str, Any]:
-        return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec}
+        return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec, **self._byzantine_param()}
+
+    def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
+        # the decoder's own fit (interpolation under "auto": GCV needs the results)
+        lam = 0.0 if self.lam_dec == "auto" else self.lam_dec
+        return smoothing_spline_matrix(self._beta[list(known)], self._beta[list(targets)], lam)
 
     def _build_encoder(self) -> FloatMatrix:
         return smoothing_spline_matrix(self._alpha, self._beta, self.lam_enc)
@@ -190,7 +195,7 @@ class LetccCodec(SplineCodec):
     """The spline code with ``(lam_enc, lam_dec)`` from :func:`letcc_lambdas` ``(k, n, s)``."""
 
     name = "letcc"
-    PARAMS: ClassVar[dict[str, type]] = {"s": int, "sigma": float}
+    PARAMS: ClassVar[dict[str, type]] = {"s": int, "sigma": float, "byzantine": int}
     takes_s = True
 
     def __init__(self, k: int, n: int, *, s: int = 0, sigma: float = 0.0, **kwargs: Any) -> None:

@@ -293,7 +293,9 @@ class Collector:
         decode_s = time.perf_counter() - start
         outcome = "deadline_decoded" if at_deadline and batch.policy_met_at is None else "decoded"
         predictions = np.asarray(decoded.values, np.float32)
-        return self._finish(batch, outcome, predictions, workers, decode_s, lam=decoded.lam_dec)
+        rejected = [{"index": i, "worker": batch.received[i].worker} for i in decoded.rejected]
+        return self._finish(batch, outcome, predictions, list(decoded.workers), decode_s,
+                            lam=decoded.lam_dec, rejected=rejected)  # fmt: skip
 
     @staticmethod
     def _error_summary(batch: _Open) -> str:
@@ -311,6 +313,7 @@ class Collector:
         decode_s: float | None,
         error: str = "",
         lam: float | None = None,
+        rejected: list[dict[str, object]] | None = None,
     ) -> BatchRecord:
         reg = batch.reg
         now = self.clock()
@@ -333,6 +336,7 @@ class Collector:
             slowed=reg.slowed,
             queues=reg.queues,
             lam_dec=lam if predictions is not None else None,
+            rejected=rejected or [],
             error=error or ("" if predictions is not None else self._error_summary(batch)),
             timings=StageTimings(
                 encode=reg.encode_s,
@@ -354,8 +358,7 @@ class Collector:
         if reg.reference and predictions is not None:
             self._fidelity.add(reg, reg.codec, predictions, batch.references, now + reg.ttl)
         else:
-            self._cleanup += [reg.output_key, reg.reference_key] if reg.reference else [
-                reg.output_key]  # fmt: skip
+            self._cleanup += [reg.output_key, *([reg.reference_key] if reg.reference else [])]
         self._deliver(reg, record, predictions)
         self._open.pop(reg.batch, None)
         self._remember(reg.batch, record)

@@ -125,6 +125,13 @@ class CollectorMetrics(CollectorHooks):
             buckets=(1e-8, 1e-6, 1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
             registry=registry,
         )
+        self.rejected = Counter(
+            "codedfarm_results_rejected_total",
+            "Worker results a byzantine decode judged wrong and left out, by the worker that "
+            "sent them.",
+            ["codec", "model", "worker"],
+            registry=registry,
+        )
         self.registered = Counter(
             "codedfarm_batches_registered_total",
             "Batches registered with this collector.",
@@ -150,6 +157,8 @@ class CollectorMetrics(CollectorHooks):
         if record.workers_used:
             self.stage.labels("decode", codec).observe(record.timings.decode)
             self.results_used.labels(codec).observe(len(record.workers_used))
+        for rejected in record.rejected:
+            self.rejected.labels(codec, record.model, rejected["worker"] or "unknown").inc()
 
     def result_dropped(self, reason: str) -> None:
         self.dropped.labels(reason).inc()

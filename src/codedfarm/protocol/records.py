@@ -137,6 +137,8 @@ class BatchRecord:
     model_version: int | None = None  # a repository model's version (None: a zoo model)
     retries: int = 0  # times the client sent the batch again after losing Redis
     critical: CriticalStamps | None = None  # the policy-meeting result's stamps
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {index, worker}: results
+    # a byzantine decode judged wrong and left out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from codedfarm.heartbeat import Heartbeat
 from codedfarm.protocol import Keys, Notice, TaskMessage
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker.state import WorkerState
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CANCEL_POLL_S",
@@ -94,6 +97,11 @@ def predict(
     if worker.options.slowdown > 1:
         time.sleep((worker.options.slowdown - 1.0) * compute)
         compute *= worker.options.slowdown
+    if worker.options.corruption.active:
+        output, count = worker.options.corruption.apply(output, worker.fault_rng)
+        if count:
+            log.warning("worker %s corrupted %d output(s) (--corrupt %s)", worker.name, count,
+                        worker.options.corrupt)  # fmt: skip
     return output, compute
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codedfarm.corruption import CorruptionSpec, parse_corruption_spec
 from codedfarm.errors import ConfigError
 from codedfarm.stragglers import StragglerSpec, parse_straggler_spec
 
@@ -37,7 +38,8 @@ class WorkerOptions:
     per forward pass) or ``celery`` (a Celery worker and its pools). ``concurrency``: Celery
     pool processes, or tasks in flight in the batch engine (None: 1 for celery, 32 for
     batch). ``queues`` empty: the device's queue.
-    ``slowdown`` and ``straggle`` inject slowness for experiments.
+    ``slowdown`` and ``straggle`` inject slowness for experiments; ``corrupt`` makes a
+    fraction of the outputs wrong (for testing ``byzantine`` decoding).
     """
 
     queues: tuple[str, ...] = ()
@@ -47,6 +49,7 @@ class WorkerOptions:
     device: str = "cpu"
     slowdown: float = 1.0  # a persistently slow node multiplies its compute time by this
     straggle: str = "none"  # default straggler spec for tasks that carry no plan
+    corrupt: str = "none"  # a fault for tests: none, large:p=P or subtle:p=P
     preload: tuple[str, ...] = ()
     torch_threads: int = 1
     metrics_port: int = 0
@@ -63,6 +66,11 @@ class WorkerOptions:
     def straggler_spec(self) -> StragglerSpec:
         """``straggle``, parsed once."""
         return parse_straggler_spec(self.straggle)
+
+    @functools.cached_property
+    def corruption(self) -> CorruptionSpec:
+        """``corrupt``, parsed once."""
+        return parse_corruption_spec(self.corrupt)
 
     @property
     def queue_names(self) -> tuple[str, ...]:
@@ -90,6 +98,7 @@ class WorkerOptions:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.slowdown < 1:
             raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")
+        self.corruption  # noqa: B018 (parse: a bad spec fails here)
         if self.straggler_spec.per_batch:
             raise ConfigError(
                 "--straggle fixed:... picks S tasks of a batch; give it per submit, not per worker"
@@ -128,6 +137,8 @@ class WorkerOptions:
             args += ["--hostname", self.hostname]
         if self.events:
             args.append("--events")
+        if self.corruption.active:
+            args += ["--corrupt", self.corrupt]
         return args
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,13 +153,15 @@ class WorkerOptions:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerOptions:
         """For a worker started as ``celery -A codedfarm.worker.celery_engine worker``:
         ``CODEDFARM_DEVICE``, ``CODEDFARM_SLOWDOWN``, ``CODEDFARM_WORKER_STRAGGLE``,
-        ``CODEDFARM_TORCH_THREADS`` and ``CODEDFARM_PRELOAD`` (comma-separated)."""
+        ``CODEDFARM_WORKER_CORRUPT``, ``CODEDFARM_TORCH_THREADS`` and
+        ``CODEDFARM_PRELOAD`` (comma-separated)."""
         env = os.environ if environ is None else environ
         try:
             return cls(
                 device=env.get("CODEDFARM_DEVICE", "cpu"),
                 slowdown=float(env.get("CODEDFARM_SLOWDOWN", "1.0")),
                 straggle=env.get("CODEDFARM_WORKER_STRAGGLE", "none"),
+                corrupt=env.get("CODEDFARM_WORKER_CORRUPT", "none"),
                 torch_threads=int(env.get("CODEDFARM_TORCH_THREADS", "1")),
                 preload=tuple(p for p in env.get("CODEDFARM_PRELOAD", "").split(",") if p),
             )

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import redis
 
 from codedfarm.errors import CodedFarmError, ModelUnavailableError
@@ -59,6 +60,7 @@ class WorkerState:
         default_factory=dict
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    fault_rng: np.random.Generator = field(default_factory=np.random.default_rng)  # --corrupt
 
     @property
     def straggle(self) -> StragglerSpec:

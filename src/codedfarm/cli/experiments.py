@@ -117,6 +117,18 @@ def compare(
     "--patterns", type=int, default=None,
     help="Straggler patterns per batch and S (default 8; quick 3).",
 )  # fmt: skip
+@click.option(
+    "--output-space", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
+    help="What workers return: probs (the network with its softmax, NeRCC's setting) or logits.",
+)  # fmt: skip
+@click.option(
+    "--corrupt", "corrupt", default=None, metavar="A[,A...]",
+    help="Corrupt results A for the wrong-results table (K=8, n=24, S=4; default 0,1,2).",
+)  # fmt: skip
+@click.option(
+    "--byzantine", type=click.IntRange(min=1), default=None,
+    help="A the byzantine decoder is built for in that table (default 2).",
+)  # fmt: skip
 @click.option("--quick", is_flag=True, help="A small run: LeNet5, K=8, N=40.")
 @click.option("--seed", type=int, default=0, help="Seed of the batches and straggler draws.")
 @click.option(
@@ -134,6 +146,9 @@ def evaluate(
     stragglers: tuple[str, ...],
     batches: int | None,
     patterns: int | None,
+    output_space: str,
+    corrupt: str | None,
+    byzantine: int | None,
     quick: bool,
     seed: int,
     out_dir: Path,
@@ -149,7 +164,13 @@ def evaluate(
     from codedfarm.settings import Settings
 
     config = EvalConfig.quick() if quick else EvalConfig()
-    changes: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "seed": seed}
+    changes: dict[str, Any] = {
+        "dataset": dataset, "data_dir": data_dir, "seed": seed, "output_space": output_space
+    }  # fmt: skip
+    if corrupt is not None:
+        changes["corrupt"] = _ints(tuple(corrupt.split(",")), "--corrupt")
+    if byzantine is not None:
+        changes["byzantine"] = byzantine
     if models:
         changes["models"] = models
     for name, value in (("k", k), ("n", n), ("batches", batches), ("patterns", patterns)):
@@ -161,7 +182,8 @@ def evaluate(
     config.validate()
     for name in config.models:
         get_model_spec(name)
-    units = len(config.models) * (config.tune_batches * len(config.lam_enc) + config.batches * 8)
+    per_model = config.tune_batches * len(config.lam_enc) + config.batches * 10
+    units = len(config.models) * (per_model + config.robust_batches * 3)
     with click.progressbar(length=units, label="evaluating", file=sys.stderr) as bar:
         result = run_evaluation(
             config,
@@ -180,6 +202,11 @@ def evaluate(
             f"mean of per-S ratios {s['tuned_over_berrut_per_s_mean']:.3f}); "
             f"auto / best fixed lam_dec = {s['auto_over_best_fixed']:.3f} (target <= 1.05)"
         )
+        log = s["over_berrut"].get("spline (log space)")
+        if log:
+            low, high = log["ci95"]
+            click.echo(f"{model}: spline (log space) / berrut MSE = {log['ratio']:.3f} "
+                       f"[{low:.3f}, {high:.3f}] (target <= 0.77)")  # fmt: skip
     slope = result["summary"]["noiseless_spline_slope"]
     click.echo(f"noiseless smooth-function slope of log MSE vs log N (spline): {slope:.2f} "
                "(target <= -2.5)")  # fmt: skip

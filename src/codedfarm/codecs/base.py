@@ -14,6 +14,7 @@ import numpy as np
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
 from codedfarm.codecs.byzantine import locate_wrong_results
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
+from codedfarm.codecs.output_space import check_space, from_decode_space, to_decode_space
 from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import (
     CodecParameterError,
@@ -84,6 +85,9 @@ class Codec(abc.ABC):
     """Spec parameters beyond k and n, with their types (``spline:lam_enc=0`` -> float)."""
     takes_s: ClassVar[bool] = False
     """True if the code's parameters depend on S, the stragglers tolerated (given as ``s``)."""
+    space: str = "linear"
+    """``log``: the results are probabilities; decode their logarithms, return probabilities
+    (codes with a ``space`` entry in ``PARAMS``; see output_space.py)."""
     byzantine: int = 0
     """Wrong results the decoder locates and leaves out (``byzantine=A``; codes whose
     results predict each other: those with a ``byzantine`` entry in ``PARAMS``)."""
@@ -104,7 +108,13 @@ class Codec(abc.ABC):
         return (k + s if cls.exact else 3 * k) + extra
 
     def __init__(
-        self, k: int, n: int, *, byzantine: int = 0, cache_size: int = DEFAULT_CACHE_SIZE
+        self,
+        k: int,
+        n: int,
+        *,
+        byzantine: int = 0,
+        space: str = "linear",
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.k = check_int(self.name, "k", k, 1)
         self.n = check_int(self.name, "n", n, 1)
@@ -116,6 +126,9 @@ class Codec(abc.ABC):
         self.byzantine = check_int(self.name, "byzantine", byzantine, 0)
         if self.byzantine and "byzantine" not in self.PARAMS:
             raise CodecParameterError(byzantine_unsupported(self.name))
+        self.space = check_space(self.name, space)
+        if self.space != "linear" and "space" not in self.PARAMS:
+            raise CodecParameterError(f"{self.name}: decodes in linear space only")
         self._encoder: FloatMatrix | None = None
         self._decoders: LRUCache[Hashable, FloatMatrix] = LRUCache(cache_size)
         self._device_matrices: LRUCache[Hashable, Any] = LRUCache(cache_size)
@@ -147,10 +160,11 @@ class Codec(abc.ABC):
 
     def params(self) -> dict[str, Any]:
         """Codec parameters beyond k and n (used in records and ``spec``)."""
-        return self._byzantine_param()
+        return self._decode_params()
 
-    def _byzantine_param(self) -> dict[str, Any]:
-        return {"byzantine": self.byzantine} if self.byzantine else {}
+    def _decode_params(self) -> dict[str, Any]:
+        space = {"space": self.space} if self.space != "linear" else {}
+        return {**space, "byzantine": self.byzantine} if self.byzantine else space
 
     def _check_decodable(self, workers: Workers) -> None:
         if len(workers) < self.min_results:
@@ -266,6 +280,7 @@ class Codec(abc.ABC):
                 "given; y's leading dimension must equal len(workers)"
             )
         self._check_decodable(ids)
+        y = to_decode_space(y, self.space)
         rejected: Workers = ()
         if self.byzantine:
             ids, y, rejected = self._leave_out_wrong(y, ids)
@@ -277,14 +292,14 @@ class Codec(abc.ABC):
             what="worker results y",
             torch_matrix=self._device_matrix(key, matrix, y),
         )
-        return Decoded(values, ids, lam, rejected)
+        return Decoded(from_decode_space(values, self.space), ids, lam, rejected)
 
     def locate_wrong(self, y: Array, workers: Iterable[int]) -> Workers:
         """The workers among ``workers`` whose results ``y`` ``(m, *out_shape)`` the
         ``byzantine`` locator judges wrong (at most ``byzantine`` of them)."""
         ids = self.validate_workers(workers)
         self._check_decodable(ids)
-        return self._leave_out_wrong(y, ids)[2]
+        return self._leave_out_wrong(to_decode_space(y, self.space), ids)[2]
 
     def _leave_out_wrong(self, y: Array, ids: Workers) -> tuple[Workers, Array, Workers]:
         if is_torch(y):

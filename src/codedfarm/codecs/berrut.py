@@ -42,7 +42,7 @@ class BerrutCodec(Codec):
 
     name = "berrut"
     exact = False
-    PARAMS: ClassVar[dict[str, type]] = {"byzantine": int}
+    PARAMS: ClassVar[dict[str, type]] = {"byzantine": int, "space": str}
 
     def __init__(self, k: int, n: int, **kwargs: Any) -> None:
         super().__init__(k, n, **kwargs)

@@ -56,7 +56,7 @@ class LagrangeCodec(Codec):
         return (self.k - 1) * self.degree + 1
 
     def params(self) -> dict[str, Any]:
-        return {"degree": self.degree, **self._byzantine_param()}
+        return {"degree": self.degree, **self._decode_params()}
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         top = self.base_min_results - 1

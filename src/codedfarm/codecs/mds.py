@@ -48,7 +48,7 @@ class MDSCodec(Codec):
 
     def params(self) -> dict[str, Any]:
         seed = {"seed": self.seed} if self.seed != DEFAULT_SEED else {}
-        return {**seed, **self._byzantine_param()}
+        return {**seed, **self._decode_params()}
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         generator = self.encoder_matrix

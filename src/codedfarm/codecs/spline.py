@@ -46,7 +46,12 @@ class SplineCodec(Codec):
 
     name = "spline"
     exact = False
-    PARAMS: ClassVar[dict[str, type]] = {"lam_enc": float, "lam_dec": float, "byzantine": int}
+    PARAMS: ClassVar[dict[str, type]] = {
+        "lam_enc": float,
+        "lam_dec": float,
+        "byzantine": int,
+        "space": str,
+    }
 
     def __init__(
         self,
@@ -71,7 +76,7 @@ class SplineCodec(Codec):
         return 1
 
     def params(self) -> dict[str, Any]:
-        return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec, **self._byzantine_param()}
+        return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec, **self._decode_params()}
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         # the decoder's own fit (interpolation under "auto": GCV needs the results)
@@ -195,7 +200,12 @@ class LetccCodec(SplineCodec):
     """The spline code with ``(lam_enc, lam_dec)`` from :func:`letcc_lambdas` ``(k, n, s)``."""
 
     name = "letcc"
-    PARAMS: ClassVar[dict[str, type]] = {"s": int, "sigma": float, "byzantine": int}
+    PARAMS: ClassVar[dict[str, type]] = {
+        "s": int,
+        "sigma": float,
+        "byzantine": int,
+        "space": str,
+    }
     takes_s = True
 
     def __init__(self, k: int, n: int, *, s: int = 0, sigma: float = 0.0, **kwargs: Any) -> None:

@@ -1,9 +1,10 @@
 """Decode fidelity of the codecs on a model: MSE and RelAcc over random batches and stragglers.
 
 Definitions (NeRCC's): for a batch of K inputs, ``MSE = (1/K) sum_k ||f_hat(x_k) - f(x_k)||^2``
-over the model's output vector (logits), and ``RelAcc = acc(argmax f_hat) / acc(argmax f)``
-against the true labels. Each (codec, batch) is encoded and run through the model once; the
-many straggler patterns then only cost decodes.
+over the model's output vector (probabilities or logits), and
+``RelAcc = acc(argmax f_hat) / acc(argmax f)`` against the true labels. Each (codec, batch)
+is encoded and run through the model once; the many straggler patterns then only cost
+decodes.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def measure_fidelity(
         per_s: dict[int, tuple[list[float], list[float], int]] = {
             s: ([], [], 0) for s in stragglers
         }
+        per_batch: dict[int, list[float]] = {s: [] for s in stragglers}  # mean MSE per batch
         for batch in data:
             codec = build_codec(spec, k, n, max(stragglers))
             coded_out = model(codec.encode(batch.x).astype(np.float32))
@@ -114,6 +116,7 @@ def measure_fidelity(
                 if plan_codec(spec).takes_s:  # its smoothing depends on S
                     codec = build_codec(spec, k, n, s)
                 mses, accs, attempts = per_s[s]
+                before = len(mses)
                 for workers in _patterns(n, s, patterns, rng):
                     attempts += 1
                     try:
@@ -124,6 +127,7 @@ def measure_fidelity(
                     if base_acc > 0:
                         accs.append(_accuracy(decoded, batch.labels) / base_acc)
                 per_s[s] = (mses, accs, attempts)
+                per_batch[s].append(float(np.mean(mses[before:])) if len(mses) > before else np.nan)
             progress(1)
         for s, (mses, accs, attempts) in per_s.items():
             rows.append(
@@ -139,6 +143,7 @@ def measure_fidelity(
                     mse_std=float(np.std(mses)) if mses else float("nan"),
                     rel_acc=float(np.mean(accs)) if accs else float("nan"),
                     rel_acc_std=float(np.std(accs)) if accs else float("nan"),
+                    extra={"batch_mse": per_batch[s]},
                 )
             )
     return rows

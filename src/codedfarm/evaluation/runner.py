@@ -17,9 +17,15 @@ from codedfarm.evaluation import plots
 from codedfarm.evaluation.compare import toy_model
 from codedfarm.evaluation.convergence import ConvergenceCurve, convergence
 from codedfarm.evaluation.fidelity import FidelityRow, Model, batches, build_codec, measure_fidelity
+from codedfarm.evaluation.reporting import ratio_table, robustness_table
+from codedfarm.evaluation.robustness import RobustnessRow, measure_robustness
 from codedfarm.evaluation.tuning import DEFAULT_LAM_DEC, DEFAULT_LAM_ENC, LambdaGrid, grid_search
 
-__all__ = ["EvalConfig", "run_evaluation"]
+__all__ = ["OUTPUT_SPACES", "EvalConfig", "run_evaluation"]
+
+OUTPUT_SPACES = ("probs", "logits")
+ROBUST_SHAPE = (8, 24, 4)  # (K, n, S) of the wrong-results table
+BOOTSTRAP = 2000
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class EvalConfig:
     convergence_s: int = 3
     noise: float = 0.01
     seed: int = 0
+    output_space: str = "probs"  # probs: the network with its softmax (NeRCC's); or logits
+    robust_batches: int = 10  # wrong-results table: batches per model, at K=8, n=24, S=4
+    corrupt: tuple[int, ...] = (0, 1, 2)  # corrupt results A
+    byzantine: int = 2
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -56,6 +66,7 @@ class EvalConfig:
             lam_enc=(0.0, 1e-5, 1e-3),
             lam_dec=(0.0, 1e-7, 1e-5, 1e-3, 1e-1),
             convergence_ns=(20, 40, 80, 160),
+            robust_batches=3,
         )
 
     def validate(self) -> None:
@@ -65,16 +76,26 @@ class EvalConfig:
             raise ConfigError(f"stragglers must be in [0, n={self.n}), got {self.stragglers}")
         if min(self.batches, self.tune_batches, self.patterns) < 1:
             raise ConfigError("batches, tune_batches and patterns must be >= 1")
+        _, n, s = ROBUST_SHAPE
+        if not 1 <= self.byzantine <= (n - s - 1) // 2:
+            raise ConfigError(f"byzantine must be in [1, {(n - s - 1) // 2}] (n={n}, S={s})")
+        if any(not 0 <= a <= n - s - 1 for a in self.corrupt) or not self.corrupt:
+            raise ConfigError(f"corrupt results A must be in [0, {n - s - 1}], got {self.corrupt}")
+        if self.output_space not in OUTPUT_SPACES:
+            raise ConfigError(
+                f"output space must be one of {', '.join(OUTPUT_SPACES)}, got {self.output_space!r}"
+            )
 
 
-def _numpy_model(module: Any) -> Model:
+def _numpy_model(module: Any, output_space: str = "logits") -> Model:
     import torch
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             outs = [module(torch.from_numpy(np.ascontiguousarray(c))) for c in np.split(
                 x, range(256, len(x), 256))]  # fmt: skip
-        return torch.cat(outs).float().numpy()
+            out = torch.cat(outs).float()
+            return (out.softmax(-1) if output_space == "probs" else out).numpy()
 
     return run
 
@@ -96,7 +117,7 @@ def _load(name: str, config: EvalConfig, cache_dir: Path) -> tuple[Model, Any, d
     if len(shape) != 3:
         raise ConfigError(f"model {name} does not take images")
     data = load_dataset(config.dataset, shape, cache_dir, data_dir=config.data_dir)
-    return _numpy_model(module), data, meta
+    return _numpy_model(module, config.output_space), data, meta
 
 
 def run_evaluation(
@@ -117,6 +138,7 @@ def run_evaluation(
     training: dict[str, Any] = {}
     chosen: dict[str, dict[str, str]] = {}
     samples: dict[str, np.ndarray] = {}
+    robust: list[RobustnessRow] = []
     for name in config.models:
         echo(f"[{name}] preparing model and data ...")
         model, data, meta = _load(name, config, cache_dir)
@@ -141,6 +163,9 @@ def run_evaluation(
             "letcc": "letcc",
             "mds": "mds",
         }
+        if config.output_space == "probs":
+            codecs["spline (log space)"] = LOG_SPLINE
+            codecs["berrut (log space)"] = "berrut:space=log"
         if config.n % config.k == 0:
             codecs["replication"] = "replication"
         chosen[name] = codecs
@@ -152,11 +177,19 @@ def run_evaluation(
             progress=progress,
         )  # fmt: skip
         rows += [
-            replace(r, extra={"label": label})
+            replace(r, extra={**r.extra, "label": label})
             for label, spec in codecs.items()
             for r in model_rows
             if r.codec == spec
         ]
+        echo(f"[{name}] wrong results: A in {config.corrupt}, byzantine={config.byzantine} ...")
+        k, n, s = ROBUST_SHAPE
+        robust_data = batches(model, images[half:], labels[half:], k, config.robust_batches, rng)
+        robust += measure_robustness(
+            name, model, robust_data, _robust_codecs(config), n=n, s=s, corrupt=config.corrupt,
+            byzantine=config.byzantine, patterns=config.patterns, seed=config.seed,
+            progress=progress,
+        )  # fmt: skip
         if name == config.models[0]:
             x = held[0].x
             samples = {"original": x}
@@ -164,7 +197,7 @@ def run_evaluation(
                 samples[f"{label} coded"] = build_codec(spec, config.k, config.n, 0).encode(x)
     echo("convergence in N ...")
     curves = _convergence(config, cache_dir, rng)
-    summary = _summary(rows, grids, curves)
+    summary = _summary(rows, grids, curves, np.random.default_rng([config.seed, 2]))
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "training": training,
@@ -175,11 +208,22 @@ def run_evaluation(
             for m, g in grids.items()
         },
         "convergence": [{**asdict(c), "slope": c.slope} for c in curves],
+        "robustness": [asdict(r) for r in robust],
         "summary": summary,
         "seconds": round(time.time() - started, 1),
     }
-    _write(out_dir, result, rows, grids, curves, samples)
+    _write(out_dir, result, rows, grids, curves, samples, robust)
     return result
+
+
+LOG_SPLINE = "spline:lam_enc=0,lam_dec=0,space=log"
+
+
+def _robust_codecs(config: EvalConfig) -> list[str]:
+    specs = ["berrut", "spline:lam_enc=0,lam_dec=auto"]
+    if config.output_space == "probs":
+        specs.append(LOG_SPLINE)
+    return specs
 
 
 def _convergence(
@@ -220,8 +264,32 @@ def _per_s_ratio(rows: list[FidelityRow], model: str) -> float:
     return float(np.mean(ratios))
 
 
+def ratio_with_ci(
+    rows: list[FidelityRow], model: str, label: str, rng: np.random.Generator
+) -> dict[str, Any]:
+    """MSE(label) / MSE(berrut) the paper's way (ratio of S-averaged MSE), its 95% bootstrap
+    interval over batches (the batches are the independent draws; every codec sees the same
+    ones), and the per-S ratios."""
+
+    def per_batch(lab: str) -> np.ndarray:  # (S, batches)
+        sel = sorted((r for r in rows if r.model == model and r.extra["label"] == lab),
+                     key=lambda r: r.s)  # fmt: skip
+        return np.array([r.extra["batch_mse"] for r in sel])
+
+    mine, base = per_batch(label), per_batch("berrut")
+    ratio = float(np.nanmean(mine) / np.nanmean(base))
+    draws = rng.integers(0, mine.shape[1], (BOOTSTRAP, mine.shape[1]))
+    boot = np.nanmean(mine[:, draws], axis=(0, 2)) / np.nanmean(base[:, draws], axis=(0, 2))
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    per_s = np.nanmean(mine, axis=1) / np.nanmean(base, axis=1)
+    return {"ratio": ratio, "ci95": [float(low), float(high)], "per_s": per_s.tolist()}
+
+
 def _summary(
-    rows: list[FidelityRow], grids: dict[str, LambdaGrid], curves: list[ConvergenceCurve]
+    rows: list[FidelityRow],
+    grids: dict[str, LambdaGrid],
+    curves: list[ConvergenceCurve],
+    rng: np.random.Generator,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"models": {}}
     for model, grid in grids.items():
@@ -236,6 +304,11 @@ def _summary(
             "target_tuned_over_berrut": 0.77,
             "auto_over_best_fixed": auto / best_fixed,
             "target_auto_over_best_fixed": 1.05,
+            "over_berrut": {
+                label: ratio_with_ci(rows, model, label, rng)
+                for label in dict.fromkeys(r.extra["label"] for r in rows if r.model == model)
+                if label not in ("berrut", "replication")
+            },
         }
     smooth = [c for c in curves if c.function == "smooth tanh" and not c.noise]
     out["slopes"] = {
@@ -254,6 +327,7 @@ def _write(
     grids: dict[str, LambdaGrid],
     curves: list[ConvergenceCurve],
     samples: dict[str, np.ndarray],
+    robust: list[RobustnessRow],
 ) -> None:
     (out_dir / "results.json").write_text(json.dumps(result, indent=2, default=float))
     with open(out_dir / "fidelity.csv", "w", newline="") as f:
@@ -263,7 +337,10 @@ def _write(
         for r in rows:
             writer.writerow([r.model, r.codec, r.extra["label"], r.k, r.n, r.s, r.trials,
                              r.decoded, r.mse, r.mse_std, r.rel_acc, r.rel_acc_std])  # fmt: skip
-    (out_dir / "table.md").write_text(markdown_table(rows))
+    (out_dir / "table.md").write_text(
+        markdown_table(rows) + "\n" + ratio_table(result["summary"]) + "\n"
+        + robustness_table(robust)
+    )  # fmt: skip
     plots.metric_vs_s_png(rows, "mse", out_dir / "mse_vs_s.png")
     plots.metric_vs_s_png(rows, "rel_acc", out_dir / "relacc_vs_s.png")
     plots.lambda_sweep_png(grids, out_dir / "lambda_sweep.png")

@@ -1,0 +1,134 @@
+"""Byzantine decoding: the locator finds wrong results, leaves honest batches alone, and
+the counts of results the codes need; the log-space decode; the --corrupt fault."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codedfarm.codecs import make_codec, plan_codec
+from codedfarm.corruption import CorruptionSpec, parse_corruption_spec
+from codedfarm.errors import CodecParameterError, ConfigError, NotEnoughResultsError
+from codedfarm.evaluation.compare import toy_model
+
+K, N, S = 8, 24, 4
+APPROXIMATE = ["berrut", "spline:lam_enc=0,lam_dec=auto", "letcc", "spline:lam_dec=0"]
+WEIGHTS = np.random.default_rng(7).standard_normal((16, 5)) / 4
+EXACT = {"mds": lambda x: x @ WEIGHTS + 1.0, "lagrange:degree=2": lambda x: (x @ WEIGHTS) ** 2}
+
+
+def _with(spec: str, extra: str) -> str:
+    return f"{spec}{',' if ':' in spec else ':'}{extra}"
+
+
+def _setup(spec: str, f, seed: int, byzantine: int = 2):
+    plan = plan_codec(_with(spec, f"byzantine={byzantine}"))
+    n = plan.default_n(K, S)
+    codec = plan.codec(K, n, S)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((K, 16))
+    workers = sorted(rng.choice(n, n - S, replace=False).tolist())
+    return codec, f(codec.encode(x))[workers], workers, rng
+
+
+@pytest.mark.parametrize("spec", APPROXIMATE + list(EXACT))
+@pytest.mark.parametrize("seed", range(4))
+def test_large_errors_are_located_and_the_decode_equals_one_without_them(spec, seed):
+    f = EXACT.get(spec, toy_model("tanh", in_dim=16, out_dim=5))
+    codec, y, workers, rng = _setup(spec, f, seed)
+    bad = sorted(rng.choice(len(workers), 2, replace=False).tolist())
+    wrong = y.copy()
+    for i in bad:
+        wrong[i] += rng.standard_normal(wrong[i].shape) * 100 * wrong[i].std()
+    report = codec.decode_report(wrong, workers)
+    assert sorted(report.rejected) == [workers[i] for i in bad]
+    keep = [i for i in range(len(workers)) if i not in bad]
+    plain = plan_codec(spec).codec(K, codec.n, S)
+    np.testing.assert_allclose(report.values, plain.decode(y[keep], [workers[i] for i in keep]))
+    assert list(report.workers) == [workers[i] for i in keep]
+
+
+@pytest.mark.parametrize("spec", list(EXACT))
+def test_exact_codes_reject_nothing_on_honest_results_and_stay_exact(spec):
+    f = EXACT[spec]
+    for seed in range(5):
+        codec, y, workers, _ = _setup(spec, f, seed)
+        report = codec.decode_report(y, workers)
+        assert report.rejected == ()
+
+
+def test_honest_batches_of_a_smooth_function_lose_little():
+    f = toy_model("tanh", in_dim=16, out_dim=5)
+    for spec in ("berrut", "spline:lam_enc=0,lam_dec=auto"):
+        rejected = 0
+        for seed in range(30):
+            codec, y, workers, _ = _setup(spec, f, seed)
+            report = codec.decode_report(y, workers)
+            rejected += len(report.rejected)
+            if not report.rejected:  # nothing left out: the plain decode, bit for bit
+                plain = plan_codec(spec).codec(K, codec.n, S)
+                np.testing.assert_array_equal(report.values, plain.decode(y, workers))
+        assert rejected <= 6, (spec, rejected)  # at most one honest result in ten batches
+
+
+def test_results_needed_grow_by_two_per_located_error():
+    assert plan_codec("berrut:byzantine=2").codec(K, 24).min_results == 5
+    assert plan_codec("mds:byzantine=3").codec(K, 20).min_results == K + 6
+    assert plan_codec("mds:byzantine=1").default_n(K, S) == K + S + 2
+    assert plan_codec("lagrange:degree=2,byzantine=1").default_n(K, 0) == 2 * (K - 1) + 3
+    assert plan_codec("spline:byzantine=2").default_n(K, S) == 3 * K + 4
+    codec = plan_codec("mds:byzantine=2").codec(K, 16)
+    y = np.ones((K + 3, 2))
+    with pytest.raises(NotEnoughResultsError, match="at least 12"):
+        codec.decode(y, list(range(K + 3)))
+    with pytest.raises(CodecParameterError, match=r"n >= .* 2\*byzantine"):
+        make_codec("lagrange", K, 16, degree=2, byzantine=1)
+
+
+def test_specs_and_bad_values():
+    assert plan_codec("berrut:byzantine=2").codec(K, 24).spec == "berrut:k=8,n=24,byzantine=2"
+    assert "space=log" in plan_codec("spline:space=log").codec(K, 24).spec
+    for bad in ("replication:byzantine=1", "uncoded:byzantine=2"):
+        with pytest.raises(CodecParameterError, match="results do not predict each other"):
+            plan_codec(bad)
+    with pytest.raises(CodecParameterError, match="results do not predict each other"):
+        make_codec("replication", K, 16, byzantine=1)
+    assert make_codec("replication", K, 16, byzantine=0).min_results == K
+    with pytest.raises(CodecParameterError, match="byzantine must be >= 0"):
+        make_codec("berrut", K, 24, byzantine=-1)
+    with pytest.raises(CodecParameterError, match="space must be one of linear, log"):
+        make_codec("spline", K, 24, space="exp")
+    with pytest.raises(CodecParameterError, match="unknown parameter"):
+        make_codec("mds", K, 24, space="log")
+
+
+def test_log_space_returns_probabilities_on_numpy_and_torch():
+    torch = pytest.importorskip("torch")
+    codec = make_codec("spline", K, N, lam_dec=0.0, space="log")
+    p = np.random.default_rng(0).dirichlet(np.full(10, 0.2), N).astype(np.float32)
+    workers = list(range(0, N, 2))
+    out = codec.decode(p[workers], workers)
+    assert out.min() >= 0 and np.allclose(out.sum(1), 1, atol=1e-5)
+    tensor = codec.decode(torch.from_numpy(p[workers]), workers)
+    np.testing.assert_allclose(tensor.numpy(), out, atol=1e-5)
+    # the same distribution from every worker decodes to itself
+    same = np.tile(p[:1], (len(workers), 1))
+    np.testing.assert_allclose(codec.decode(same, workers), np.tile(p[:1], (K, 1)), atol=1e-5)
+
+
+def test_corruption_specs_and_their_effect():
+    assert parse_corruption_spec("none") == CorruptionSpec()
+    assert parse_corruption_spec("large:p=0.25") == CorruptionSpec("large", 0.25)
+    assert str(parse_corruption_spec("subtle:p=1")) == "subtle:p=1"
+    for bad in ("loud:p=0.1", "large", "large:p=0", "large:p=2", "large:q=0.1", "none:p=1"):
+        with pytest.raises(ConfigError, match="--corrupt"):
+            parse_corruption_spec(bad)
+    rng = np.random.default_rng(0)
+    outputs = rng.standard_normal((2000, 10)).astype(np.float32)
+    out, count = CorruptionSpec("large", 0.25).apply(outputs, rng)
+    changed = np.any(out != outputs, axis=1)
+    assert count == int(changed.sum()) and 400 < count < 600
+    assert np.median(np.abs(out[changed] - outputs[changed])) > 30  # ~100x the spread
+    out, count = CorruptionSpec("subtle", 1.0).apply(outputs, rng)
+    assert count == 2000 and 0.3 < np.median(np.abs(out - outputs)) < 1.5
+    assert CorruptionSpec().apply(outputs, rng)[0] is outputs

@@ -175,7 +175,7 @@ def test_construction_errors_name_codec_and_parameter():
     _raises(CodecParameterError, r"letcc: s must be < n", make_codec, "letcc", 2, 4, s=4)
     _raises(
         CodecParameterError,
-        r"letcc: unknown parameter\(s\) lam_dec; allowed: s, sigma",
+        r"letcc: unknown parameter\(s\) lam_dec; allowed: s, sigma, byzantine, space",
         make_codec,
         "letcc",
         2,

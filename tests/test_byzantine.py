@@ -116,6 +116,23 @@ def test_log_space_returns_probabilities_on_numpy_and_torch():
     np.testing.assert_allclose(codec.decode(same, workers), np.tile(p[:1], (K, 1)), atol=1e-5)
 
 
+def test_log_space_rejects_results_that_are_not_probabilities():
+    codec = make_codec("spline", K, N, lam_dec=0.0, space="log", byzantine=2)
+    p = np.random.default_rng(1).dirichlet(np.full(10, 0.5), N)
+    workers = list(range(N))
+    wrong = p.copy()
+    wrong[5, :2] = [-0.01, p[5, 1] + 0.01]  # sums to one, one entry negative
+    wrong[9] *= 1.01  # non-negative, sums to 1.01
+    wrong[11] = np.nan
+    with pytest.raises(NotEnoughResultsError, match="5 of 5 results are not probabilities"):
+        codec.decode(np.full((5, 10), -1.0), [0, 1, 2, 3, 4])
+    report = codec.decode_report(wrong, workers)
+    assert set(report.rejected) >= {5, 9, 11}
+    keep = [w for w in workers if w not in report.rejected]
+    plain = make_codec("spline", K, N, lam_dec=0.0, space="log")
+    np.testing.assert_allclose(report.values, plain.decode(p[keep], keep))
+
+
 def test_corruption_specs_and_their_effect():
     assert parse_corruption_spec("none") == CorruptionSpec()
     assert parse_corruption_spec("large:p=0.25") == CorruptionSpec("large", 0.25)

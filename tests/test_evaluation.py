@@ -96,6 +96,31 @@ def test_quick_run_writes_every_output(model_cache, tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| berrut |" in table and "spline (lam_dec=auto)" in table
     assert result["training"]["lenet5"]["test_accuracy"] > 0.9
+    # probabilities by default: the log-space spline row, its ratio with an interval
+    log = saved["summary"]["models"]["lenet5"]["over_berrut"]["spline (log space)"]
+    low, high = log["ci95"]
+    assert low <= log["ratio"] <= high and len(log["per_s"]) == len(config.stragglers)
+    assert log["ratio"] < 0.77
+    # the wrong-results table: every codec, mode and A; byzantine outvotes large errors
+    robust = saved["robustness"]
+    assert {(r["mode"], r["a"]) for r in robust} == {
+        (m, a) for m in ("large", "subtle") for a in config.corrupt
+    }
+    for r in robust:
+        if r["mode"] == "large" and r["a"]:
+            assert r["found"] == 1.0 and r["mse_byzantine"] <= 1.5 * r["mse_absent"], r
+    assert "| lenet5 | berrut | large | 2 |" in table
+
+
+def test_logits_space_has_no_log_rows(model_cache, tmp_path):
+    config = EvalConfig.quick()
+    config = EvalConfig(**{**config.__dict__, "output_space": "logits", "models": ("lenet5",),
+                           "stragglers": (0, 16), "corrupt": (1,)})  # fmt: skip
+    result = run_evaluation(config, tmp_path, model_cache, echo=lambda _: None)
+    labels = {r["extra"]["label"] for r in result["fidelity"]}
+    assert "spline (log space)" not in labels and "berrut" in labels
+    assert {r["codec"] for r in result["robustness"]} == {
+        "berrut", "spline:lam_enc=0,lam_dec=auto"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -105,6 +130,10 @@ def test_quick_run_writes_every_output(model_cache, tmp_path):
         (["-k", "50", "-n", "40"], "need 1 <= k <= n, got k=50, n=40"),
         (["--stragglers", "0,40"], "stragglers must be in [0, n=40)"),
         (["--dataset", "svhn", "--model", "lenet5"], "unknown data set 'svhn'"),
+        (["--output-space", "odds"], "Invalid value for '--output-space'"),
+        (["--corrupt", "0,30"], "corrupt results A must be in [0, 19]"),
+        (["--corrupt", "x"], "--corrupt takes integers"),
+        (["--byzantine", "12"], "byzantine must be in [1, 9]"),
     ],
 )
 def test_eval_bad_options_exit_2(args, message, tmp_path, monkeypatch, model_cache):

@@ -14,7 +14,12 @@ import numpy as np
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
 from codedfarm.codecs.byzantine import locate_wrong_results
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
-from codedfarm.codecs.output_space import check_space, from_decode_space, to_decode_space
+from codedfarm.codecs.output_space import (
+    check_space,
+    from_decode_space,
+    not_probabilities,
+    to_decode_space,
+)
 from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import (
     CodecParameterError,
@@ -280,10 +285,10 @@ class Codec(abc.ABC):
                 "given; y's leading dimension must equal len(workers)"
             )
         self._check_decodable(ids)
-        y = to_decode_space(y, self.space)
         rejected: Workers = ()
         if self.byzantine:
             ids, y, rejected = self._leave_out_wrong(y, ids)
+        y = to_decode_space(y, self.space)
         key, matrix, lam = self._decoder_for(y, ids)
         values = apply_matrix(
             matrix,
@@ -299,27 +304,41 @@ class Codec(abc.ABC):
         ``byzantine`` locator judges wrong (at most ``byzantine`` of them)."""
         ids = self.validate_workers(workers)
         self._check_decodable(ids)
-        return self._leave_out_wrong(to_decode_space(y, self.space), ids)[2]
+        return self._leave_out_wrong(y, ids)[2]
 
     def _leave_out_wrong(self, y: Array, ids: Workers) -> tuple[Workers, Array, Workers]:
+        """The workers kept, their results, and the workers rejected. Under ``space=log``
+        a result that is not a probability vector is wrong whatever the others say; the
+        locator then compares the rest as returned (in log space, honest probabilities
+        far below any that matter wander and would look wrong)."""
         if is_torch(y):
             flat = y.detach().reshape(len(ids), -1).double().cpu().numpy()
         else:
             flat = np.asarray(y, dtype=np.float64).reshape(len(ids), -1)
+        bad = list(not_probabilities(flat)) if self.space == "log" else []
+        valid = [i for i in range(len(ids)) if i not in bad]
 
         def predict(known: Sequence[int], targets: Sequence[int]) -> FloatMatrix:
             return self._result_predictor(
-                tuple(ids[i] for i in known), tuple(ids[i] for i in targets)
+                tuple(ids[valid[i]] for i in known), tuple(ids[valid[i]] for i in targets)
             )
 
-        with single_threaded_blas():
-            bad = locate_wrong_results(
-                flat, predict, self.byzantine, min_kept=self.base_min_results
-            )
+        budget = self.byzantine - len(bad)
+        if budget > 0 and len(valid) >= self.base_min_results:
+            with single_threaded_blas():
+                found = locate_wrong_results(
+                    flat[valid], predict, budget, min_kept=self.base_min_results
+                )
+            bad += [valid[i] for i in found]
         if not bad:
             return ids, y, ()
         keep = [i for i in range(len(ids)) if i not in bad]
-        return tuple(ids[i] for i in keep), y[keep], tuple(ids[i] for i in bad)
+        if len(keep) < self.base_min_results:
+            raise NotEnoughResultsError(
+                f"{self.name}: {len(bad)} of {len(ids)} results are not probabilities; "
+                f"{len(keep)} left, fewer than the {self.base_min_results} it needs"
+            )
+        return tuple(ids[i] for i in keep), y[keep], tuple(sorted(ids[i] for i in bad))
 
     def _decoder_for(self, y: Array, ids: Workers) -> tuple[Hashable, FloatMatrix, float | None]:
         """The cache key (None: not cacheable), decoder matrix and decoder lambda (None for

@@ -14,17 +14,39 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from codedfarm.codecs.arrays import Array, is_torch
 from codedfarm.errors import CodecParameterError
 
-__all__ = ["LOG_FLOOR", "SPACES", "check_space", "from_decode_space", "to_decode_space"]
+__all__ = [
+    "LOG_FLOOR",
+    "PROBABILITY_TOLERANCE",
+    "SPACES",
+    "check_space",
+    "from_decode_space",
+    "not_probabilities",
+    "to_decode_space",
+]
 
 SPACES = ("linear", "log")
 
 LOG_FLOOR = 1e-12
 """Smallest probability before the logarithm. Chosen on LeNet5 from {1e-4, ..., 1e-12}
 (smaller was better there); RepVGG and the small ViT, held out, do not change below 1e-6."""
+
+
+PROBABILITY_TOLERANCE = 1e-3
+"""How far a returned probability vector may stray from the simplex (an entry below 0, or
+a sum away from 1) before it counts as wrong; float32 softmax stays within 1e-6."""
+
+
+def not_probabilities(y: npt.NDArray[np.float64]) -> tuple[int, ...]:
+    """Rows of ``y`` ``(m, d)`` (``d`` classes) that are not probability vectors."""
+    off = (y.min(axis=1) < -PROBABILITY_TOLERANCE) | (
+        np.abs(y.sum(axis=1) - 1.0) > PROBABILITY_TOLERANCE
+    )
+    return tuple(int(i) for i in np.flatnonzero(off | ~np.isfinite(y).all(axis=1)))
 
 
 def check_space(codec: str, value: object) -> str:

@@ -48,7 +48,8 @@ class EvalConfig:
     noise: float = 0.01
     seed: int = 0
     output_space: str = "probs"  # probs: the network with its softmax (NeRCC's); or logits
-    robust_batches: int = 10  # wrong-results table: batches per model, at K=8, n=24, S=4
+    robust_batches: int = 30  # wrong-results table: batches per model, at K=8, n=24, S=4
+    robust_patterns: int = 8  # straggler and corruption draws per batch there
     corrupt: tuple[int, ...] = (0, 1, 2)  # corrupt results A
     byzantine: int = 2
 
@@ -67,6 +68,7 @@ class EvalConfig:
             lam_dec=(0.0, 1e-7, 1e-5, 1e-3, 1e-1),
             convergence_ns=(20, 40, 80, 160),
             robust_batches=3,
+            robust_patterns=3,
         )
 
     def validate(self) -> None:
@@ -187,7 +189,7 @@ def run_evaluation(
         robust_data = batches(model, images[half:], labels[half:], k, config.robust_batches, rng)
         robust += measure_robustness(
             name, model, robust_data, _robust_codecs(config), n=n, s=s, corrupt=config.corrupt,
-            byzantine=config.byzantine, patterns=config.patterns, seed=config.seed,
+            byzantine=config.byzantine, patterns=config.robust_patterns, seed=config.seed,
             progress=progress,
         )  # fmt: skip
         if name == config.models[0]:

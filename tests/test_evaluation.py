@@ -131,8 +131,8 @@ def test_logits_space_has_no_log_rows(model_cache, tmp_path):
         (["--stragglers", "0,40"], "stragglers must be in [0, n=40)"),
         (["--dataset", "svhn", "--model", "lenet5"], "unknown data set 'svhn'"),
         (["--output-space", "odds"], "Invalid value for '--output-space'"),
-        (["--corrupt", "0,30"], "corrupt results A must be in [0, 19]"),
-        (["--corrupt", "x"], "--corrupt takes integers"),
+        (["--wrong-results", "0,30"], "corrupt results A must be in [0, 19]"),
+        (["--wrong-results", "x"], "--wrong-results takes integers"),
         (["--byzantine", "12"], "byzantine must be in [1, 9]"),
     ],
 )

@@ -122,8 +122,8 @@ def compare(
     help="What workers return: probs (the network with its softmax, NeRCC's setting) or logits.",
 )  # fmt: skip
 @click.option(
-    "--corrupt", "corrupt", default=None, metavar="A[,A...]",
-    help="Corrupt results A for the wrong-results table (K=8, n=24, S=4; default 0,1,2).",
+    "--wrong-results", "corrupt", default=None, metavar="A[,A...]",
+    help="Wrong results A for the wrong-results table (K=8, n=24, S=4; default 0,1,2).",
 )  # fmt: skip
 @click.option(
     "--byzantine", type=click.IntRange(min=1), default=None,
@@ -168,7 +168,7 @@ def evaluate(
         "dataset": dataset, "data_dir": data_dir, "seed": seed, "output_space": output_space
     }  # fmt: skip
     if corrupt is not None:
-        changes["corrupt"] = _ints(tuple(corrupt.split(",")), "--corrupt")
+        changes["corrupt"] = _ints(tuple(corrupt.split(",")), "--wrong-results")
     if byzantine is not None:
         changes["byzantine"] = byzantine
     if models:

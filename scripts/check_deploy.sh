@@ -209,7 +209,7 @@ HISTOGRAMS = {
     "codedfarm_server_group_rows",
 }
 OTHERS = {
-    "codedfarm_batches_total", "codedfarm_results_dropped_total",
+    "codedfarm_batches_total", "codedfarm_results_dropped_total", "codedfarm_results_rejected_total",
     "codedfarm_batches_in_flight", "codedfarm_queue_depth", "codedfarm_worker_tasks_total",
     "codedfarm_server_requests_in_flight", "codedfarm_server_rejected_total",
 }

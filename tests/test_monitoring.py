@@ -173,9 +173,19 @@ def test_prometheus_sees_batches_outcomes_and_workers(monitored, digits_batch):
 
 def test_dashboard_and_alerts_query_only_exported_metrics(monitored, digits_batch):
     farm, ports = monitored
-    with FarmClient(replace(farm.settings, fidelity_sample=1.0), collector="mon") as client:
-        client.submit(digits_batch, BatchSpec(model="lenet5", codec="spline", n=12, s=2,
-                                              queues=("m1", "m2")))  # fmt: skip
+    liar = farm.add_worker(WorkerOptions(queues=("m3",), corrupt="large:p=1", preload=("lenet5",)))
+    try:
+        with FarmClient(replace(farm.settings, fidelity_sample=1.0), collector="mon") as client:
+            client.submit(digits_batch, BatchSpec(model="lenet5", codec="spline", n=12, s=2,
+                                                  queues=("m1", "m2")))  # fmt: skip
+            # two of twelve results from a corrupting worker: the rejected-results counter
+            record = client.submit(digits_batch, BatchSpec(
+                model="lenet5", codec="berrut:byzantine=2", n=12, s=0,
+                queues=("m1", "m2", "m1", "m2", "m1", "m3"))).record  # fmt: skip
+            assert sorted(d["index"] for d in record.rejected) == [5, 11]
+    finally:
+        liar.kill()
+        farm.workers.remove(liar)
     time.sleep(2.5)  # the collector reads queue depths every 2 s
     names: set[str] = set()
     for key in ("collector", "w1", "w2"):

@@ -18,6 +18,7 @@ from codedfarm.codecs import (
     smoothing_spline_matrix,
     worker_points,
 )
+from codedfarm.errors import CodecParameterError
 
 
 def smooth_model(seed: int = 0, dim: int = 16, out: int = 4):
@@ -165,8 +166,27 @@ def test_letcc_rule_scales_like_s4_over_n3():
     assert lam_enc == 0.0
     _, doubled = letcc_lambdas(20, 100, 19)
     assert doubled / lam_dec == pytest.approx(16 * 81 / 91, rel=1e-9)  # (S+1)^4 * (n-S)
-    _, noisy = letcc_lambdas(20, 100, 9, sigma=0.1)
-    assert noisy > lam_dec
+
+
+def test_letcc_smooths_noisy_results_without_being_told_sigma(rng):
+    f = smooth_model(2)
+    auto = make_codec("letcc", 10, 80, s=10)
+    clean_declared = make_codec("letcc", 10, 80, s=10, sigma=0)
+    floor = letcc_lambdas(10, 80, 10)[1]
+    assert auto.spec.endswith("sigma=auto,lam_enc=0.0,lam_dec=auto")
+    assert clean_declared.lam_dec == floor
+    errors: dict[str, list[float]] = {"auto": [], "rule": []}
+    for _ in range(20):
+        x = rng.standard_normal((10, 16))
+        workers = np.sort(rng.choice(80, 70, replace=False))
+        y = f(auto.encode(x))[workers] + 0.05 * rng.standard_normal((70, 4))
+        report = auto.decode_report(y, workers)
+        assert report.lam_dec is not None and report.lam_dec >= floor
+        errors["auto"].append(np.mean((report.values - f(x)) ** 2))
+        errors["rule"].append(np.mean((clean_declared.decode(y, workers) - f(x)) ** 2))
+    assert np.mean(errors["auto"]) < 0.5 * np.mean(errors["rule"])
+    with pytest.raises(CodecParameterError, match="the noise level is estimated from the results"):
+        make_codec("letcc", 10, 80, s=10, sigma=0.1)
 
 
 def test_spline_beats_berrut_on_a_smooth_function_at_high_s():

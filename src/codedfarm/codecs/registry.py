@@ -79,7 +79,7 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise CodecParameterError(
                 f"{name}: bad parameter {item!r} in spec {spec!r}; allowed: {allowed}"
             )
-        if key == "lam_dec" and value == "auto":
+        if key in ("lam_dec", "sigma") and value == "auto":
             params[key] = "auto"
             continue
         try:

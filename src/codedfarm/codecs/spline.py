@@ -159,9 +159,9 @@ def basis_rotate_torch(eigenvectors: FloatMatrix, y: Array) -> FloatMatrix:
     return energy
 
 
-def letcc_lambdas(k: int, n: int, s: int, sigma: float = 0.0) -> tuple[float, float]:
+def letcc_lambdas(k: int, n: int, s: int) -> tuple[float, float]:
     """LeTCC's smoothing parameters ``(lam_enc, lam_dec)`` for ``k`` inputs, ``n`` workers
-    and ``s`` stragglers; ``sigma`` is the standard deviation of worker-output noise.
+    and ``s`` stragglers, for noiseless workers (the floor of ``letcc``'s decoder lambda).
 
     The derivation is in ``docs/letcc.md``. In short: the end-to-end error is bounded by
     the decoder's generalization error plus the encoder's training error times the
@@ -170,8 +170,7 @@ def letcc_lambdas(k: int, n: int, s: int, sigma: float = 0.0) -> tuple[float, fl
     ``delta ~ pi (s+1) / (n-1)``; for noiseless results a smoothing spline's error is
     ``O(lam / m + delta^4)`` (Ragozin 1983), so ``lam_dec = C_NOISELESS * m * delta^4``
     (``~ (s+1)^4 n^-3``) keeps the smoothing bias below the gap error and keeps the
-    ``O(S^4 N^-3)`` rate. With noise of variance ``sigma^2`` the bias-variance balance
-    gives ``lam_dec = C_NOISY * m * (sigma^2 (s+1) / m)^(4/5)`` added on top.
+    ``O(S^4 N^-3)`` rate.
     """
     k = check_int("letcc", "k", k, 1)
     n = check_int("letcc", "n", n, 1)
@@ -180,24 +179,35 @@ def letcc_lambdas(k: int, n: int, s: int, sigma: float = 0.0) -> tuple[float, fl
         raise CodecParameterError(
             f"letcc: s must be < n (some results must arrive), got n={n}, s={s}"
         )
-    if not math.isfinite(sigma) or sigma < 0:
-        raise CodecParameterError(f"letcc: sigma must be finite and >= 0, got {sigma!r}")
     m = n - s
     delta = math.pi * (s + 1) / max(n - 1, 1)
-    lam_dec = LETCC_C_NOISELESS * m * delta**4
-    if sigma > 0:
-        lam_dec += LETCC_C_NOISY * m * (sigma**2 * (s + 1) / m) ** 0.8
-    return 0.0, lam_dec
+    return 0.0, LETCC_C_NOISELESS * m * delta**4
 
 
 LETCC_C_NOISELESS = 1e-10
 """Calibrated on smooth synthetic models (docs/letcc.md): larger values over-smooth at low S."""
-LETCC_C_NOISY = 5e-4
-"""Calibrated on a noisy smooth model (docs/letcc.md): implied optimum 2e-4 to 1e-3 for N >= 50."""
+
+
+def _check_sigma(value: object) -> float | Auto:
+    if value == "auto":
+        return "auto"
+    sigma = _check_lambda("letcc", "sigma", value, allow_auto=False)
+    if sigma != 0:
+        raise CodecParameterError(
+            f"letcc: sigma={value!r}: the noise level is estimated from the results "
+            "(sigma=auto, the default; a given sigma in LeTCC's noisy rule was 7-20x off the "
+            "best lambda on models it was not calibrated on, docs/letcc.md); sigma=0 declares "
+            "noiseless workers"
+        )
+    return 0.0
 
 
 class LetccCodec(SplineCodec):
-    """The spline code with ``(lam_enc, lam_dec)`` from :func:`letcc_lambdas` ``(k, n, s)``."""
+    """The spline code with LeTCC's smoothing: the encoder interpolates, and the decoder's
+    lambda is :func:`letcc_lambdas`' noiseless rule of ``(k, n, s)``, raised to the GCV
+    choice on the returned results when they are noisy (``sigma="auto"``, the default:
+    the noise is judged from the results, no sigma to give). ``sigma=0`` declares
+    noiseless workers: the rule alone, a fixed decoder per worker set."""
 
     name = "letcc"
     PARAMS: ClassVar[dict[str, type]] = {
@@ -208,17 +218,26 @@ class LetccCodec(SplineCodec):
     }
     takes_s = True
 
-    def __init__(self, k: int, n: int, *, s: int = 0, sigma: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, k: int, n: int, *, s: int = 0, sigma: float | Auto = "auto", **kwargs: Any
+    ) -> None:
         for forbidden in ("lam_enc", "lam_dec"):
             if forbidden in kwargs:
                 raise CodecParameterError(
                     f"letcc: {forbidden} is derived from (k, n, s); use codec 'spline' to set it"
                 )
-        lam_enc, lam_dec = letcc_lambdas(k, n, s, sigma)
-        super().__init__(k, n, lam_enc=lam_enc, lam_dec=lam_dec, **kwargs)
+        checked = _check_sigma(sigma)
+        lam_enc, floor = letcc_lambdas(k, n, s)
+        super().__init__(
+            k, n, lam_enc=lam_enc, lam_dec="auto" if checked == "auto" else floor, **kwargs
+        )
         self.s = int(s)
-        self.sigma = float(sigma)
+        self.sigma: float | Auto = checked
+        self.lam_floor = floor
 
     def params(self) -> dict[str, Any]:
-        extra = {"sigma": self.sigma} if self.sigma else {}
-        return {"s": self.s, **extra, **super().params()}
+        return {"s": self.s, "sigma": self.sigma, **super().params()}
+
+    def choose_lam_dec(self, y: Array, workers: Workers) -> float:
+        """The noiseless rule, or GCV's choice on ``y`` where that is larger."""
+        return max(self.lam_floor, super().choose_lam_dec(y, workers))

@@ -239,7 +239,7 @@ def _convergence(
                          s=config.convergence_s, patterns=config.patterns, rng=rng)  # fmt: skip
     curves += convergence(
         "smooth tanh", smooth, xs, [*specs[:2], "spline:lam_enc=0,lam_dec=auto",
-                                   f"letcc:sigma={config.noise:g}"],
+                                   "letcc"],
         ns=config.convergence_ns, s=config.convergence_s, patterns=config.patterns, rng=rng,
         noise=config.noise,
     )  # fmt: skip

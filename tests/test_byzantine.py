@@ -3,10 +3,13 @@ the counts of results the codes need; the log-space decode; the --corrupt fault.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from codedfarm.codecs import make_codec, plan_codec
+from codedfarm.codecs.byzantine import _candidates, loo_from_predictor
 from codedfarm.corruption import CorruptionSpec, parse_corruption_spec
 from codedfarm.errors import CodecParameterError, ConfigError, NotEnoughResultsError
 from codedfarm.evaluation.compare import toy_model
@@ -149,3 +152,35 @@ def test_corruption_specs_and_their_effect():
     out, count = CorruptionSpec("subtle", 1.0).apply(outputs, rng)
     assert count == 2000 and 0.3 < np.median(np.abs(out - outputs)) < 1.5
     assert CorruptionSpec().apply(outputs, rng)[0] is outputs
+
+
+@pytest.mark.parametrize(
+    ("spec", "params"),
+    [("berrut", {}), ("spline", {"lam_dec": "auto"}), ("spline", {"lam_dec": 1e-4}),
+     ("mds", {}), ("lagrange", {"degree": 2})],
+)  # fmt: skip
+def test_closed_form_leave_one_out_matches_refitting_without_each_result(spec, params):
+    codec = make_codec(spec, K, 40, byzantine=2, **params)
+    workers = tuple(sorted(np.random.default_rng(3).choice(40, 30, replace=False).tolist()))
+    fast = codec._loo_matrix(workers)
+    slow = loo_from_predictor(
+        lambda known, targets: codec._result_predictor(
+            tuple(workers[i] for i in known), tuple(workers[i] for i in targets)
+        ),
+        list(range(len(workers))),
+    )
+    np.testing.assert_allclose(fast, slow, atol=1e-10)
+
+
+def test_the_pair_search_is_the_exhaustive_least_squares_search():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        loo, residuals = rng.standard_normal((15, 15)), rng.standard_normal((15, 3))
+
+        def explained(pair, loo=loo, residuals=residuals):
+            cols = loo[:, list(pair)]
+            coef = np.linalg.lstsq(cols, residuals, rcond=None)[0]
+            return float(np.sum((cols @ coef) ** 2))
+
+        best = max(itertools.combinations(range(15), 2), key=explained)
+        assert _candidates(loo, residuals, 2) == list(best)

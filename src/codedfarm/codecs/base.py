@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
-from codedfarm.codecs.byzantine import locate_wrong_results
+from codedfarm.codecs.byzantine import locate_wrong_results, loo_from_predictor
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
 from codedfarm.codecs.output_space import (
     check_space,
@@ -148,6 +148,11 @@ class Codec(abc.ABC):
         """``(len(targets), len(known))``: the results the code expects at workers
         ``targets`` from the results of workers ``known`` (codes that take ``byzantine``)."""
         raise NotImplementedError(byzantine_unsupported(self.name))
+
+    def _loo_matrix(self, workers: Workers) -> FloatMatrix | None:
+        """``(m, m)`` leave-one-out residual matrix over ``workers`` in closed form, or None
+        (then it is built from :meth:`_result_predictor`, one result at a time)."""
+        return None
 
     @abc.abstractmethod
     def _build_encoder(self) -> FloatMatrix:
@@ -323,11 +328,15 @@ class Codec(abc.ABC):
                 tuple(ids[valid[i]] for i in known), tuple(ids[valid[i]] for i in targets)
             )
 
+        def loo(positions: Sequence[int]) -> FloatMatrix:
+            matrix = self._loo_matrix(tuple(ids[valid[i]] for i in positions))
+            return loo_from_predictor(predict, positions) if matrix is None else matrix
+
         budget = self.byzantine - len(bad)
         if budget > 0 and len(valid) >= self.base_min_results:
             with single_threaded_blas():
                 found = locate_wrong_results(
-                    flat[valid], predict, budget, min_kept=self.base_min_results
+                    flat[valid], predict, budget, min_kept=self.base_min_results, loo=loo
                 )
             bad += [valid[i] for i in found]
         if not bad:

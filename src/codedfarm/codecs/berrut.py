@@ -53,6 +53,20 @@ class BerrutCodec(Codec):
     def base_min_results(self) -> int:
         return 1
 
+    def _loo_matrix(self, workers: Workers) -> FloatMatrix | None:
+        nodes = self._beta[list(workers)]
+        rank = np.empty(len(nodes), dtype=np.int64)
+        rank[np.argsort(nodes, kind="stable")] = np.arange(len(nodes))
+        # without node j, the nodes after it in sorted order move up one: their signs flip
+        shifted = rank[None, :] - (rank[None, :] > rank[:, None])
+        signs = np.where(shifted % 2 == 0, 1.0, -1.0)
+        diff = nodes[:, None] - nodes[None, :]
+        np.fill_diagonal(diff, 1.0)
+        weights = signs / diff
+        np.fill_diagonal(weights, 0.0)
+        loo: FloatMatrix = np.eye(len(nodes)) - weights / weights.sum(axis=1, keepdims=True)
+        return loo
+
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         return berrut_matrix(self._beta[list(known)], self._beta[list(targets)])
 

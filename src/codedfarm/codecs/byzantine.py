@@ -28,6 +28,7 @@ class of their own, while the locator must use the code's own interpolant.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -36,11 +37,23 @@ import numpy as np
 
 from codedfarm.codecs.arrays import FloatMatrix
 
-__all__ = ["BYZANTINE_THRESHOLD", "EXHAUSTIVE_LIMIT", "Predictor", "locate_wrong_results"]
+__all__ = [
+    "BYZANTINE_THRESHOLD",
+    "EXHAUSTIVE_LIMIT",
+    "LooMatrix",
+    "Predictor",
+    "least_squares_loo",
+    "locate_wrong_results",
+    "loo_from_predictor",
+]
 
 Predictor = Callable[[Sequence[int], Sequence[int]], FloatMatrix]
 """``(known, targets) -> (len(targets), len(known))``: the results the code expects at the
 ``targets`` positions from the results at the ``known`` positions (indexes into ``y``)."""
+
+LooMatrix = Callable[[Sequence[int]], FloatMatrix]
+"""``positions -> (m, m)``: the leave-one-out matrix ``L`` over those results, where a code
+has it in closed form (else it is built from the predictor, one result at a time)."""
 
 BYZANTINE_THRESHOLD = 50.0
 """Squared-residual ratio above which a candidate is rejected. Calibrated on the toy tanh
@@ -52,7 +65,7 @@ EXHAUSTIVE_LIMIT = 2000
 """Most candidate sets tried one by one; above it candidates are chosen greedily."""
 
 
-def _loo_matrix(predict: Predictor, kept: Sequence[int]) -> FloatMatrix:
+def loo_from_predictor(predict: Predictor, kept: Sequence[int]) -> FloatMatrix:
     """``(m, m)`` ``L`` with ``(L y)_j = y_j - P(others -> j) y_others`` over ``kept``."""
     m = len(kept)
     loo = np.eye(m)
@@ -62,13 +75,44 @@ def _loo_matrix(predict: Predictor, kept: Sequence[int]) -> FloatMatrix:
     return loo
 
 
+def least_squares_loo(design: FloatMatrix) -> FloatMatrix:
+    """``L`` of a least-squares fit with ``design`` ``(m, p)``: ``(I - H) / (1 - h_jj)`` row
+    by row (the leave-one-out identity), ``H = X X^+``."""
+    hat = design @ np.linalg.pinv(design)
+    residual = np.eye(len(design)) - hat
+    loo: FloatMatrix = residual / np.maximum(np.diag(residual), 1e-12)[:, None]
+    return loo
+
+
 def _explained(columns: FloatMatrix, residuals: FloatMatrix) -> float:
     coef, *_ = np.linalg.lstsq(columns, residuals, rcond=None)
     return float(np.sum((columns @ coef) ** 2))
 
 
+def _best_pair(loo: FloatMatrix, residuals: FloatMatrix) -> list[int]:
+    """Every pair at once: the energy of ``r`` in the span of columns i and j is
+    ``(C_jj |B_i|^2 - 2 C_ij B_i.B_j + C_ii |B_j|^2) / (C_ii C_jj - C_ij^2)`` with
+    ``C = L^T L`` and ``B = L^T r``."""
+    gram = loo.T @ loo
+    b = loo.T @ residuals
+    inner = b @ b.T
+    d = np.diag(gram)
+    det = np.outer(d, d) - gram**2
+    norms = np.diag(inner)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        energy = (
+            d[None, :] * norms[:, None] - 2 * gram * inner + d[:, None] * norms[None, :]
+        ) / det
+    energy[~np.isfinite(energy) | (det <= 1e-12 * np.outer(d, d))] = -np.inf
+    np.fill_diagonal(energy, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(energy)), energy.shape)
+    return sorted((int(i), int(j)))
+
+
 def _candidates(loo: FloatMatrix, residuals: FloatMatrix, a: int) -> list[int]:
     m = loo.shape[0]
+    if a == 2:
+        return _best_pair(loo, residuals)
     if math.comb(m, a) <= EXHAUSTIVE_LIMIT:
         best = max(
             itertools.combinations(range(m), a),
@@ -89,23 +133,27 @@ def locate_wrong_results(
     *,
     min_kept: int = 1,
     threshold: float | None = None,
+    loo: LooMatrix | None = None,
 ) -> tuple[int, ...]:
     """Positions (indexes into ``y``, sorted) of at most ``a`` results judged wrong.
 
     ``y``: ``(m, d)`` float64 results, one row per returned result. ``predict``: the code's
     result predictor. ``min_kept``: the fewest results the decode needs afterwards.
-    ``threshold``: default :data:`BYZANTINE_THRESHOLD`.
+    ``threshold``: default :data:`BYZANTINE_THRESHOLD`. ``loo``: the code's closed-form
+    leave-one-out matrix, if it has one.
     """
     threshold = BYZANTINE_THRESHOLD if threshold is None else threshold
+    if loo is None:
+        loo = functools.partial(loo_from_predictor, predict)
     m = len(y)
     a = min(a, m - max(min_kept, 2))
     if a <= 0:
         return ()
     everyone = list(range(m))
-    loo = _loo_matrix(predict, everyone)
-    candidates = _candidates(loo, loo @ y, a)
+    full = loo(everyone)
+    candidates = _candidates(full, full @ y, a)
     kept = [i for i in everyone if i not in candidates]
-    clean = _loo_matrix(predict, kept) @ y[kept]
+    clean = loo(kept) @ y[kept]
     floor = 1e-24 * float(np.mean(y**2)) + 1e-300
     typical = float(np.median(np.sum(clean**2, axis=1))) + floor
     expected = predict(kept, candidates) @ y[kept]

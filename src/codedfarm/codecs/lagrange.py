@@ -9,6 +9,7 @@ from numpy.polynomial import chebyshev
 
 from codedfarm.codecs.arrays import FloatMatrix
 from codedfarm.codecs.base import Codec, Workers, check_int
+from codedfarm.codecs.byzantine import least_squares_loo
 from codedfarm.codecs.points import data_points, worker_points
 from codedfarm.errors import CodecParameterError
 
@@ -57,6 +58,11 @@ class LagrangeCodec(Codec):
 
     def params(self) -> dict[str, Any]:
         return {"degree": self.degree, **self._decode_params()}
+
+    def _loo_matrix(self, workers: Workers) -> FloatMatrix | None:
+        top = self.base_min_results - 1
+        design = np.asarray(chebyshev.chebvander(self._beta[list(workers)], top), np.float64)
+        return least_squares_loo(design)
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         top = self.base_min_results - 1

@@ -8,6 +8,7 @@ import numpy as np
 
 from codedfarm.codecs.arrays import FloatMatrix
 from codedfarm.codecs.base import Codec, Workers, check_int
+from codedfarm.codecs.byzantine import least_squares_loo
 
 __all__ = ["MDSCodec"]
 
@@ -49,6 +50,9 @@ class MDSCodec(Codec):
     def params(self) -> dict[str, Any]:
         seed = {"seed": self.seed} if self.seed != DEFAULT_SEED else {}
         return {**seed, **self._decode_params()}
+
+    def _loo_matrix(self, workers: Workers) -> FloatMatrix | None:
+        return least_squares_loo(self.encoder_matrix[list(workers)])
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         generator = self.encoder_matrix

@@ -21,6 +21,7 @@ from codedfarm.codecs.arrays import FloatMatrix
 __all__ = [
     "SplineBasis",
     "gcv_scores",
+    "penalty_matrix",
     "smoothing_spline_matrix",
 ]
 
@@ -122,6 +123,18 @@ def smoothing_spline_matrix(nodes: FloatMatrix, targets: FloatMatrix, lam: float
     return matrix
 
 
+def penalty_matrix(nodes: FloatMatrix) -> FloatMatrix:
+    """``K = Q R^-1 Q^T`` ``(m, m)`` in the order of ``nodes`` (``m >= 3``): the smoothing
+    spline is ``(I + lam K)^-1 y``, and ``diag(K)^-1 K y`` are the interpolating spline's
+    leave-one-out residuals (the limit ``lam -> 0`` of the smoother's LOO identity)."""
+    order, knots = _sorted_nodes(nodes)
+    q, r = _banded_q_r(knots)
+    k_sorted = q @ linalg.solveh_banded(_to_upper_banded(r, 1), q.T, check_finite=False)
+    k_matrix: FloatMatrix = np.empty_like(k_sorted)
+    k_matrix[np.ix_(order, order)] = k_sorted
+    return k_matrix
+
+
 @dataclass(frozen=True)
 class SplineBasis:
     """Per-node-set pieces for choosing ``lam`` from data (generalized cross-validation).
@@ -136,15 +149,11 @@ class SplineBasis:
 
     @classmethod
     def build(cls, nodes: FloatMatrix, targets: FloatMatrix) -> SplineBasis:
-        order, knots = _sorted_nodes(nodes)
-        m = len(knots)
+        m = len(nodes)
         interpolation = smoothing_spline_matrix(nodes, targets, 0.0)
         if m <= 2:
             return cls(interpolation, np.eye(m), np.zeros(m))
-        q, r = _banded_q_r(knots)
-        k_sorted = q @ linalg.solveh_banded(_to_upper_banded(r, 1), q.T, check_finite=False)
-        k_matrix = np.empty_like(k_sorted)
-        k_matrix[np.ix_(order, order)] = k_sorted
+        k_matrix = penalty_matrix(nodes)
         eigenvalues, eigenvectors = linalg.eigh(k_matrix, check_finite=False, driver="evd")
         return cls(interpolation, eigenvectors, np.clip(eigenvalues, 0.0, None))
 

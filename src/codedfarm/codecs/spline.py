@@ -12,7 +12,12 @@ from codedfarm.codecs.arrays import Array, FloatMatrix, is_torch
 from codedfarm.codecs.base import Codec, Workers, check_int
 from codedfarm.codecs.cache import LRUCache
 from codedfarm.codecs.points import data_points, worker_points
-from codedfarm.codecs.smoothing import SplineBasis, gcv_scores, smoothing_spline_matrix
+from codedfarm.codecs.smoothing import (
+    SplineBasis,
+    gcv_scores,
+    penalty_matrix,
+    smoothing_spline_matrix,
+)
 from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import CodecParameterError
 
@@ -77,6 +82,18 @@ class SplineCodec(Codec):
 
     def params(self) -> dict[str, Any]:
         return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec, **self._decode_params()}
+
+    def _loo_matrix(self, workers: Workers) -> FloatMatrix | None:
+        if len(workers) < 3:
+            return None
+        penalty = penalty_matrix(self._beta[list(workers)])
+        lam = 0.0 if self.lam_dec == "auto" else self.lam_dec
+        if lam:  # the smoother's identity: (I - S) / (1 - S_jj), I - S = lam K (I + lam K)^-1
+            residual = np.linalg.solve(np.eye(len(workers)) + lam * penalty, lam * penalty).T
+        else:  # its limit: the interpolating spline through the others
+            residual = penalty
+        loo: FloatMatrix = residual / np.diag(residual)[:, None]
+        return loo
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
         # the decoder's own fit (interpolation under "auto": GCV needs the results)

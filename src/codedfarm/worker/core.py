@@ -98,7 +98,8 @@ def predict(
         time.sleep((worker.options.slowdown - 1.0) * compute)
         compute *= worker.options.slowdown
     if worker.options.corruption.active:
-        output, count = worker.options.corruption.apply(output, worker.fault_rng)
+        # fresh entropy per call: forked pool children must not repeat each other's faults
+        output, count = worker.options.corruption.apply(output, np.random.default_rng())
         if count:
             log.warning("worker %s corrupted %d output(s) (--corrupt %s)", worker.name, count,
                         worker.options.corrupt)  # fmt: skip

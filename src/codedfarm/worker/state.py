@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import redis
 
 from codedfarm.errors import CodedFarmError, ModelUnavailableError
@@ -60,7 +59,6 @@ class WorkerState:
         default_factory=dict
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    fault_rng: np.random.Generator = field(default_factory=np.random.default_rng)  # --corrupt
 
     @property
     def straggle(self) -> StragglerSpec:

@@ -17,6 +17,8 @@ from codedfarm.cli import cli
         (["worker", "--straggle", "fixed:S=1,delay=1"], "give it per submit, not per worker"),
         (["worker", "--straggle", "exp:shift=1"], "needs shift, rate; missing rate"),
         (["worker", "--engine", "batch", "--pool", "solo"], "--pool is for --engine celery"),
+        (["worker", "--corrupt", "large:p=3"], "--corrupt: large needs p in (0, 1]"),
+        (["worker", "--corrupt", "noisy"], "--corrupt: unknown mode 'noisy'"),
         (["--redis-url", "redis://127.0.0.1:1/0", "worker"],
          "cannot reach Redis at redis://127.0.0.1:1/0"),
         (["--redis-url", "redis://127.0.0.1:1/0", "collector", "--metrics-port", "0"],
@@ -73,7 +75,7 @@ def test_worker_options_round_trip_through_the_command_line():
     options = WorkerOptions(
         queues=("a", "b"), engine="batch", concurrency=7, device="cpu", slowdown=2.0,
         straggle="exp:shift=0.1,rate=5", preload=("lenet5", "noop"), torch_threads=2,
-        metrics_port=0, hostname="w1@here", loglevel="info", events=True,
+        metrics_port=0, hostname="w1@here", loglevel="info", events=True, corrupt="subtle:p=0.5",
     )  # fmt: skip
     seen: list[WorkerOptions] = []
 

@@ -152,6 +152,11 @@ def test_corruption_specs_and_their_effect():
     out, count = CorruptionSpec("subtle", 1.0).apply(outputs, rng)
     assert count == 2000 and 0.3 < np.median(np.abs(out - outputs)) < 1.5
     assert CorruptionSpec().apply(outputs, rng)[0] is outputs
+    probs = rng.dirichlet(np.ones(10), 50)
+    out, count = CorruptionSpec("swap", 1.0).apply(probs, rng)
+    assert count == 50 and np.allclose(out.sum(1), 1, atol=1e-5)  # still probabilities
+    assert (out.argmax(1) != probs.argmax(1)).all()  # another class's answer
+    np.testing.assert_allclose(np.sort(out, 1), np.sort(probs, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize(

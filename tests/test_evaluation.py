@@ -104,7 +104,7 @@ def test_quick_run_writes_every_output(model_cache, tmp_path):
     # the wrong-results table: every codec, mode and A; byzantine outvotes large errors
     robust = saved["robustness"]
     assert {(r["mode"], r["a"]) for r in robust} == {
-        (m, a) for m in ("large", "subtle") for a in config.corrupt
+        (m, a) for m in ("large", "subtle", "swap") for a in config.corrupt
     }
     for r in robust:
         if r["mode"] == "large" and r["a"]:

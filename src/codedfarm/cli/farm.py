@@ -71,7 +71,8 @@ __all__ = ["collector", "submit", "worker"]
     default="none",
     metavar="MODE:p=P",
     help="Testing facility: make a fraction P of this worker's outputs wrong, large (noise "
-    "of 100x the output's spread) or subtle (of its spread), e.g. large:p=0.5. For "
+    "of 100x the output's spread), subtle (of its spread) or swap (its entries rotated: another "
+    "class's answer), e.g. large:p=0.5. For "
     "testing byzantine decoding; never in production.",
 )
 @preload_option("Models to load in each process at start (repeatable)")

@@ -2,8 +2,9 @@
 A grows, for each codec with and without ``byzantine``, and with those results absent.
 
 Setting (the issue's): K inputs on n workers, S stragglers, then A of the returned results
-replaced by wrong ones, ``large`` (noise of 100x the result's spread) or ``subtle`` (of its
-spread), the two modes of the worker's ``--corrupt`` fault. Every codec sees the same
+replaced by wrong ones, ``large`` (noise of 100x the result's spread), ``subtle`` (of its
+spread) or ``swap`` (its entries rotated: another class's answer), the modes of the
+worker's ``--corrupt`` fault. Every codec sees the same
 batches, straggler patterns, corrupt positions and noise.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from codedfarm.codecs import plan_codec
-from codedfarm.corruption import CORRUPTION_MODES
+from codedfarm.corruption import corrupt_rows
 from codedfarm.evaluation.fidelity import Batch, Model
 
 __all__ = ["RobustnessRow", "measure_robustness"]
@@ -25,7 +26,7 @@ __all__ = ["RobustnessRow", "measure_robustness"]
 class RobustnessRow:
     model: str
     codec: str  # the plain spec; "byzantine" rows use it with byzantine=A_max
-    mode: str  # large or subtle
+    mode: str  # large, subtle or swap
     a: int  # corrupt results among those returned
     trials: int
     mse_plain: float  # the plain decode, corrupt results included
@@ -58,7 +59,7 @@ def measure_robustness(
     byzantine: int,
     patterns: int,
     seed: int = 0,
-    modes: Sequence[str] = ("large", "subtle"),
+    modes: Sequence[str] = ("large", "subtle", "swap"),
     progress: Callable[[int], None] = lambda _: None,
 ) -> list[RobustnessRow]:
     """Rows for every codec, corruption mode and A in ``corrupt`` (``byzantine``: the A
@@ -80,13 +81,10 @@ def measure_robustness(
                 y = outputs[workers]
                 clean = _mse(plain.decode(y, workers), batch.truth)
                 for mode in modes:
-                    scale = CORRUPTION_MODES[mode]
                     for a in corrupt:
                         bad = rng.choice(len(workers), a, replace=False)
                         wrong = y.copy()
-                        for i in bad:
-                            spread = float(wrong[i].std()) or 1.0
-                            wrong[i] += rng.standard_normal(wrong[i].shape) * spread * scale
+                        wrong[bad] = corrupt_rows(y[bad], mode, rng)
                         keep = [i for i in range(len(workers)) if i not in set(bad.tolist())]
                         plain_out = plain.decode(wrong, workers)
                         report = robust_codec.decode_report(wrong, workers)

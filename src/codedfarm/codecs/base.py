@@ -15,7 +15,6 @@ from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
 from codedfarm.codecs.byzantine import locate_wrong_results, loo_from_predictor
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
 from codedfarm.codecs.output_space import (
-    LOG_BYZANTINE_THRESHOLD,
     check_space,
     from_decode_space,
     not_probabilities,
@@ -337,9 +336,8 @@ class Codec(abc.ABC):
         if budget > 0 and len(valid) >= self.base_min_results:
             with single_threaded_blas():
                 found = locate_wrong_results(
-                    flat[valid], predict, budget, min_kept=self.base_min_results, loo=loo,
-                    threshold=LOG_BYZANTINE_THRESHOLD if self.space == "log" else None,
-                )  # fmt: skip
+                    flat[valid], predict, budget, min_kept=self.base_min_results, loo=loo
+                )
             bad += [valid[i] for i in found]
         if not bad:
             return ids, y, ()

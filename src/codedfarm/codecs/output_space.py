@@ -20,7 +20,6 @@ from codedfarm.codecs.arrays import Array, is_torch
 from codedfarm.errors import CodecParameterError
 
 __all__ = [
-    "LOG_BYZANTINE_THRESHOLD",
     "LOG_FLOOR",
     "PROBABILITY_TOLERANCE",
     "SPACES",
@@ -36,13 +35,6 @@ LOG_FLOOR = 1e-12
 """Smallest probability before the logarithm. Chosen on LeNet5 from {1e-4, ..., 1e-12}
 (smaller was better there); RepVGG and the small ViT, held out, do not change below 1e-6."""
 
-
-LOG_BYZANTINE_THRESHOLD = 500.0
-"""The ``byzantine`` locator's threshold under ``log`` (BYZANTINE_THRESHOLD elsewhere). A
-result that is not a probability vector is rejected before the locator runs, so the
-locator only has to catch wrong probability vectors, while an honest result it leaves out
-costs more in log space. Chosen on LeNet5 from {50, 100, 200, 500, 1000} (the smallest
-with honest batches within 5% of the plain decode there); RepVGG and the ViT held out."""
 
 PROBABILITY_TOLERANCE = 1e-3
 """How far a returned probability vector may stray from the simplex (an entry below 0, or

@@ -212,7 +212,7 @@ def _check_sigma(value: object) -> float | Auto:
     if sigma != 0:
         raise CodecParameterError(
             f"letcc: sigma={value!r}: the noise level is estimated from the results "
-            "(sigma=auto, the default; a given sigma in LeTCC's noisy rule was 7-20x off the "
+            "(sigma=auto, the default; a given sigma in LeTCC's noisy rule was 2-21x off the "
             "best lambda on models it was not calibrated on, docs/letcc.md); sigma=0 declares "
             "noiseless workers"
         )

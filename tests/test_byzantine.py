@@ -189,3 +189,11 @@ def test_the_pair_search_is_the_exhaustive_least_squares_search():
 
         best = max(itertools.combinations(range(15), 2), key=explained)
         assert _candidates(loo, residuals, 2) == list(best)
+
+
+def test_degenerate_results_never_yield_a_repeated_candidate():
+    codec = make_codec("berrut", K, N, byzantine=2)
+    workers = list(range(0, N, 4))
+    assert codec.decode_report(np.zeros((len(workers), 3)), workers).rejected == ()
+    same = np.ones((len(workers), 3))
+    assert codec.decode_report(same, workers).rejected == ()

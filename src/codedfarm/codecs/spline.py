@@ -83,11 +83,17 @@ class SplineCodec(Codec):
     def params(self) -> dict[str, Any]:
         return {"lam_enc": self.lam_enc, "lam_dec": self.lam_dec, **self._decode_params()}
 
+    @property
+    def _screening_lam(self) -> float:
+        """The fit the byzantine locator predicts results with: the decoder's own, or
+        interpolation under "auto" (GCV's choice needs the results being judged)."""
+        return 0.0 if self.lam_dec == "auto" else self.lam_dec
+
     def _loo_matrix(self, workers: Workers) -> FloatMatrix | None:
         if len(workers) < 3:
             return None
         penalty = penalty_matrix(self._beta[list(workers)])
-        lam = 0.0 if self.lam_dec == "auto" else self.lam_dec
+        lam = self._screening_lam
         if lam:  # the smoother's identity: (I - S) / (1 - S_jj), I - S = lam K (I + lam K)^-1
             residual = np.linalg.solve(np.eye(len(workers)) + lam * penalty, lam * penalty).T
         else:  # its limit: the interpolating spline through the others
@@ -96,9 +102,8 @@ class SplineCodec(Codec):
         return loo
 
     def _result_predictor(self, known: Workers, targets: Workers) -> FloatMatrix:
-        # the decoder's own fit (interpolation under "auto": GCV needs the results)
-        lam = 0.0 if self.lam_dec == "auto" else self.lam_dec
-        return smoothing_spline_matrix(self._beta[list(known)], self._beta[list(targets)], lam)
+        nodes, at = self._beta[list(known)], self._beta[list(targets)]
+        return smoothing_spline_matrix(nodes, at, self._screening_lam)
 
     def _build_encoder(self) -> FloatMatrix:
         return smoothing_spline_matrix(self._alpha, self._beta, self.lam_enc)

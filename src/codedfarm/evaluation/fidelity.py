@@ -20,7 +20,16 @@ from codedfarm.codecs import plan_codec
 from codedfarm.codecs.base import Codec
 from codedfarm.errors import ConfigError, NotEnoughResultsError
 
-__all__ = ["Batch", "FidelityRow", "Model", "batches", "build_codec", "measure_fidelity"]
+__all__ = [
+    "Batch",
+    "FidelityRow",
+    "Model",
+    "accuracy",
+    "batch_mse",
+    "batches",
+    "build_codec",
+    "measure_fidelity",
+]
 
 Array = npt.NDArray[np.float32]
 Model = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
@@ -78,7 +87,12 @@ def _patterns(n: int, s: int, count: int, rng: np.random.Generator) -> Iterator[
         yield sorted(rng.choice(n, n - s, replace=False).tolist())
 
 
-def _accuracy(outputs: Array, labels: npt.NDArray[np.int64]) -> float:
+def batch_mse(decoded: npt.NDArray[Any], truth: npt.NDArray[Any]) -> float:
+    """NeRCC's MSE of one batch: the mean over its K rows of the squared error norm."""
+    return float(np.mean(np.sum((decoded - truth) ** 2, axis=1)))
+
+
+def accuracy(outputs: npt.NDArray[Any], labels: npt.NDArray[np.int64]) -> float:
     return float(np.mean(outputs.argmax(1) == labels))
 
 
@@ -111,7 +125,7 @@ def measure_fidelity(
             coded_out = model(codec.encode(batch.x).astype(np.float32))
             if noise:
                 coded_out = coded_out + rng.normal(0, noise, coded_out.shape).astype(np.float32)
-            base_acc = _accuracy(batch.truth, batch.labels)
+            base_acc = accuracy(batch.truth, batch.labels)
             for s in stragglers:
                 if plan_codec(spec).takes_s:  # its smoothing depends on S
                     codec = build_codec(spec, k, n, s)
@@ -123,9 +137,9 @@ def measure_fidelity(
                         decoded = codec.decode(coded_out[workers], workers)
                     except NotEnoughResultsError:
                         continue
-                    mses.append(float(np.mean(np.sum((decoded - batch.truth) ** 2, axis=1))))
+                    mses.append(batch_mse(decoded, batch.truth))
                     if base_acc > 0:
-                        accs.append(_accuracy(decoded, batch.labels) / base_acc)
+                        accs.append(accuracy(decoded, batch.labels) / base_acc)
                 per_s[s] = (mses, accs, attempts)
                 per_batch[s].append(float(np.mean(mses[before:])) if len(mses) > before else np.nan)
             progress(1)

@@ -17,7 +17,7 @@ import numpy as np
 
 from codedfarm.codecs import plan_codec
 from codedfarm.corruption import corrupt_rows
-from codedfarm.evaluation.fidelity import Batch, Model
+from codedfarm.evaluation.fidelity import Batch, Model, accuracy, batch_mse
 
 __all__ = ["RobustnessRow", "measure_robustness"]
 
@@ -37,14 +37,6 @@ class RobustnessRow:
     rel_acc_byzantine: float
     found: float  # fraction of corrupt results the locator rejected
     false_rejections: float  # honest results rejected per trial
-
-
-def _mse(decoded: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean(np.sum((decoded - truth) ** 2, axis=1)))
-
-
-def _acc(decoded: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(decoded.argmax(1) == labels))
 
 
 def measure_robustness(
@@ -75,11 +67,11 @@ def measure_robustness(
         rng = np.random.default_rng(seed)
         for batch in data:
             outputs = model(plain.encode(batch.x).astype(np.float32)).astype(np.float64)
-            base_acc = max(_acc(batch.truth, batch.labels), 1e-12)
+            base_acc = max(accuracy(batch.truth, batch.labels), 1e-12)
             for _ in range(patterns):
                 workers = sorted(rng.choice(n, n - s, replace=False).tolist())
                 y = outputs[workers]
-                clean = _mse(plain.decode(y, workers), batch.truth)
+                clean = batch_mse(plain.decode(y, workers), batch.truth)
                 for mode in modes:
                     for a in corrupt:
                         bad = rng.choice(len(workers), a, replace=False)
@@ -91,10 +83,11 @@ def measure_robustness(
                         rejected = {workers.index(w) for w in report.rejected}
                         absent = plain.decode(wrong[keep], [workers[i] for i in keep])
                         stats.setdefault((mode, a), []).append((
-                            _mse(plain_out, batch.truth), _mse(report.values, batch.truth),
-                            _mse(absent, batch.truth), clean,
-                            _acc(plain_out, batch.labels) / base_acc,
-                            _acc(report.values, batch.labels) / base_acc,
+                            batch_mse(plain_out, batch.truth),
+                            batch_mse(report.values, batch.truth),
+                            batch_mse(absent, batch.truth), clean,
+                            accuracy(plain_out, batch.labels) / base_acc,
+                            accuracy(report.values, batch.labels) / base_acc,
                             len(rejected & set(bad.tolist())) / a if a else 1.0,
                             len(rejected - set(bad.tolist())),
                         ))  # fmt: skip

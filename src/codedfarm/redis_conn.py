@@ -133,5 +133,5 @@ def connect(settings: Settings, *, timeout: float = 3.0) -> redis.Redis:
     except (redis.RedisError, ValueError, OSError) as exc:
         raise RedisUnavailableError(
             f"cannot reach Redis at {mask_url(settings.redis_url)}: {exc}"
-        ) from None
+        ) from exc
     return client

@@ -51,7 +51,7 @@ class Settings:
         try:
             settings = cls(**values)  # type: ignore[arg-type]
         except TypeError as exc:
-            raise ConfigError(f"bad settings: {exc}") from None
+            raise ConfigError(f"bad settings: {exc}") from exc
         settings.validate()
         return settings
 
@@ -87,6 +87,6 @@ def _parse(name: str, kind: str, raw: str) -> object:
             return int(raw)
         if "Path" in kind:
             return Path(raw).expanduser() if raw or "None" not in kind else None
-    except ValueError:
-        raise ConfigError(f"{env_name} must be a {kind}, got {raw!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{env_name} must be a {kind}, got {raw!r}") from exc
     return raw

@@ -131,8 +131,8 @@ def _model(term: str, spec: str) -> StragglerModel:
             )
         try:
             values[key] = float(raw)
-        except ValueError:
-            raise StragglerSpecError(f"{kind}: {key} must be a number, got {raw!r}") from None
+        except ValueError as exc:
+            raise StragglerSpecError(f"{kind}: {key} must be a number, got {raw!r}") from exc
         if not math.isfinite(values[key]) or values[key] < 0:
             raise StragglerSpecError(f"{kind}: {key} must be finite and >= 0, got {raw!r}")
     missing = [k for k in wanted if k not in values]

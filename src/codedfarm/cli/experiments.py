@@ -28,8 +28,8 @@ __all__ = ["compare", "evaluate"]
 def _ints(values: tuple[str, ...], option: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in values)
-    except ValueError:
-        raise ConfigError(f"{option} takes integers, got {', '.join(values)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{option} takes integers, got {', '.join(values)}") from exc
 
 
 @click.command()

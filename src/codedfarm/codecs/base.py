@@ -210,7 +210,7 @@ class Codec(abc.ABC):
         except TypeError as exc:
             raise WorkerSetError(
                 f"{self.name}: worker ids must be integers in [0, {self.n}): {exc}"
-            ) from None
+            ) from exc
         for w in ids:
             if not 0 <= w < self.n:
                 raise WorkerSetError(

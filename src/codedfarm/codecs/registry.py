@@ -37,10 +37,10 @@ def codec_class(name: str) -> type[Codec]:
     """The codec class registered as ``name``; raises :class:`UnknownCodecError`."""
     try:
         return CODECS[name]
-    except KeyError:
+    except KeyError as exc:
         raise UnknownCodecError(
             f"unknown codec {name!r}; available: {', '.join(available_codecs())}"
-        ) from None
+        ) from exc
 
 
 def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
@@ -84,8 +84,8 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
             continue
         try:
             params[key] = kinds[key](value)
-        except ValueError:
+        except ValueError as exc:
             raise CodecParameterError(
                 f"{name}: parameter {key} must be {kinds[key].__name__}, got {value!r}"
-            ) from None
+            ) from exc
     return name, params

@@ -31,9 +31,9 @@ def _check_lambda(codec: str, name: str, value: object, allow_auto: bool) -> flo
         return "auto"
     try:
         lam = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as exc:
         allowed = "a number >= 0 or 'auto'" if allow_auto else "a number >= 0"
-        raise CodecParameterError(f"{codec}: {name} must be {allowed}, got {value!r}") from None
+        raise CodecParameterError(f"{codec}: {name} must be {allowed}, got {value!r}") from exc
     if not math.isfinite(lam) or lam < 0:
         raise CodecParameterError(f"{codec}: {name} must be finite and >= 0, got {value!r}")
     return lam

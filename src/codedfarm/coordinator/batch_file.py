@@ -21,12 +21,12 @@ def load_batch_file(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as file:
             head = file.read(len(NPY_MAGIC))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a .npy file") from None
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{path}: is a directory, not a .npy file") from exc
     except OSError as exc:
-        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from exc
     if head.startswith(b"PK"):
         raise InputError(f"{path}: expected one .npy array, got an .npz archive (numpy.savez)")
     if head != NPY_MAGIC:
@@ -40,10 +40,10 @@ def load_batch_file(path: Path) -> np.ndarray:
             raise InputError(
                 f"{path}: holds Python objects (a pickled object array), which the farm never "
                 "loads; save a numeric array"
-            ) from None
-        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+            ) from exc
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from exc
     except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from exc
     if not isinstance(array, np.ndarray):
         raise InputError(f"{path}: expected one .npy array, got an .npz archive")
     return array

@@ -124,7 +124,7 @@ class FarmClient:
             self.redis.ping()
         except redis.RedisError as exc:
             where = mask_url(self.settings.redis_url)
-            raise RedisUnavailableError(f"cannot reach Redis at {where}: {exc}") from None
+            raise RedisUnavailableError(f"cannot reach Redis at {where}: {exc}") from exc
         self._farm_check.require(queues, self.collector_name)
 
     def _await_farm(self, prepared: PreparedBatch, budget: float) -> bool:

@@ -89,7 +89,7 @@ def _as_float32_batch(x: Any, input_shape: tuple[int, ...], model: str) -> npt.N
     try:
         array = np.asarray(x)
     except Exception as exc:
-        raise InputError(f"batch is not an array: {exc}") from None
+        raise InputError(f"batch is not an array: {exc}") from exc
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
     ):

@@ -49,7 +49,7 @@ class FarmCheck:
             counts = live_counts(self.redis, sets)
             known = self.redis.zscore(self.keys.live_collectors(), collector) if collector else 0
         except redis.RedisError as exc:
-            raise RedisUnavailableError(f"cannot check the farm's workers: {exc}") from None
+            raise RedisUnavailableError(f"cannot check the farm's workers: {exc}") from exc
         idle = [q for q, n in zip(queues, counts, strict=True) if n == 0]
         if idle:
             names = ", ".join(repr(q) for q in idle)

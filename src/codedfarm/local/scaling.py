@@ -150,8 +150,8 @@ def scale_compose(count: int, files: tuple[Path, ...] = (), service: str = "work
           service]  # fmt: skip
     try:
         done = subprocess.run(up, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        raise ConfigError("docker is not installed: --compose needs Docker Compose v2") from None
+    except FileNotFoundError as exc:
+        raise ConfigError("docker is not installed: --compose needs Docker Compose v2") from exc
     if done.returncode != 0:
         detail = " ".join((done.stderr or done.stdout).split())[:300]
         raise ConfigError(f"docker compose failed ({' '.join(up)}): {detail}")

@@ -172,12 +172,12 @@ def read_model_config(path: Path) -> ModelConfig:
     """Read and validate a ``config.json``; raises :class:`ModelConfigError`."""
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        raise ModelConfigError(f"{path}: missing (every repository model needs one)") from None
+    except FileNotFoundError as exc:
+        raise ModelConfigError(f"{path}: missing (every repository model needs one)") from exc
     except OSError as exc:
-        raise ModelConfigError(f"{path}: cannot read: {exc}") from None
+        raise ModelConfigError(f"{path}: cannot read: {exc}") from exc
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ModelConfigError(f"{path}: not valid JSON: {exc}") from None
+        raise ModelConfigError(f"{path}: not valid JSON: {exc}") from exc
     return parse_model_config(path, data)

@@ -47,7 +47,7 @@ def _torchvision(name: str, root: Path, train: bool) -> tuple[np.ndarray, np.nda
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         raise DatasetUnavailableError(
             f"cannot download {name} into {root} ({exc}); offline, use --dataset digits"
-        ) from None
+        ) from exc
     images = data.data.numpy() if hasattr(data.data, "numpy") else np.asarray(data.data)
     return images, np.asarray(data.targets, dtype=np.int64)
 

@@ -118,7 +118,7 @@ def load_repository_model(model: RepositoryModel, device: str = "cpu") -> nn.Mod
         raise ModelUnavailableError(
             f"{error}; replace it (`codedfarm models add {model.name} FILE ...` checks a file "
             "and writes a new version)"
-        ) from None
+        ) from exc
     return module  # type: ignore[no-any-return]
 
 

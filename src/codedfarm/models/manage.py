@@ -32,7 +32,7 @@ def probe_output_shape(model: RepositoryModel, device: str = "cpu") -> tuple[int
     except Exception as exc:
         raise ModelUnavailableError(
             f"model {model.ref} does not run on a zero input of shape {shape}: {short_reason(exc)}"
-        ) from None
+        ) from exc
     if not isinstance(one, torch.Tensor) or one.shape[0] != 1 or two.shape[1:] != one.shape[1:]:
         raise ModelUnavailableError(
             f"model {model.ref} must return one tensor with a row per input, got "

@@ -114,8 +114,8 @@ MODELS: dict[str, ModelSpec] = {
 def get_model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
+    except KeyError as exc:
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from exc
 
 
 def load_model(name: str, cache_dir: Path, device: str = "cpu", *, train: bool = True) -> nn.Module:

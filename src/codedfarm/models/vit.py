@@ -50,4 +50,4 @@ def vit_b_16(cache_dir: Path, *, pretrained: bool = True) -> nn.Module:
             "vit (vit_b_16) needs its pretrained ImageNet weights, which could not be "
             f"downloaded into {cache_dir / 'torch'} ({exc}); connect once to fetch them, "
             "or use vit_small, which trains offline"
-        ) from None
+        ) from exc

@@ -74,7 +74,7 @@ def serve_health_and_metrics(
     try:
         httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as exc:
-        raise port_error(port, addr, exc) from None
+        raise port_error(port, addr, exc) from exc
     thread = threading.Thread(target=httpd.serve_forever, name="health", daemon=True)
     thread.start()
     return httpd

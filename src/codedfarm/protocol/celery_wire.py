@@ -144,8 +144,8 @@ class Envelope:
 def _timestamp(value: Any, what: str, tag: str) -> float:
     try:
         moment = datetime.fromisoformat(str(value))
-    except ValueError:
-        raise MessageRefusedError(f"task {what} {value!r} is not an ISO 8601 time", tag) from None
+    except ValueError as exc:
+        raise MessageRefusedError(f"task {what} {value!r} is not an ISO 8601 time", tag) from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
@@ -156,13 +156,13 @@ def read_envelope(raw: bytes, task_name: str) -> Envelope:
     try:
         envelope = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageRefusedError(f"not JSON ({exc})", None, "not_json") from None
+        raise MessageRefusedError(f"not JSON ({exc})", None, "not_json") from exc
     try:
         properties = envelope["properties"]
         tag = properties["delivery_tag"]
     except (TypeError, KeyError) as exc:
         raise MessageRefusedError(f"not a kombu message envelope ({exc!r})", None,
-                                  "bad_envelope") from None  # fmt: skip
+                                  "bad_envelope") from exc  # fmt: skip
     if not isinstance(tag, str):
         raise MessageRefusedError("not a kombu message envelope (delivery tag)", None,
                                   "bad_envelope")  # fmt: skip
@@ -190,13 +190,13 @@ def read_envelope(raw: bytes, task_name: str) -> Envelope:
             body = base64.b64decode(body, validate=True)
         args, kwargs, _embed = orjson.loads(body)
     except (ValueError, TypeError, binascii.Error) as exc:
-        raise MessageRefusedError(f"task body is not a protocol-2 JSON body ({exc})", tag) from None
+        raise MessageRefusedError(f"task body is not a protocol-2 JSON body ({exc})", tag) from exc
     if args:
         raise MessageRefusedError("the inference task takes keyword arguments only", tag)
     try:
         task = TaskMessage.from_dict(kwargs)
     except ProtocolError as exc:
-        raise MessageRefusedError(str(exc), tag) from None
+        raise MessageRefusedError(str(exc), tag) from exc
     if headers.get("expires") and _timestamp(headers["expires"], "expires", tag) < time.time():
         raise MessageRefusedError(f"task expired at {headers['expires']}", tag, "expired")
     eta = _timestamp(headers["eta"], "eta", tag) if headers.get("eta") else 0.0

@@ -48,14 +48,14 @@ def _from_mapping(cls: type[T], data: object, what: str) -> T:
     try:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as exc:
-        raise ProtocolError(f"malformed {what}: {exc}") from None
+        raise ProtocolError(f"malformed {what}: {exc}") from exc
 
 
 def _loads(raw: bytes | str, what: str) -> Any:
     try:
         return orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{what} is not JSON: {exc}") from None
+        raise ProtocolError(f"{what} is not JSON: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -162,9 +162,9 @@ class Farm:
         try:
             found = resolve_model(ref, self.settings.model_repository)
         except UnknownModelError as exc:
-            raise HTTPStatusError(404, str(exc)) from None
+            raise HTTPStatusError(404, str(exc)) from exc
         except CodedFarmError as exc:  # a bad version ("@x") or a broken config.json
-            raise HTTPStatusError(404, str(exc)) from None
+            raise HTTPStatusError(404, str(exc)) from exc
         self._models[ref] = (time.monotonic() + MODEL_CACHE_S, found)
         return found
 
@@ -366,7 +366,7 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
         try:
             body = json.loads(raw[:json_size])
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"the body is not JSON: {exc}") from None
+            raise InputError(f"the body is not JSON: {exc}") from exc
         parsed = parse_infer_request(body, model.input_shape, raw[json_size:])
         try:
             y = await farm.coding_queue(model).infer(parsed.x)

@@ -153,7 +153,7 @@ def _to_float32(data: list[Any], shape: list[int], dtype: Any, where: str) -> np
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(
             f"{where}: data is not a tensor of {np.dtype(dtype).name} ({exc})"
-        ) from None
+        ) from exc
     if array.size != count:
         raise InputError(f"{where}: {array.size} values for shape {shape} ({count} expected)")
     if array.ndim not in (1, len(shape)) or (array.ndim > 1 and list(array.shape) != shape):

@@ -166,4 +166,4 @@ class WorkerOptions:
                 preload=tuple(p for p in env.get("CODEDFARM_PRELOAD", "").split(",") if p),
             )
         except ValueError as exc:
-            raise ConfigError(f"bad worker setting in the environment: {exc}") from None
+            raise ConfigError(f"bad worker setting in the environment: {exc}") from exc

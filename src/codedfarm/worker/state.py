@@ -106,7 +106,7 @@ class WorkerState:
                 except CodedFarmError as exc:
                     error = ModelUnavailableError(f"worker {self.name}: {exc}")
                     self._failed[key] = (now, error)
-                    raise error from None
+                    raise error from exc
                 key = (loaded.name, loaded.version)  # a bare repository name: its version
                 loaded = self._models.setdefault(key, loaded)
             self._used[key] = now
@@ -127,7 +127,7 @@ class WorkerState:
         try:
             return repo.get(name).version
         except CodedFarmError as exc:
-            raise ModelUnavailableError(f"worker {self.name}: {exc}") from None
+            raise ModelUnavailableError(f"worker {self.name}: {exc}") from exc
 
     def _load(self, name: str, version: int | None, train: bool) -> LoadedModel:
         import torch

@@ -1,9 +1,13 @@
-"""Worker metrics, correct under Celery's prefork pool.
+"""Worker metrics: the Prometheus implementation of
+:class:`~codedfarm.monitoring.hooks.WorkerHooks`, correct under Celery's prefork pool.
 
 ``codedfarm worker --metrics-port P`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
-directory before the pool forks; every pool process then writes its samples to files
-there, and the main process serves ``/metrics`` aggregated over all of them (children
-that exit keep their counts). Without a port the metrics are ordinary in-process ones.
+directory before it imports this module (prometheus_client reads it once, on import), then
+installs a :class:`WorkerMetrics` as the worker's hooks before anything forks. Every
+process (the supervised engine, each pool process) inherits it and writes its samples to
+its own files there (prometheus_client switches files when the pid changes), and the main
+process serves ``/metrics`` aggregated over all of them (children that exit keep their
+counts). Without a port no metrics are installed: the worker's hooks are no-ops.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from codedfarm.monitoring.build_info import register_build_info
 from codedfarm.monitoring.health import Readiness, serve_health_and_metrics
+from codedfarm.monitoring.hooks import WorkerHooks
 
-__all__ = ["WorkerMetrics", "serve_worker_metrics", "worker_metrics"]
+__all__ = ["WorkerMetrics", "serve_worker_metrics"]
 
 TASK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,
                 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -21,12 +26,14 @@ TASK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06,
 """Dense between 10 ms and 1 s, where a task's time lives."""
 
 
-class WorkerMetrics:
-    """Every task metric carries the worker's ``engine`` (batch or celery)."""
+class WorkerMetrics(WorkerHooks):
+    """Worker hooks as Prometheus metrics (in ``registry``; None: the default one). Every
+    task metric carries the worker's ``engine`` (batch or celery; see
+    :meth:`engine_started`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, engine: str = "") -> None:
         kwargs = {"registry": registry} if registry is not None else {}
-        self.engine = engine or _engine
+        self.engine = engine
         self.task_seconds = Histogram(
             "codedfarm_worker_task_seconds",
             "Task latency inside the worker: injected delay, input read, compute, report.",
@@ -63,36 +70,23 @@ class WorkerMetrics:
             **kwargs,  # type: ignore[arg-type]
         )
 
+    def engine_started(self, engine: str) -> None:
+        """The label of every task metric from now on (set before the pool forks)."""
+        self.engine = engine
+
     def refused(self, reason: str) -> None:
         """A queue message dropped unrun (not JSON, not an envelope, pickle, unknown task)."""
         self.messages_refused.labels(reason).inc()
 
     def observe(self, queue: str, model: str, status: str, seconds: float, delay: float) -> None:
+        """Counted by status; latency (``seconds``), work time (without the injected
+        ``delay``) and the delay itself in seconds."""
         queue, engine = queue or "unknown", self.engine or "unknown"
         self.tasks.labels(queue, model, engine, status).inc()
         self.task_seconds.labels(queue, model, engine).observe(seconds)
         if status != "cancelled":  # a cancelled straggler did no work
             self.work_seconds.labels(queue, model, engine).observe(max(0.0, seconds - delay))
         self.injected_delay.labels(queue, model, engine).observe(delay)
-
-
-_metrics: WorkerMetrics | None = None
-_engine = ""
-
-
-def set_engine(engine: str) -> None:
-    """The engine this worker process runs (before its first task: the label of every
-    task metric)."""
-    global _engine
-    _engine = engine
-
-
-def worker_metrics() -> WorkerMetrics:
-    """This process's worker metrics (created on first use, after the fork)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = WorkerMetrics()
-    return _metrics
 
 
 def serve_worker_metrics(port: int, addr: str = "0.0.0.0", ready: Readiness | None = None) -> None:

@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from codedfarm.errors import MessageRefusedError, ModelUnavailableError, ProtocolError
-from codedfarm.monitoring.worker_metrics import worker_metrics
+from codedfarm.errors import ConfigError, MessageRefusedError, ModelUnavailableError, ProtocolError
 from codedfarm.protocol import (
     INFER_TASK,
     Keys,
@@ -56,7 +55,7 @@ from codedfarm.worker.core import (
     predict,
     task_fate,
 )
-from codedfarm.worker.state import WorkerState
+from codedfarm.worker.state import WorkerState, worker_hooks
 from codedfarm.worker.wake_alarm import WakeAlarm
 
 __all__ = ["BatchEngine"]
@@ -126,7 +125,7 @@ class BatchEngine:
         events: TaskEvents | None = None,
     ) -> None:
         if slots < 1:
-            raise ValueError("slots must be >= 1")
+            raise ConfigError(f"slots must be >= 1, got {slots}")
         self.worker = worker
         self.queues = list(queues)
         self.slots = slots
@@ -223,7 +222,7 @@ class BatchEngine:
             envelope = read_envelope(raw, self.task_name)
         except MessageRefusedError as exc:
             log.error("refused a queue message (dropped, never run): %s", exc)
-            worker_metrics().refused(exc.kind)
+            worker_hooks().refused(exc.kind)
             if exc.tag is not None:
                 self._acks.append(exc.tag)
             return None
@@ -383,7 +382,7 @@ class BatchEngine:
     def _observe(self, task: _Task, status: str) -> None:
         m = task.msg
         seconds = time.perf_counter() - task.received
-        worker_metrics().observe(m.queue, m.model, status, seconds, task.fate.delay)
+        worker_hooks().observe(m.queue, m.model, status, seconds, task.fate.delay)
 
     # ----- unacked messages --------------------------------------------------------------
     def _restore_visible(self) -> None:

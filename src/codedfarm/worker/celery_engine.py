@@ -15,7 +15,6 @@ from typing import Any
 from celery import Celery
 
 from codedfarm.errors import ModelUnavailableError, ProtocolError
-from codedfarm.monitoring.worker_metrics import worker_metrics
 from codedfarm.protocol import INFER_TASK, TaskMessage, array_from_bytes
 from codedfarm.redis_conn import celery_broker
 from codedfarm.settings import Settings
@@ -32,7 +31,7 @@ from codedfarm.worker.core import (
     stop_heartbeat,
     task_fate,
 )
-from codedfarm.worker.state import WorkerState, state
+from codedfarm.worker.state import WorkerState, state, worker_hooks
 
 __all__ = ["make_celery", "run_inference"]
 
@@ -128,11 +127,11 @@ def _connect_signals() -> None:
 
     @task_unknown.connect(weak=False)  # type: ignore[untyped-decorator]
     def _count_unknown(**_: object) -> None:
-        worker_metrics().refused("unknown_task")
+        worker_hooks().refused("unknown_task")
 
     @task_rejected.connect(weak=False)  # type: ignore[untyped-decorator]
     def _count_rejected(**_: object) -> None:
-        worker_metrics().refused("serializer")
+        worker_hooks().refused("serializer")
 
     @worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _load_models_after_fork(**_: object) -> None:
@@ -157,7 +156,7 @@ def run_inference(**kwargs: Any) -> str:
         status = "failed"
         raise
     finally:
-        worker_metrics().observe(
+        worker_hooks().observe(
             msg.queue, msg.model, status, time.perf_counter() - start, fate.delay
         )
     return status

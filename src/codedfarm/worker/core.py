@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from codedfarm.errors import ModelUnavailableError
+from codedfarm.errors import InjectedFailure, ModelUnavailableError
 from codedfarm.heartbeat import Heartbeat
 from codedfarm.protocol import Keys, Notice, TaskMessage
 from codedfarm.stragglers import TaskFate
@@ -47,10 +47,6 @@ CANCEL_POLL_S = 0.05
 """How often a straggling task checks whether its batch is finished, seconds."""
 
 NO_FATE = TaskFate()
-
-
-class InjectedFailure(Exception):  # noqa: N818 - reads as what happened
-    """The straggler plan said this task dies without a result."""
 
 
 def task_fate(msg: TaskMessage, worker: WorkerState) -> TaskFate:

@@ -131,9 +131,9 @@ def _envelope_problem(message: object) -> str | None:
 
 
 def _count(reason: str) -> None:
-    from codedfarm.monitoring.worker_metrics import worker_metrics
+    from codedfarm.worker.state import worker_hooks
 
-    worker_metrics().refused(reason)
+    worker_hooks().refused(reason)
 
 
 def refuse_poison_messages() -> None:

@@ -75,6 +75,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     options.validate().check_models(settings.model_repository)
     check_device(options.device)
     from codedfarm.redis_conn import connect
+    from codedfarm.worker.state import configure, install_worker_hooks, state, worker_hooks
 
     connect(settings).close()
     if options.metrics_port:
@@ -85,7 +86,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         atexit.register(shutil.rmtree, samples, True)
         from codedfarm.heartbeat import LIVENESS_S
         from codedfarm.monitoring.health import probe_redis, worker_ready
-        from codedfarm.monitoring.worker_metrics import serve_worker_metrics
+        from codedfarm.monitoring.worker_metrics import WorkerMetrics, serve_worker_metrics
         from codedfarm.protocol import Keys
         from codedfarm.worker.batch_worker import node_name
 
@@ -95,15 +96,14 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         ready = worker_ready(probe_redis(settings), live, node_name(options.hostname),
                              LIVENESS_S)  # fmt: skip
         serve_worker_metrics(options.metrics_port, options.metrics_addr, ready)
-    from codedfarm.monitoring.worker_metrics import set_engine
-
-    set_engine(options.engine)  # the engine label of every task metric
+        # before the fork: the supervised child and Celery's pool processes inherit them
+        install_worker_hooks(WorkerMetrics())
+    worker_hooks().engine_started(options.engine)  # the engine label of every task metric
     import torch  # noqa: F401 - imported before the fork so pool children share it
 
     prepare_zoo_models(settings, options)
     from codedfarm.worker.celery_engine import make_celery
     from codedfarm.worker.kombu_guards import refuse_poison_messages, survive_connection_loss
-    from codedfarm.worker.state import configure, state
     from codedfarm.worker.supervisor import supervise
 
     configure(settings, options)  # inherited by the supervised child and its pool

@@ -4,7 +4,8 @@
 Celery's pool processes inherit it); a worker started by ``celery -A`` reads its options
 from the environment instead. Connections and models are made lazily inside the process
 that uses them, so a prefork child builds its own Redis connection and loads its models
-after the fork.
+after the fork. The worker's hooks (:func:`worker_hooks`: its metrics, when installed) are
+installed before anything forks, and every child keeps them.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from typing import Any
 import redis
 
 from codedfarm.errors import CodedFarmError, ModelUnavailableError
+from codedfarm.monitoring.hooks import WorkerHooks
 from codedfarm.redis_conn import redis_from_url
 from codedfarm.settings import Settings
 from codedfarm.stragglers import StragglerSpec
 from codedfarm.worker.options import WorkerOptions
 
-__all__ = ["LoadedModel", "WorkerState", "configure", "state"]
+__all__ = ["LoadedModel", "WorkerState", "configure", "install_worker_hooks", "state",
+           "worker_hooks"]  # fmt: skip
 
 IDLE_VERSION_S = 30.0
 """A model version no task asked for in this long is dropped once another version is used."""
@@ -167,6 +170,21 @@ def state() -> WorkerState:
         settings, options = _configured or (Settings.from_env(), WorkerOptions.from_env())
         _state = WorkerState(settings, options)
     return _state
+
+
+_hooks = WorkerHooks()
+
+
+def install_worker_hooks(hooks: WorkerHooks) -> None:
+    """Report tasks and refused messages to ``hooks`` in this process and in the children
+    it forks from now on (install before the fork: a Celery pool inherits them)."""
+    global _hooks
+    _hooks = hooks
+
+
+def worker_hooks() -> WorkerHooks:
+    """The hooks the engines report to (the no-op :class:`WorkerHooks` unless installed)."""
+    return _hooks
 
 
 def _forget_after_fork() -> None:

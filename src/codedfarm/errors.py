@@ -15,10 +15,15 @@ Exception hierarchy::
     │   ├── StragglerSpecError      a straggler spec that does not parse
     │   └── DatasetUnavailableError a data set that cannot be downloaded or found
     ├── InputError                  a batch the farm cannot serve (file, shape, NaN, size)
+    │   └── PayloadTooLargeError    a request body over the server's limit (HTTP 413)
     ├── FarmUnavailableError        the farm cannot serve now (exit code 3)
     │   ├── RedisUnavailableError   Redis cannot be reached (names the URL)
     │   ├── NoWorkerError           no live worker serves a queue of the batch
-    │   └── CollectorUnavailableError  no live collector service of that name
+    │   ├── CollectorUnavailableError  no live collector service of that name
+    │   └── QueueFullError          too many rows wait for a model in `serve` (HTTP 503)
+    ├── BatchFailedError            the farm answered a batch without predictions (HTTP 500)
+    │   └── BatchTimeoutError       ... because its deadline passed first (HTTP 504)
+    ├── InjectedFailure             a task failed on purpose (the `fail:p=P` straggler model)
     ├── ProtocolError               a malformed task, notice or batch message
     │   └── MessageRefusedError     a queue message a worker will not run (pickle, ...)
     └── CodecError                  misuse of a codec (names the codec, parameter, shapes)
@@ -37,6 +42,8 @@ Warnings (``warnings.warn``; the CLI prints them as ``warning: ...``)::
 from __future__ import annotations
 
 __all__ = [
+    "BatchFailedError",
+    "BatchTimeoutError",
     "CodecError",
     "CodecParameterError",
     "CodedFarmError",
@@ -44,6 +51,7 @@ __all__ = [
     "ConfigError",
     "DatasetUnavailableError",
     "FarmUnavailableError",
+    "InjectedFailure",
     "InputError",
     "InputWarning",
     "MessageRefusedError",
@@ -52,7 +60,9 @@ __all__ = [
     "NoWorkerError",
     "NonFiniteError",
     "NotEnoughResultsError",
+    "PayloadTooLargeError",
     "ProtocolError",
+    "QueueFullError",
     "RedisUnavailableError",
     "ShapeError",
     "StragglerSpecError",
@@ -95,6 +105,10 @@ class InputError(CodedFarmError):
     """A batch the farm cannot serve: unreadable file, wrong shape, NaN/Inf, too large."""
 
 
+class PayloadTooLargeError(InputError):
+    """A request body over the server's limit (``--max-body-bytes``)."""
+
+
 class FarmUnavailableError(CodedFarmError):
     """The farm cannot serve right now (exit code 3): Redis, a worker or a collector is
     missing. Unlike bad input, trying again later may succeed."""
@@ -110,6 +124,23 @@ class NoWorkerError(FarmUnavailableError):
 
 class CollectorUnavailableError(FarmUnavailableError):
     """No live collector service has the name the batch asks for."""
+
+
+class QueueFullError(FarmUnavailableError):
+    """Too many rows are waiting for this model in ``codedfarm serve``: try again later."""
+
+
+class BatchFailedError(CodedFarmError):
+    """The farm answered a batch (a coding group of ``serve``) without predictions: its
+    workers failed it, or too few results could decode. The message gives the reason."""
+
+
+class BatchTimeoutError(BatchFailedError):
+    """A batch's deadline passed before enough results came back to decode."""
+
+
+class InjectedFailure(CodedFarmError):  # noqa: N818 - reads as what happened
+    """A task failed on purpose: the ``fail:p=P`` straggler model of an experiment."""
 
 
 class ProtocolError(CodedFarmError):

@@ -13,7 +13,7 @@ from codedfarm.codecs.base import Codec, Decoded
 from codedfarm.codecs.berrut import BerrutCodec, berrut_matrix
 from codedfarm.codecs.lagrange import LagrangeCodec
 from codedfarm.codecs.mds import MDSCodec
-from codedfarm.codecs.plan import CodecPlan, plan_codec
+from codedfarm.codecs.plan import DEFAULT_CODEC, CodecPlan, plan_codec
 from codedfarm.codecs.points import data_points, worker_points
 from codedfarm.codecs.registry import available_codecs, make_codec, parse_codec_spec
 from codedfarm.codecs.replication import ReplicationCodec, UncodedCodec
@@ -21,6 +21,7 @@ from codedfarm.codecs.smoothing import smoothing_spline_matrix
 from codedfarm.codecs.spline import LetccCodec, SplineCodec, letcc_lambdas
 
 __all__ = [
+    "DEFAULT_CODEC",
     "BerrutCodec",
     "Codec",
     "CodecPlan",

@@ -112,6 +112,19 @@ class Codec(abc.ABC):
         extra = 2 * int(params.get("byzantine", 0))
         return (k + s if cls.exact else 3 * k) + extra
 
+    @classmethod
+    def default_wait_for(cls, k: int, n: int, s: int) -> int:
+        """Results a batch decodes at when it names none: ``n - s`` (any ``s`` may be late)."""
+        return n - s
+
+    @classmethod
+    def fit_workers(cls, k: int, n: int, s: int) -> tuple[int, int]:
+        """``(n, s)`` this code uses for ``k`` inputs within a budget of ``n`` workers
+        tolerating ``s``, when the budget was set for any code or for a larger group (the
+        server's flags; a partial coding group). Most codes take it as it is: a code for
+        fewer inputs on the same workers decodes them more closely (docs/serve.md)."""
+        return n, s
+
     def __init__(
         self,
         k: int,
@@ -303,13 +316,6 @@ class Codec(abc.ABC):
             torch_matrix=self._device_matrix(key, matrix, y),
         )
         return Decoded(from_decode_space(values, self.space), ids, lam, rejected)
-
-    def locate_wrong(self, y: Array, workers: Iterable[int]) -> Workers:
-        """The workers among ``workers`` whose results ``y`` ``(m, *out_shape)`` the
-        ``byzantine`` locator judges wrong (at most ``byzantine`` of them)."""
-        ids = self.validate_workers(workers)
-        self._check_decodable(ids)
-        return self._leave_out_wrong(y, ids)[2]
 
     def _leave_out_wrong(self, y: Array, ids: Workers) -> tuple[Workers, Array, Workers]:
         """The workers kept, their results, and the workers rejected. Under ``space=log``

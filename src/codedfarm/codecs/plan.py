@@ -18,7 +18,11 @@ from typing import Any
 from codedfarm.codecs.base import Codec
 from codedfarm.codecs.registry import codec_class, make_codec, parse_codec_spec
 
-__all__ = ["CodecPlan", "plan_codec"]
+__all__ = ["DEFAULT_CODEC", "CodecPlan", "plan_codec"]
+
+DEFAULT_CODEC = "spline"
+"""The codec of a batch when neither the batch, its model's ``config.json`` nor the server
+names one."""
 
 SHARED_CODECS = 64
 """Codecs (with their decoder caches) kept for reuse across batches."""
@@ -58,6 +62,20 @@ class CodecPlan:
         """The highest polynomial degree of f this code is exact for (None: any f, or the
         code is approximate)."""
         return self.cls.exact_degree(dict(self.params))
+
+    @property
+    def exact_for_any_model(self) -> bool:
+        """True for codes whose decode is the model's own output whatever the model
+        (uncoded, replication): there is no decode error to sample."""
+        return self.exact and self.exact_degree is None
+
+    def default_wait_for(self, k: int, n: int, s: int) -> int:
+        """Results a batch of ``k`` inputs on ``n`` workers decodes at by default."""
+        return self.cls.default_wait_for(k, n, s)
+
+    def fit_workers(self, k: int, n: int, s: int) -> tuple[int, int]:
+        """``(n, s)`` for ``k`` inputs within a worker budget ``n`` tolerating ``s``."""
+        return self.cls.fit_workers(k, n, s)
 
     def default_n(self, k: int, s: int) -> int:
         """Workers for ``k`` inputs tolerating ``s`` stragglers when the batch names none."""

@@ -36,6 +36,18 @@ class ReplicationCodec(Codec):
         """``s + 1`` copies of every input: any ``s`` stragglers leave one of each."""
         return k * (s + 1)
 
+    @classmethod
+    def default_wait_for(cls, k: int, n: int, s: int) -> int:
+        """``k``: the first copy of every input decodes (exactly), whichever copies they are."""
+        return k
+
+    @classmethod
+    def fit_workers(cls, k: int, n: int, s: int) -> tuple[int, int]:
+        """The most whole copies of each input that fit in the budget, ``k * (n // k)``
+        tasks (at least one copy each), tolerating at most one fewer than that."""
+        fitted = k * max(1, n // k)
+        return fitted, min(s, fitted - 1)
+
     @property
     def replicas(self) -> int:
         """Copies of each input, ``r = n / k``."""
@@ -91,6 +103,16 @@ class UncodedCodec(ReplicationCodec):
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
         """One worker per input."""
         return k
+
+    @classmethod
+    def default_wait_for(cls, k: int, n: int, s: int) -> int:
+        """Every result (``n - s``: a given ``s`` > 0 is refused, nothing can be missing)."""
+        return n - s
+
+    @classmethod
+    def fit_workers(cls, k: int, n: int, s: int) -> tuple[int, int]:
+        """One task per input, whatever the budget; it tolerates no straggler."""
+        return k, 0
 
     def params(self) -> dict[str, Any]:
         return {}

@@ -2,6 +2,16 @@
 
 from codedfarm.coordinator.client import BatchResult, FarmClient
 from codedfarm.coordinator.collector import Collector
-from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher
+from codedfarm.coordinator.dispatch import Dispatcher
+from codedfarm.coordinator.resolution import BatchDefaults, BatchSettings, BatchSpec, resolve_batch
 
-__all__ = ["BatchResult", "BatchSpec", "Collector", "Dispatcher", "FarmClient"]
+__all__ = [
+    "BatchDefaults",
+    "BatchResult",
+    "BatchSettings",
+    "BatchSpec",
+    "Collector",
+    "Dispatcher",
+    "FarmClient",
+    "resolve_batch",
+]

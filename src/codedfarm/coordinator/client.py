@@ -14,9 +14,10 @@ import numpy.typing as npt
 import redis
 
 from codedfarm.coordinator.collector import Collector
-from codedfarm.coordinator.dispatch import BatchSpec, Dispatcher, PreparedBatch
+from codedfarm.coordinator.dispatch import Dispatcher, PreparedBatch
 from codedfarm.coordinator.liveness import FarmCheck
 from codedfarm.coordinator.record_relay import RecordRelay
+from codedfarm.coordinator.resolution import BatchSettings, BatchSpec
 from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
 from codedfarm.heartbeat import LIVENESS_S
 from codedfarm.protocol import BatchRecord, Keys, as_bytes, read_reply_frame
@@ -79,8 +80,11 @@ class FarmClient:
         relay = RecordRelay(self.keys.records(), self.settings.key_ttl)
         return Collector(self.redis, self._own_inbox, reply_in_memory=True, relay=relay)
 
-    def submit(self, x: Any, spec: BatchSpec) -> BatchResult:
+    def submit(self, x: Any, spec: BatchSpec | BatchSettings) -> BatchResult:
         """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions.
+
+        ``spec`` is resolved against the model's ``config.json`` and the farm's settings
+        (:func:`~codedfarm.coordinator.resolution.resolve_batch`), or is resolved already.
 
         A batch that fails because Redis was lost (a restart, a failover) is sent again once
         Redis answers, within its deadline, up to ``retries`` times (inference is
@@ -105,7 +109,7 @@ class FarmClient:
                     raise
         end = start + prepared.deadline_s  # every retry fits in the batch's own deadline
         while True:
-            result = self._submit_once(prepared, spec, start)
+            result = self._submit_once(prepared, start)
             lost = result.outcome == "failed" and result.record.error.startswith("lost Redis")
             left = end - time.perf_counter()
             if not lost or retried >= self.retries or left <= 0.05:
@@ -141,7 +145,7 @@ class FarmClient:
                 time.sleep(0.1)
         return False
 
-    def _submit_once(self, prepared: PreparedBatch, spec: BatchSpec, start: float) -> BatchResult:
+    def _submit_once(self, prepared: PreparedBatch, start: float) -> BatchResult:
         inbox = self.keys.inbox(self.collector_name) if self.collector_name else self._own_inbox
         lost = ""
         reply: tuple[BatchRecord, Any] | None = None
@@ -161,8 +165,8 @@ class FarmClient:
             dispatched_at = time.time()
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
-            elif spec.hedge_after is not None:
-                reply, hedged = self._wait_hedged(prepared, budget, spec.hedge_after)
+            elif prepared.settings.hedge_after is not None:
+                reply, hedged = self._wait_hedged(prepared, budget, prepared.settings.hedge_after)
                 tasks_sent += hedged
             else:
                 reply = self._collector.wait_for(prepared.batch, budget)

@@ -14,73 +14,74 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from codedfarm.codecs import Codec, CodecPlan, plan_codec
-from codedfarm.errors import CodecError, ConfigError, InputError, InputWarning
+from codedfarm.codecs import Codec, CodecPlan
+from codedfarm.coordinator.resolution import BatchSettings, BatchSpec, resolve_batch
+from codedfarm.errors import InputError, InputWarning
 from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.protocol import INFER_TASK, BatchRegistration, Keys, TaskMessage, task_envelope
 from codedfarm.settings import Settings
-from codedfarm.stragglers import TaskFate, parse_straggler_spec
+from codedfarm.stragglers import TaskFate
 
 __all__ = ["BatchSpec", "Dispatcher", "PreparedBatch"]
 
 
 @dataclass(frozen=True)
-class BatchSpec:
-    """How to serve one batch (a frozen value object; every field but ``model`` optional).
-
-    ``model`` is a name (a repository model's highest version, or a zoo model) or
-    ``name@version``. ``codec`` is a spec such as ``spline:lam_dec=auto``. Unset fields
-    take the model's ``config.json`` serving defaults, then the farm's: codec ``spline``;
-    ``s`` 0; ``n`` what the codec class says (``k`` for uncoded, ``k(s+1)`` for replication,
-    the fewest that tolerate ``s`` for exact codes, ``3k`` for approximate ones);
-    ``wait_for`` ``n - s``; ``deadline`` (seconds after submit) and ``queues`` the
-    settings'. ``straggle`` injects stragglers (``fixed:S=4,delay=2``), ``plan`` gives one
-    fate per task instead.
-    """
-
-    model: str
-    codec: str | None = None
-    n: int | None = None
-    s: int | None = None
-    wait_for: int | None = None
-    straggle: str | None = None  # None: workers apply their own default
-    deadline: float | None = None  # seconds after submit
-    queues: tuple[str, ...] | None = None
-    seed: int | None = None
-    plan: tuple[TaskFate, ...] | None = None  # explicit fate per task (overrides straggle)
-    hedge_after: float | None = None  # re-send tasks still missing after this many seconds
-    hedge_plan: tuple[TaskFate, ...] | None = None  # fates of the re-sent copies, per index
-
-
-@dataclass(frozen=True)
 class PreparedBatch:
+    """A batch ready to dispatch: its resolved ``settings`` and its coded inputs."""
+
     batch: str
-    spec: BatchSpec
-    model: ResolvedModel
-    plan: CodecPlan
-    codec: Codec
-    k: int
-    n: int
-    s: int
-    wait_for: int
-    deadline_s: float
+    settings: BatchSettings
     coded: npt.NDArray[np.float32]  # (n, *input_shape); a per-thread buffer: valid until the
     # dispatcher prepares the next batch on this thread
-    fates: list[TaskFate] | None
-    queues: tuple[str, ...]
     encode_s: float
     reference: npt.NDArray[np.float32] | None = None  # raw inputs of a fidelity-sampled batch
     submitted_at: float = field(default_factory=time.time)
+    deadline_s: float = -1.0  # seconds after submit; -1: the settings' (a retry has less)
+
+    def __post_init__(self) -> None:
+        if self.deadline_s < 0:
+            object.__setattr__(self, "deadline_s", self.settings.deadline)
+
+    # the settings' values, read often enough to be named here
+    @property
+    def model(self) -> ResolvedModel:
+        return self.settings.model
+
+    @property
+    def plan(self) -> CodecPlan:
+        return self.settings.plan
+
+    @property
+    def codec(self) -> Codec:
+        return self.settings.codec
+
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    @property
+    def n(self) -> int:
+        return self.settings.n
+
+    @property
+    def s(self) -> int:
+        return self.settings.s
+
+    @property
+    def wait_for(self) -> int:
+        return self.settings.wait_for
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return self.settings.queues
+
+    @property
+    def fates(self) -> tuple[TaskFate, ...] | None:
+        return self.settings.fates
 
     @property
     def slowed(self) -> list[dict[str, Any]]:
-        if self.fates is None:
-            return []
-        return [
-            {"index": i, "delay": f.delay, "fail": f.fail}
-            for i, f in enumerate(self.fates)
-            if f.slowed
-        ]
+        return self.settings.slowed
 
 
 def _as_float32_batch(x: Any, input_shape: tuple[int, ...], model: str) -> npt.NDArray[np.float32]:
@@ -138,96 +139,35 @@ class Dispatcher:
             self._buffers.coded = buffer
         return buffer
 
-    def prepare(self, x: Any, spec: BatchSpec) -> PreparedBatch:
-        """Validate everything, then encode. Raises before anything is written to Redis."""
-        model = resolve_model(spec.model, self.settings.model_repository)
-        inputs = _as_float32_batch(x, model.input_shape, model.ref)
-        k = inputs.shape[0]
-        serving = model.serving
-        plan = plan_codec(spec.codec or serving.codec or "spline")
-        s = spec.s if spec.s is not None else (serving.s or 0)
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ConfigError(f"s (stragglers to tolerate) must be an integer >= 0, got {s!r}")
-        n = spec.n if spec.n is not None else (serving.n or plan.default_n(k, s))
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.settings.max_workers:
-            raise ConfigError(
-                f"n must be an integer in [1, {self.settings.max_workers}], got {n!r}"
-            )
-        if s >= n:
-            raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
-        codec = plan.codec(k, n, s)
-        degree = plan.exact_degree
-        if degree is not None and (model.polynomial_degree or degree + 1) > degree:
-            declared = ("is not declared a polynomial" if model.polynomial_degree is None
-                        else f"is declared of degree {model.polynomial_degree}")  # fmt: skip
-            warnings.warn(
-                InputWarning(
-                    f"{plan.name} decodes exactly only models of degree <= {degree} (1: linear "
-                    f"or affine); model {model.ref} {declared}, so its decoded answers are not "
-                    "its outputs (declare polynomial_degree in its config.json, or use an "
-                    "approximate code: berrut, spline)"
-                ),
-                stacklevel=2,
-            )
-        wait_for = n - s if spec.wait_for is None else spec.wait_for
-        if not codec.min_results <= wait_for <= n:
-            if spec.wait_for is None and codec.exact:
-                raise CodecError(
-                    f"{codec.name}: S={s} is too large for this exact code: it needs "
-                    f"{codec.min_results} of n={n} results, but n - S = {n - s}"
+    def prepare(self, x: Any, batch: BatchSpec | BatchSettings) -> PreparedBatch:
+        """Validate everything, then encode ``x`` ``(k, *input_shape)``. ``batch``: settings
+        resolved already (``resolve_batch``), or a spec resolved here for ``x``'s rows.
+        Raises before anything is written to Redis."""
+        if isinstance(batch, BatchSpec):
+            model = resolve_model(batch.model, self.settings.model_repository)
+            inputs = _as_float32_batch(x, model.input_shape, model.ref)
+            settings = resolve_batch(batch, inputs.shape[0], self.settings, model=model)
+        else:
+            settings = batch
+            inputs = _as_float32_batch(x, settings.model.input_shape, settings.model.ref)
+            if inputs.shape[0] != settings.k:
+                raise InputError(
+                    f"the batch has {inputs.shape[0]} inputs, its settings k={settings.k}"
                 )
-            raise ConfigError(
-                f"wait_for must be in [{codec.min_results}, {n}] for {codec.spec}, got {wait_for}"
-            )
-        deadline = next(
-            d for d in (spec.deadline, serving.deadline, self.settings.deadline) if d is not None
-        )
-        if spec.hedge_after is not None and not 0 < spec.hedge_after < deadline:
-            raise ConfigError(f"hedge_after must be in (0, deadline), got {spec.hedge_after}")
-        if not 0 < deadline < self.settings.key_ttl:
-            raise ConfigError(
-                f"deadline must be in (0, {self.settings.key_ttl:g}) seconds "
-                f"(CODEDFARM_KEY_TTL), got {deadline}"
-            )
-        coded_bytes = n * inputs[0].nbytes
-        if coded_bytes > self.settings.max_batch_bytes:
-            raise InputError(
-                f"coded batch is {coded_bytes} bytes (n={n} x {inputs[0].nbytes}), over the "
-                f"limit of {self.settings.max_batch_bytes} (CODEDFARM_MAX_BATCH_BYTES)"
-            )
-        queues = tuple(spec.queues or self.settings.queues)
-        if not queues or any(not q or ":" in q for q in queues):
-            raise ConfigError(f"queue names must be non-empty without ':', got {queues}")
-        fates = None
-        if spec.plan is not None:
-            if len(spec.plan) != n:
-                raise ConfigError(f"plan must give one fate per task: {len(spec.plan)} for n={n}")
-            fates = list(spec.plan)
-        elif spec.straggle is not None:
-            stragglers = parse_straggler_spec(spec.straggle)
-            fates = stragglers.sample(n, np.random.default_rng(spec.seed))
         start = time.perf_counter()
-        coded = codec.encode(inputs, out=self._coded_buffer((n, *inputs.shape[1:])))
+        coded = settings.codec.encode(
+            inputs, out=self._coded_buffer((settings.n, *inputs.shape[1:]))
+        )
         encode_s = time.perf_counter() - start
         sampled = (
             self.settings.fidelity_sample > 0
-            and plan.name != "uncoded"
+            and not settings.plan.exact_for_any_model
             and self._sampler.random() < self.settings.fidelity_sample
         )
         return PreparedBatch(
             batch=uuid.uuid4().hex,
-            spec=spec,
-            model=model,
-            plan=plan,
-            codec=codec,
-            k=k,
-            n=n,
-            s=s,
-            wait_for=wait_for,
-            deadline_s=deadline,
+            settings=settings,
             coded=coded,
-            fates=fates,
-            queues=queues,
             encode_s=encode_s,
             reference=inputs if sampled else None,
         )
@@ -332,7 +272,7 @@ class Dispatcher:
 
     def redispatch(self, batch: PreparedBatch, inbox: str, indices: list[int]) -> int:
         """Hedging: send another copy of tasks ``indices``; returns how many were sent."""
-        plan = batch.spec.hedge_plan
+        plan = batch.settings.hedge_plan
         tasks = [(j, plan[j] if plan is not None else TaskFate()) for j in indices]
         by_queue = self._messages(batch, self.registration(batch), inbox, tasks)
         pipe = self.redis.pipeline(transaction=False)

@@ -74,7 +74,7 @@ class CodecComparison:
 
 def _build(spec: str, k: int, n: int, stragglers: int) -> Codec:
     plan = plan_codec(spec)
-    return plan.codec(k, k if plan.name == "uncoded" else n, stragglers)
+    return plan.codec(k, plan.fit_workers(k, n, stragglers)[0], stragglers)
 
 
 def compare_codecs(

@@ -1,9 +1,9 @@
 """Metrics of ``codedfarm serve``, on the server's own ``/metrics``.
 
 Per request: latency by model, codec and outcome (``ok``, ``bad_request``, ``not_found``,
-``unavailable``, ``timeout``, ``error``); per coding group: its rows and how long its
-oldest row waited; and requests in flight and refusals, by model. No label carries a
-request id.
+``too_large``, ``unavailable``, ``timeout``, ``disconnected``, ``error``); per coding
+group: its rows and how long its oldest row waited; and requests in flight, refusals and
+clients that left, by model. No label carries a request id.
 """
 
 from __future__ import annotations
@@ -55,6 +55,20 @@ class ServerMetrics:
             "codedfarm_server_rejected_total",
             "Infer requests refused at once: queue_full (503) or not_ready (503).",
             ["model", "reason"],
+            registry=self.registry,
+        )
+
+        self.groups = Counter(
+            "codedfarm_server_groups_total",
+            "Coding groups sent to the farm, by model, the codec they were coded with, and "
+            "outcome (the batch record's: decoded, deadline_decoded, timeout, failed).",
+            ["model", "codec", "outcome"],
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "codedfarm_server_client_disconnects_total",
+            "Infer requests whose client left before the body was read (nothing answered).",
+            ["model"],
             registry=self.registry,
         )
 

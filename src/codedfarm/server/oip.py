@@ -16,14 +16,15 @@ Reference: https://kserve.github.io/website/latest/modelserving/data_plane/v2_pr
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from codedfarm.errors import InputError
+from codedfarm.errors import InputError, PayloadTooLargeError
+from codedfarm.protocol.tensors import tensor_from_bytes, tensor_from_data
 
 __all__ = [
     "CONVERTIBLE",
@@ -32,6 +33,7 @@ __all__ = [
     "infer_response",
     "model_metadata",
     "parse_infer_request",
+    "read_infer_body",
 ]
 
 CONVERTIBLE = {
@@ -103,10 +105,10 @@ def parse_infer_request(
                          f"{', '.join(map(str, input_shape))}] with B >= 1")  # fmt: skip
     size = _parameters(tensor, where).get("binary_data_size")
     if size is not None:
-        x = _from_binary(binary, size, shape, CONVERTIBLE[datatype], where)
+        x = tensor_from_bytes(binary, size, shape, CONVERTIBLE[datatype], where)
     else:
         data = _field(tensor, "data", list, where)
-        x = _to_float32(data, shape, CONVERTIBLE[datatype], where)
+        x = tensor_from_data(data, shape, CONVERTIBLE[datatype], where)
     binary_output = bool(_parameters(body, "request").get("binary_data_output", False))
     outputs = body.get("outputs")
     output_name = OUTPUT_NAME
@@ -125,44 +127,6 @@ def _parameters(mapping: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     if not isinstance(parameters, dict):
         raise InputError(f"{where}: 'parameters' must be a JSON object")
     return parameters
-
-
-def _from_binary(
-    binary: bytes, size: object, shape: list[int], dtype: Any, where: str
-) -> np.ndarray:
-    """A tensor sent with the binary tensor data extension: raw little-endian values."""
-    itemsize = np.dtype(dtype).itemsize
-    if type(size) is not int or size != math.prod(shape) * itemsize or size > len(binary):
-        raise InputError(f"{where}: binary_data_size {size!r} does not match shape {shape} of "
-                         f"{np.dtype(dtype).name} with {len(binary)} bytes sent")  # fmt: skip
-    if size != len(binary):
-        raise InputError(f"{where}: {len(binary) - size} bytes of binary data left over")
-    array = np.frombuffer(binary, np.dtype(dtype).newbyteorder("<"), count=math.prod(shape))
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = array.reshape(shape).astype(np.float32)
-    if not np.isfinite(x).all():
-        raise InputError(f"{where}: data has NaN or infinite values (after conversion to FP32)")
-    return x
-
-
-def _to_float32(data: list[Any], shape: list[int], dtype: Any, where: str) -> np.ndarray:
-    count = math.prod(shape)
-    try:  # nested or flat; bad values raise; out of float32's range: inf, refused below
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InputError(
-            f"{where}: data is not a tensor of {np.dtype(dtype).name} ({exc})"
-        ) from exc
-    if array.size != count:
-        raise InputError(f"{where}: {array.size} values for shape {shape} ({count} expected)")
-    if array.ndim not in (1, len(shape)) or (array.ndim > 1 and list(array.shape) != shape):
-        raise InputError(f"{where}: data nested as {list(array.shape)}, not as shape {shape}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = array.reshape(shape).astype(np.float32)
-    if not np.isfinite(x).all():
-        raise InputError(f"{where}: data has NaN or infinite values (after conversion to FP32)")
-    return x
 
 
 def infer_request(x: np.ndarray, request_id: str | None = None) -> dict[str, Any]:
@@ -219,3 +183,38 @@ def model_metadata(
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, *output_shape]}],
     }
+
+
+async def read_infer_body(
+    chunks: AsyncIterator[bytes],
+    *,
+    content_length: str | None,
+    header_length: str | None,
+    limit: int,
+) -> tuple[object, bytes]:
+    """An infer request's body, framed: its JSON (parsed) and the binary tensor data after
+    it. ``content_length`` and ``header_length`` are the ``Content-Length`` and
+    ``Inference-Header-Content-Length`` headers (None when absent); ``limit`` bytes. A body
+    over the limit is refused from its header when it has one, else as soon as the chunks
+    read pass it (a chunked body): :class:`PayloadTooLargeError`; a bad header or a body that
+    is not JSON: :class:`InputError`."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise PayloadTooLargeError(f"the body is {content_length} bytes, over the limit of {limit}")
+    parts, seen = [], 0
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+        parts.append(chunk)
+    raw = b"".join(parts)
+    json_size = len(raw)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(raw):
+            raise InputError(f"Inference-Header-Content-Length {header_length!r} does not fit "
+                             f"a body of {len(raw)} bytes")  # fmt: skip
+        json_size = int(header_length)
+    try:
+        body = json.loads(raw[:json_size])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"the body is not JSON: {exc}") from exc
+    return body, raw[json_size:]

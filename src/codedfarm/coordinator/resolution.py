@@ -1,0 +1,234 @@
+"""One resolution of a batch's settings: what was asked, the model's defaults, the farm's.
+
+Every way into the farm (``submit``, ``serve``, ``bench``, ``demo``, ``soak`` and
+:meth:`FarmClient.submit <codedfarm.coordinator.FarmClient.submit>`) turns its request into
+one :class:`BatchSettings` here, once per batch; nothing downstream reads a model's
+``config.json`` again or merges defaults again.
+
+Precedence, highest first (each field separately; the first layer that sets it wins):
+
+1. the batch's own :class:`BatchSpec` (``submit``'s flags, the Python API);
+2. the model's ``config.json`` ``serving`` block (``codec``, ``n``, ``s``, ``deadline``);
+3. the server-wide flags of ``codedfarm serve`` (:class:`BatchDefaults`);
+4. the farm's :class:`~codedfarm.settings.Settings` (``deadline``, ``queues``);
+5. the codec class: ``n`` (:meth:`~codedfarm.codecs.CodecPlan.default_n`), ``wait_for``
+   (:meth:`~codedfarm.codecs.CodecPlan.default_wait_for`), ``s`` 0, the codec
+   :data:`~codedfarm.codecs.DEFAULT_CODEC`.
+
+With ``fit_workers`` (the server's coding groups, the demo) ``n`` and ``s`` are a budget
+meant for any code and a full group: the codec fits itself into it
+(:meth:`~codedfarm.codecs.CodecPlan.fit_workers`: uncoded sends one task per row,
+replication the most whole copies that fit).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from codedfarm.codecs import DEFAULT_CODEC, Codec, CodecPlan, plan_codec
+from codedfarm.errors import CodecError, ConfigError, InputError, InputWarning
+from codedfarm.models.resolve import ResolvedModel, resolve_model
+from codedfarm.settings import Settings, check_queue_names
+from codedfarm.stragglers import TaskFate, parse_straggler_spec
+
+__all__ = ["BatchDefaults", "BatchSettings", "BatchSpec", "resolve_batch"]
+
+INPUT_ITEM_BYTES = 4  # the farm serves float32 inputs
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How to serve one batch (a frozen value object; every field but ``model`` optional).
+
+    ``model`` is a name (a repository model's highest version, or a zoo model) or
+    ``name@version``. ``codec`` is a spec such as ``spline:lam_dec=auto``. Unset fields
+    take the model's ``config.json`` serving defaults, then the farm's (the precedence of
+    :mod:`codedfarm.coordinator.resolution`). ``straggle`` injects stragglers
+    (``fixed:S=4,delay=2``), ``plan`` gives one fate per task instead.
+    """
+
+    model: str
+    codec: str | None = None
+    n: int | None = None
+    s: int | None = None
+    wait_for: int | None = None
+    straggle: str | None = None  # None: workers apply their own default
+    deadline: float | None = None  # seconds after submit
+    queues: tuple[str, ...] | None = None
+    seed: int | None = None
+    plan: tuple[TaskFate, ...] | None = None  # explicit fate per task (overrides straggle)
+    hedge_after: float | None = None  # re-send tasks still missing after this many seconds
+    hedge_plan: tuple[TaskFate, ...] | None = None  # fates of the re-sent copies, per index
+
+
+@dataclass(frozen=True)
+class BatchDefaults:
+    """Defaults below a model's ``config.json`` (``codedfarm serve``'s server-wide flags).
+    None: the next layer's."""
+
+    codec: str | None = None
+    n: int | None = None
+    s: int | None = None
+    wait_for: int | None = None
+    deadline: float | None = None  # seconds after submit
+    queues: tuple[str, ...] | None = None
+    straggle: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """One batch's settings, resolved: the model, the codec plan, ``k`` inputs on ``n``
+    tasks tolerating ``s``, decoding at ``wait_for`` results or at ``deadline`` seconds
+    after submit, on ``queues``, with one injected fate per task (or None: the workers'
+    own). Immutable; the dispatcher, the client and the collector read only these."""
+
+    model: ResolvedModel
+    plan: CodecPlan
+    k: int
+    n: int
+    s: int
+    wait_for: int
+    deadline: float
+    queues: tuple[str, ...]
+    fates: tuple[TaskFate, ...] | None = None
+    hedge_after: float | None = None
+    hedge_plan: tuple[TaskFate, ...] | None = None
+
+    @property
+    def codec(self) -> Codec:
+        """The shared codec of this plan and shape (built once per process)."""
+        return self.plan.codec(self.k, self.n, self.s)
+
+    @property
+    def slowed(self) -> list[dict[str, Any]]:
+        """The injected stragglers and failures: ``{index, delay, fail}`` per slowed task."""
+        if self.fates is None:
+            return []
+        return [
+            {"index": i, "delay": f.delay, "fail": f.fail}
+            for i, f in enumerate(self.fates)
+            if f.slowed
+        ]
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < low
+    if high is None and bad:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if high is not None and (bad or value > high):  # type: ignore[operator]
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def resolve_batch(
+    spec: BatchSpec,
+    k: int,
+    settings: Settings,
+    *,
+    model: ResolvedModel | None = None,
+    defaults: BatchDefaults | None = None,
+    fit_workers: bool = False,
+) -> BatchSettings:
+    """The settings of a batch of ``k`` inputs for ``spec`` (precedence: the module's).
+
+    ``model``: ``spec.model`` already resolved (the server's, cached briefly); else it is
+    resolved here. ``defaults``: the layer under the model's ``config.json``.
+    ``fit_workers``: ``n`` and ``s`` are a budget the codec fits itself into. Raises
+    :class:`~codedfarm.errors.ConfigError`, :class:`~codedfarm.errors.CodecError` or
+    :class:`~codedfarm.errors.InputError`; warns :class:`~codedfarm.errors.InputWarning`
+    when an exact code is asked for a model it is not exact for."""
+    found = model if model is not None else resolve_model(spec.model, settings.model_repository)
+    lower = defaults or BatchDefaults()
+    serving = found.serving
+    k = _check_int("k (inputs in the batch)", k, 1)
+    plan = plan_codec(_first(spec.codec, serving.codec, lower.codec, DEFAULT_CODEC))
+    s = _check_int("s (stragglers to tolerate)", _first(spec.s, serving.s, lower.s, 0), 0)
+    n_given = _first(spec.n, serving.n, lower.n)
+    if n_given is not None:
+        _check_int("n", n_given, 1, settings.max_workers)
+    n = plan.default_n(k, s) if n_given is None else n_given
+    if fit_workers:
+        n, s = plan.fit_workers(k, n, s)
+    n = _check_int("n", n, 1, settings.max_workers)
+    if s >= n:
+        raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
+    codec = plan.codec(k, n, s)
+    _warn_if_not_exact(plan, found)
+    wait_given = _first(spec.wait_for, lower.wait_for)
+    wait_for = plan.default_wait_for(k, n, s) if wait_given is None else wait_given
+    if fit_workers:
+        wait_for = min(wait_for, n)
+    if not codec.min_results <= wait_for <= n:
+        if wait_given is None and codec.exact:
+            raise CodecError(
+                f"{codec.name}: S={s} is too large for this exact code: it needs "
+                f"{codec.min_results} of n={n} results, but n - S = {n - s}"
+            )
+        raise ConfigError(
+            f"wait_for must be in [{codec.min_results}, {n}] for {codec.spec}, got {wait_for}"
+        )
+    deadline = float(_first(spec.deadline, serving.deadline, lower.deadline, settings.deadline))
+    if not 0 < deadline < settings.key_ttl:
+        raise ConfigError(
+            f"deadline must be in (0, {settings.key_ttl:g}) seconds (CODEDFARM_KEY_TTL), "
+            f"got {deadline}"
+        )
+    if spec.hedge_after is not None and not 0 < spec.hedge_after < deadline:
+        raise ConfigError(f"hedge_after must be in (0, deadline), got {spec.hedge_after}")
+    coded_bytes = n * math.prod(found.input_shape) * INPUT_ITEM_BYTES
+    if coded_bytes > settings.max_batch_bytes:
+        raise InputError(
+            f"coded batch is {coded_bytes} bytes (n={n} x {coded_bytes // n}), over the "
+            f"limit of {settings.max_batch_bytes} (CODEDFARM_MAX_BATCH_BYTES)"
+        )
+    queues = check_queue_names(_first(spec.queues, lower.queues, settings.queues), "queues")
+    return BatchSettings(
+        model=found,
+        plan=plan,
+        k=k,
+        n=n,
+        s=s,
+        wait_for=wait_for,
+        deadline=deadline,
+        queues=queues,
+        fates=_fates(spec, _first(spec.straggle, lower.straggle), n),
+        hedge_after=spec.hedge_after,
+        hedge_plan=spec.hedge_plan,
+    )
+
+
+def _fates(spec: BatchSpec, straggle: str | None, n: int) -> tuple[TaskFate, ...] | None:
+    if spec.plan is not None:
+        if len(spec.plan) != n:
+            raise ConfigError(f"plan must give one fate per task: {len(spec.plan)} for n={n}")
+        return tuple(spec.plan)
+    if straggle is None:
+        return None
+    stragglers = parse_straggler_spec(straggle)
+    return tuple(stragglers.sample(n, np.random.default_rng(spec.seed)))
+
+
+def _warn_if_not_exact(plan: CodecPlan, model: ResolvedModel) -> None:
+    degree = plan.exact_degree
+    if degree is None or (model.polynomial_degree or degree + 1) <= degree:
+        return
+    declared = ("is not declared a polynomial" if model.polynomial_degree is None
+                else f"is declared of degree {model.polynomial_degree}")  # fmt: skip
+    warnings.warn(
+        InputWarning(
+            f"{plan.name} decodes exactly only models of degree <= {degree} (1: linear "
+            f"or affine); model {model.ref} {declared}, so its decoded answers are not "
+            "its outputs (declare polynomial_degree in its config.json, or use an "
+            "approximate code: berrut, spline)"
+        ),
+        stacklevel=4,
+    )

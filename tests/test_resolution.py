@@ -1,0 +1,145 @@
+"""One resolution of a batch's settings: the precedence (a submit flag beats the model's
+config.json, which beats serve's flags, which beat the farm's settings, which beat the
+codec's defaults), once per batch, for every way in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from codedfarm.codecs import DEFAULT_CODEC, available_codecs, plan_codec
+from codedfarm.coordinator import BatchDefaults, BatchSettings, BatchSpec, resolve_batch
+from codedfarm.errors import CodecError, ConfigError, InputError
+from codedfarm.models.resolve import resolve_model
+from codedfarm.settings import Settings
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository model whose config.json sets codec, n and deadline (not s)."""
+    model = tmp_path / "mine"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.pt").write_bytes(b"never loaded by the resolver")
+    (model / "config.json").write_text(json.dumps({
+        "input_shape": [4], "output_shape": [2],
+        "serving": {"codec": "berrut", "n": 12, "deadline": 2.5}}))  # fmt: skip
+    return tmp_path
+
+
+def settings_for(repo: Path) -> Settings:
+    return Settings(model_repository=repo, deadline=9.0, queues=("farmq",))
+
+
+def test_a_submit_flag_beats_the_models_config_json(repo):
+    got = resolve_batch(BatchSpec(model="mine", codec="spline", n=16, deadline=1.0), 4,
+                        settings_for(repo))  # fmt: skip
+    assert (got.plan.spec, got.n, got.deadline) == ("spline", 16, 1.0)
+    assert got.model.ref == "mine@1"
+
+
+def test_the_models_config_json_beats_the_farms_settings_and_the_codec(repo):
+    got = resolve_batch(BatchSpec(model="mine"), 4, settings_for(repo))
+    assert (got.plan.spec, got.n, got.s, got.deadline) == ("berrut", 12, 0, 2.5)
+    assert got.wait_for == 12 and got.queues == ("farmq",)
+
+
+def test_the_models_config_json_beats_serves_flags_field_by_field(repo):
+    flags = BatchDefaults(codec="mds", n=24, s=4, deadline=3.0, queues=("srv",), wait_for=None)
+    got = resolve_batch(BatchSpec(model="mine"), 4, settings_for(repo), defaults=flags)
+    assert (got.plan.spec, got.n, got.s, got.deadline) == ("berrut", 12, 4, 2.5)
+    assert got.queues == ("srv",) and got.wait_for == 8
+    zoo = resolve_batch(BatchSpec(model="linear"), 4, settings_for(repo), defaults=flags)
+    assert (zoo.plan.spec, zoo.n, zoo.s, zoo.deadline) == ("mds", 24, 4, 3.0)
+
+
+def test_nothing_set_takes_the_farms_and_the_codecs_defaults():
+    got = resolve_batch(BatchSpec(model="lenet5"), 8, Settings(deadline=7.0))
+    assert got.plan.spec == DEFAULT_CODEC and got.plan.default_n(8, 0) == got.n == 24
+    assert (got.s, got.wait_for, got.deadline, got.queues) == (0, 24, 7.0, ("cpu",))
+
+
+def test_a_resolved_model_is_not_resolved_again(monkeypatch):
+    """The server passes its (cached) model and the client passes BatchSettings: nothing
+    downstream reads the model's config.json again."""
+    import codedfarm.coordinator.dispatch as dispatch
+    import codedfarm.coordinator.resolution as resolution
+    from codedfarm.coordinator.dispatch import Dispatcher
+
+    model = resolve_model("linear")
+    calls: list[str] = []
+
+    def counting(ref: str, repository: object = None) -> object:
+        calls.append(ref)
+        return model
+
+    monkeypatch.setattr(resolution, "resolve_model", counting)
+    monkeypatch.setattr(dispatch, "resolve_model", counting)
+    settings = resolve_batch(BatchSpec(model="linear"), 3, Settings(), model=model)
+    prepared = Dispatcher(Settings(), client=None).prepare(  # type: ignore[arg-type]
+        np.zeros((3, 1, 32, 32), np.float32), settings
+    )
+    assert calls == [] and prepared.settings is settings and prepared.k == 3
+    Dispatcher(Settings(), client=None).prepare(  # type: ignore[arg-type]
+        np.zeros((3, 1, 32, 32), np.float32), BatchSpec(model="linear")
+    )
+    assert calls == ["linear"]  # a spec: resolved once, here
+    with pytest.raises(InputError, match="2 inputs, its settings k=3"):
+        Dispatcher(Settings(), client=None).prepare(  # type: ignore[arg-type]
+            np.zeros((2, 1, 32, 32), np.float32), settings
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "k", "error", "message"),
+    [
+        (BatchSpec(model="linear", s=-1), 8, ConfigError, "s (stragglers to tolerate)"),
+        (BatchSpec(model="linear", n=0), 8, ConfigError, "n must be an integer in"),
+        (BatchSpec(model="linear", n=4, s=4), 2, ConfigError, "s must be < n"),
+        (BatchSpec(model="linear", codec="mds", n=10, s=4), 8, CodecError, "too large"),
+        (BatchSpec(model="linear", wait_for=30), 8, ConfigError, "wait_for must be in"),
+        (BatchSpec(model="linear", deadline=1e6), 8, ConfigError, "deadline must be in"),
+        (BatchSpec(model="linear", queues=("a:b",)), 8, ConfigError, "queues"),
+        (BatchSpec(model="linear", queues=()), 8, ConfigError, "queues"),
+        (BatchSpec(model="linear", codec="nope"), 8, CodecError, "unknown codec"),
+        (BatchSpec(model="linear"), 0, ConfigError, "k (inputs in the batch)"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_field_named(spec, k, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_batch(spec, k, Settings())
+
+
+def test_the_settings_are_one_frozen_value():
+    got = resolve_batch(BatchSpec(model="linear", straggle="fixed:S=2,delay=1", seed=3), 4,
+                        Settings())  # fmt: skip
+    assert isinstance(got, BatchSettings) and len(got.fates or ()) == got.n
+    assert [s["index"] for s in got.slowed] == [
+        s["index"] for s in resolve_batch(BatchSpec(model="linear", straggle="fixed:S=2,delay=1",
+                                                    seed=3), 4, Settings()).slowed
+    ]  # fmt: skip
+    with pytest.raises(AttributeError):
+        got.n = 3  # type: ignore[misc]
+
+
+@given(
+    codec=st.sampled_from(sorted(set(available_codecs()) - {"letcc"})),
+    k=st.integers(1, 8),
+    n=st.integers(1, 32),
+    s=st.integers(0, 8),
+)
+def test_every_code_fits_any_budget_the_server_may_give_it(codec, k, n, s):
+    """What a codec makes of a worker budget is a fact of the codec: uncoded takes one task
+    per input and no straggler, replication whole copies, the others the budget as it is."""
+    plan = plan_codec(codec)
+    fitted_n, fitted_s = plan.fit_workers(k, max(n, k), s)
+    assert fitted_s <= s
+    if plan.exact_for_any_model:
+        assert fitted_n % k == 0 and fitted_s < fitted_n
+        assert plan.default_wait_for(k, fitted_n, fitted_s) == k  # one result per input
+    else:
+        assert (fitted_n, fitted_s) == (max(n, k), s)

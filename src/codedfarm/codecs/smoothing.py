@@ -17,6 +17,7 @@ import numpy.typing as npt
 from scipy import linalg
 
 from codedfarm.codecs.arrays import FloatMatrix
+from codedfarm.errors import CodecParameterError
 
 __all__ = [
     "SplineBasis",
@@ -31,7 +32,7 @@ def _sorted_nodes(nodes: FloatMatrix) -> tuple[npt.NDArray[np.intp], FloatMatrix
     order = np.argsort(nodes, kind="stable")
     knots = nodes[order]
     if len(knots) > 1 and np.any(np.diff(knots) <= 0):
-        raise ValueError("spline knots must be distinct")
+        raise CodecParameterError("spline knots must be distinct")
     return order, knots
 
 

@@ -223,3 +223,10 @@ def test_auto_lambda_on_clean_results_is_close_to_interpolation(rng):
     auto = mean_decode_mse(make_codec("spline", 8, 48), f, stragglers=6)
     interp = mean_decode_mse(make_codec("spline", 8, 48, lam_enc=0.0, lam_dec=0.0), f, stragglers=6)
     assert auto <= 1.1 * interp
+
+
+def test_repeated_spline_knots_are_a_codec_parameter_error():
+    from codedfarm.codecs import smoothing_spline_matrix
+
+    with pytest.raises(CodecParameterError, match="knots must be distinct"):
+        smoothing_spline_matrix(np.array([0.0, 0.5, 0.5, 1.0]), np.array([0.1, 0.2]), 0.0)

@@ -241,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("ray") is None:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
-    config = BenchConfig(
-        batches=args.batches,
-        stragglers=tuple(args.stragglers.split(",")),
-        schemes=tuple(args.schemes.split(",")),
-        seed=args.seed,
-    )
     try:
+        config = BenchConfig(
+            batches=args.batches,
+            stragglers=tuple(args.stragglers.split(",")),
+            schemes=tuple(args.schemes.split(",")),
+            seed=args.seed,
+        )
         rows = run_ray_peer(config, slots=args.slots)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from codedfarm.local.bench import BenchConfig, run_bench
 from codedfarm.settings import Settings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["batch", "celery"])
 def test_a_small_bench_measures_every_scheme_and_the_targets(model_cache, tmp_path, engine):
     config = BenchConfig(k=4, n=8, s=2, batches=6, compute=0.02, stragglers=("none", "fixed"),
@@ -55,7 +56,7 @@ def test_a_small_bench_measures_every_scheme_and_the_targets(model_cache, tmp_pa
 def test_bad_bench_configs_are_clear_errors(change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):  # fmt: skip
-        replace(BenchConfig(), **change).validate()
+        replace(BenchConfig(), **change)  # checked when built
 
 
 def test_bench_cli_refuses_bad_options_with_exit_2(tmp_path):

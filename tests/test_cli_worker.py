@@ -27,7 +27,7 @@ from codedfarm.cli import cli
          "cannot reach Redis at http://example"),
         (["serve", "--codec", "nope"], "unknown codec 'nope'"),
         (["serve", "--straggle", "exp:shift=1"], "needs shift, rate; missing rate"),
-        (["serve", "--group-size", "16", "--max-queue", "8"], "max queue >= group size"),
+        (["serve", "--group-size", "16", "--max-queue", "8"], "max_queue must be >= group_size"),
         (["--redis-url", "redis://127.0.0.1:1/0", "serve"],
          "cannot reach Redis at redis://127.0.0.1:1/0"),
         (["loadgen", "--url", "localhost:8000"], "--url must start with http:// or https://"),

@@ -82,11 +82,13 @@ def test_slowdown_multiplies_compute_time(settings, monkeypatch):
 
 
 def test_worker_default_straggle_applies_only_without_a_batch_plan(settings):
-    worker = WorkerState(settings, WorkerOptions(straggle="fixed:S=1,delay=7"))
+    # a per-task model (a worker refuses fixed:..., which picks tasks of a whole batch)
+    worker = WorkerState(settings, WorkerOptions(straggle="exp:shift=7,rate=1e12"))
     base = {"batch": "b", "index": 0, "model": "noop", "input_key": "k", "offset": 0,
             "nbytes": 4096, "dtype": "float32", "shape": [1, 32, 32], "output_key": "o",
             "inbox": "i", "ttl": 60.0}  # fmt: skip
     assert inference.task_fate(TaskMessage(**base, delay=0.5), worker) == TaskFate(0.5)
-    assert inference.task_fate(TaskMessage(**base), worker) == TaskFate(7.0)
+    default = inference.task_fate(TaskMessage(**base), worker)
+    assert default.delay == pytest.approx(7.0) and not default.fail
     idle = WorkerState(settings, WorkerOptions(straggle="none"))
     assert inference.task_fate(TaskMessage(**base), idle) == TaskFate()

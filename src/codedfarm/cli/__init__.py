@@ -16,6 +16,7 @@ from codedfarm.cli.experiments import compare, evaluate
 from codedfarm.cli.farm import collector, probe, submit, worker
 from codedfarm.cli.local import bench, demo, scale
 from codedfarm.cli.models import models
+from codedfarm.cli.options import ENV_PREFIX, SettingOption, apply_env_vocabulary
 from codedfarm.cli.serve import loadgen, serve
 from codedfarm.cli.soak import soak
 from codedfarm.errors import CodedFarmError, FarmUnavailableError
@@ -48,13 +49,14 @@ class _Group(click.Group):
 
 @click.group(
     cls=_Group,
-    context_settings={"auto_envvar_prefix": "CODEDFARM", "show_default": True},
+    context_settings={"auto_envvar_prefix": ENV_PREFIX, "show_default": True},
     epilog=EXIT_CODES,
 )
 @click.version_option(package_name="codedfarm")
 @click.option(
     "--redis-url",
-    envvar="CODEDFARM_REDIS_URL",
+    cls=SettingOption,
+    setting="redis_url",
     default=None,
     help="Redis URL (redis://, rediss:// for TLS; user:password@ for auth). "
     "Default: CODEDFARM_REDIS_URL or redis://127.0.0.1:6379/0.",
@@ -63,9 +65,10 @@ class _Group(click.Group):
 def cli(ctx: click.Context, redis_url: str | None) -> None:
     """codedfarm: straggler-resilient prediction serving with coded computing.
 
-    Every option can also be set with an environment variable CODEDFARM_<COMMAND>_<OPTION>
-    (e.g. CODEDFARM_SUBMIT_MODEL); farm-wide settings use CODEDFARM_<SETTING>
-    (CODEDFARM_REDIS_URL, CODEDFARM_QUEUES, CODEDFARM_DEADLINE, CODEDFARM_KEY_TTL, ...).
+    Every option can also be set with one environment variable: a command's own option
+    with CODEDFARM_<COMMAND>_<OPTION> (e.g. CODEDFARM_SUBMIT_MODEL), a farm-wide setting
+    with CODEDFARM_<SETTING> wherever it appears (CODEDFARM_REDIS_URL, CODEDFARM_QUEUES,
+    CODEDFARM_DEADLINE, CODEDFARM_MODEL_REPOSITORY, CODEDFARM_KEY_TTL, ...).
     """
     ctx.obj = {"redis_url": redis_url}
 
@@ -73,6 +76,7 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
 for _command in (worker, collector, probe, submit, serve, loadgen, demo, scale, bench, soak,
                  compare, evaluate, models):  # fmt: skip
     cli.add_command(_command)
+apply_env_vocabulary(cli)  # one variable per option (docs/cli.md)
 
 
 def main() -> None:

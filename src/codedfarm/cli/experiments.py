@@ -179,7 +179,6 @@ def evaluate(
     if stragglers:
         changes["stragglers"] = _ints(stragglers, "-s/--stragglers")
     config = dataclasses.replace(config, **changes)
-    config.validate()
     for name in config.models:
         get_model_spec(name)
     per_model = config.tune_batches * len(config.lam_enc) + config.batches * 10

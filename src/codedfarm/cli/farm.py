@@ -15,6 +15,7 @@ import numpy as np
 
 from codedfarm.cli.options import (
     DynamicHelpOption,
+    SettingOption,
     codec_help,
     deprecated_alias,
     engine_option,
@@ -151,7 +152,7 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
 )
 @click.option(
     "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
-    help_fn=codec_help("Codec spec (default: the model's config.json, else spline)"),
+    help_fn=codec_help("Codec spec (default: the model's config.json, else {default})"),
 )  # fmt: skip
 @click.option(
     "-n", "n", type=int, default=None, help="Workers / coded inputs (default depends on the codec)."
@@ -172,14 +173,23 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     "--deadline",
     type=float,
     default=None,
-    help="Seconds; decode from what arrived, or time out (default CODEDFARM_DEADLINE, 30).",
+    cls=SettingOption,
+    setting="deadline",
+    read_env=False,
+    help="Seconds; decode from what arrived, or time out (default: the model's config.json, "
+    "else CODEDFARM_DEADLINE, 30).",
 )
-@queues_option("Worker queues (repeatable; tasks go round-robin; default CODEDFARM_QUEUES).")
+@queues_option(
+    "Worker queues (repeatable; tasks go round-robin; default CODEDFARM_QUEUES).", setting=True
+)
 @deprecated_alias("--queue", "-Q/--queues", "queues", multiple=True)
 @click.option(
     "--collector",
     "collector_name",
     default=None,
+    cls=SettingOption,
+    setting="collector",
+    read_env=False,
     help="Use this collector service instead of collecting in-process "
     "(default: CODEDFARM_COLLECTOR; unset: in-process).",
 )

@@ -69,7 +69,7 @@ def demo(
     config = DemoConfig(
         k=k, n=n, s=s, batches=batches, straggle=straggle, codecs=codecs,
         worker_processes=int(workers),
-    ).validate()  # fmt: skip
+    )  # fmt: skip
     settings = settings_from_context()
     try:
         rows = run_demo(config, settings, echo=(lambda line: click.echo(line, err=True))
@@ -240,7 +240,6 @@ def bench(
         schemes=codecs,
         engine=engine,
     )
-    config.validate()
     units = len(config.stragglers) * len(config.schemes) * config.batches
     with click.progressbar(length=units, label="benchmarking", file=sys.stderr) as bar:
         report = run_bench(config, out_dir, settings_from_context(), echo=lambda _: None,

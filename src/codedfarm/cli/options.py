@@ -3,22 +3,30 @@
 The table of words is in docs/cli.md. Repeatable options also take comma lists
 (``-Q gpu0,gpu1`` is ``-Q gpu0 -Q gpu1``); old spellings are kept for one release as
 hidden aliases that print a deprecation warning (:func:`deprecated_alias`).
+
+One environment vocabulary (:func:`apply_env_vocabulary`): every option reads exactly one
+variable. A farm-wide setting is ``CODEDFARM_<SETTING>`` wherever it appears
+(:class:`SettingOption`); a command's own option is ``CODEDFARM_<COMMAND>_<OPTION>``,
+``<OPTION>`` its long name (``CODEDFARM_MODELS_ADD_INPUT_SHAPE``, ``CODEDFARM_SUBMIT_JSON``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from codedfarm.settings import Settings
+from codedfarm.settings import REMOVED_IN, Settings, setting_variable
 
 __all__ = [
+    "ENV_PREFIX",
     "REMOVED_IN",
     "DynamicHelpOption",
+    "SettingOption",
+    "apply_env_vocabulary",
     "codec_help",
     "codec_list",
     "deprecated_alias",
@@ -27,6 +35,7 @@ __all__ = [
     "metrics_options",
     "model_help",
     "model_repository_option",
+    "option_variable",
     "preload_option",
     "queues_option",
     "settings_from_context",
@@ -36,8 +45,60 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-REMOVED_IN = "0.3"
-"""The release that drops the deprecated spellings."""
+ENV_PREFIX = "CODEDFARM"
+"""click's ``auto_envvar_prefix`` of the ``codedfarm`` group."""
+
+
+class SettingOption(click.Option):
+    """An option that overrides the farm-wide setting ``setting``: its one variable is the
+    setting's, ``CODEDFARM_<SETTING>``, never ``CODEDFARM_<COMMAND>_<OPTION>``.
+
+    ``read_env``: click reads the variable (the option and the setting are one value:
+    ``--redis-url``, ``--model-repository``). Without it the option reads none, and
+    :class:`~codedfarm.settings.Settings` applies the variable when the option is not given,
+    at its own place in the order: ``--deadline`` beats a model's config.json, while
+    ``CODEDFARM_DEADLINE`` is the default below it."""
+
+    def __init__(self, *args: Any, setting: str, read_env: bool = True, **kwargs: Any) -> None:
+        if setting not in Settings.__dataclass_fields__:
+            raise ValueError(f"no setting {setting!r}")
+        self.setting = setting
+        self.read_env = read_env
+        kwargs["envvar"] = setting_variable(setting) if read_env else None
+        kwargs["allow_from_autoenv"] = False
+        super().__init__(*args, **kwargs)
+
+
+def option_variable(path: Sequence[str], option: click.Parameter) -> str:
+    """``CODEDFARM_<COMMAND>_<OPTION>``: ``path`` the prefix and command names
+    (``("CODEDFARM", "models", "add")``), ``<OPTION>`` the option's first long name (else
+    its parameter name), upper case, ``-`` as ``_``."""
+    longs = [o for o in option.opts if o.startswith("--")]
+    name = longs[0][2:] if longs else (option.name or "")
+    return "_".join([*path, name]).upper().replace("-", "_")
+
+
+def apply_env_vocabulary(command: click.Command, path: Sequence[str] = (ENV_PREFIX,)) -> None:
+    """Give every option of ``command`` and its subcommands exactly one variable, in place:
+    a :class:`SettingOption` keeps its setting's; an option with an explicit ``envvar``
+    keeps it; the old spellings (hidden), ``--version`` and ``--help`` read none; every
+    other option reads :func:`option_variable`. click's automatic name (from the parameter
+    name, which may differ from the option's) is switched off everywhere, so no option
+    reads two."""
+    help_option = command.get_help_option(click.Context(command))  # built once, then cached
+    for param in [*command.params, *([help_option] if help_option else [])]:
+        if not isinstance(param, click.Option):
+            continue  # arguments read only an explicit envvar (probe's URL)
+        param.allow_from_autoenv = False
+        if isinstance(param, SettingOption):
+            continue
+        if param.hidden or not param.expose_value:
+            param.envvar = None
+        elif not param.envvar:
+            param.envvar = option_variable(path, param)
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            apply_env_vocabulary(sub, (*path, name))
 
 
 def warn(message: str) -> None:
@@ -57,7 +118,8 @@ def model_repository_option(required: bool = False) -> Callable[[F], F]:
     """``--model-repository``: the folder of the user's models (CODEDFARM_MODEL_REPOSITORY)."""
     return click.option(
         "--model-repository", type=click.Path(path_type=Path, file_okay=False),
-        envvar="CODEDFARM_MODEL_REPOSITORY", required=required, show_envvar=True, default=None,
+        cls=SettingOption, setting="model_repository", required=required, show_envvar=True,
+        default=None,
         help="The model repository: <dir>/<name>/config.json and <dir>/<name>/<version>/"
         "model.pt or model.pt2.",
     )  # fmt: skip
@@ -118,10 +180,11 @@ def model_help(prefix: str = "Model") -> Callable[[], str]:
 
 def codec_help(prefix: str = "Codec spec", extra: tuple[str, ...] = ()) -> Callable[[], str]:
     def text() -> str:
-        from codedfarm.codecs import available_codecs
+        from codedfarm.codecs import DEFAULT_CODEC, available_codecs
 
         names = ", ".join([*available_codecs(), *extra])
-        return f"{prefix}: {names}; with parameters as in spline:lam_enc=0,lam_dec=auto."
+        lead = prefix.format(default=DEFAULT_CODEC)  # "{default}": the farm's default codec
+        return f"{lead}: {names}; with parameters as in spline:lam_enc=0,lam_dec=auto."
 
     return text
 
@@ -146,11 +209,18 @@ def engine_option(help_text: str) -> Callable[[F], F]:
     )
 
 
-def queues_option(help_text: str, default: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """``-Q/--queues``: worker queues, repeatable and comma-separated (Celery's ``-Q``)."""
+def queues_option(
+    help_text: str, default: tuple[str, ...] = (), *, setting: bool = False
+) -> Callable[[F], F]:
+    """``-Q/--queues``: worker queues, repeatable and comma-separated (Celery's ``-Q``).
+    ``setting``: the option overrides the farm-wide ``CODEDFARM_QUEUES`` (where batches
+    go), which then applies when it is not given; else it is the command's own (the queues
+    a worker consumes)."""
+    extra: dict[str, Any] = {"cls": SettingOption, "setting": "queues", "read_env": False}
     return click.option(
         "-Q", "--queues", "queues", multiple=True, default=default, callback=split_commas,
         metavar="QUEUE[,QUEUE...]", show_default=bool(default), help=help_text,
+        **(extra if setting else {}),
     )  # fmt: skip
 
 
@@ -215,7 +285,7 @@ def deprecated_alias(
 
         option = click.option(
             old, hidden_dest, hidden=True, multiple=multiple, is_flag=is_flag,
-            default=False if is_flag else None, expose_value=True,
+            default=False if is_flag else None, expose_value=True, allow_from_autoenv=False,
         )  # fmt: skip
         return option(wrapper)  # type: ignore[return-value]
 

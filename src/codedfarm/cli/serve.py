@@ -9,6 +9,7 @@ import click
 
 from codedfarm.cli.options import (
     DynamicHelpOption,
+    SettingOption,
     codec_help,
     json_option,
     model_repository_option,
@@ -22,7 +23,7 @@ __all__ = ["loadgen", "serve"]
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@queues_option("Queues the coding groups go to (default: CODEDFARM_QUEUES).")
+@queues_option("Queues the coding groups go to (default: CODEDFARM_QUEUES).", setting=True)
 @click.option(
     "--group-size", "-k", type=click.IntRange(min=1), default=8, show_default=True,
     help="Requests' rows coded together (K); a group forms when K rows wait.",
@@ -41,14 +42,14 @@ __all__ = ["loadgen", "serve"]
 )  # fmt: skip
 @click.option(
     "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
-    help_fn=codec_help("Codec of models whose config.json sets none (default: spline)"),
+    help_fn=codec_help("Codec of models whose config.json sets none (default: {default})"),
 )  # fmt: skip
 @click.option("-n", "n", type=int, default=None,
               help="N of models whose config.json sets none (default: the codec's).")  # fmt: skip
 @click.option("-s", "--stragglers", "s", type=int, default=None,
               help="S of models whose config.json sets none (default: 0).")  # fmt: skip
-@click.option("--deadline", type=float, default=None,
-              help="Seconds per group, for models whose config.json sets none "
+@click.option("--deadline", type=float, default=None, cls=SettingOption, setting="deadline",
+              read_env=False, help="Seconds per group, for models whose config.json sets none "
               "(default: CODEDFARM_DEADLINE).")  # fmt: skip
 @click.option(
     "--wait", "wait_for", type=click.IntRange(min=1), default=None,
@@ -88,7 +89,7 @@ def serve(
     from codedfarm.server.batcher import BatcherConfig
 
     batcher = BatcherConfig(group_size, max_queue_delay / 1e3, max_queue, groups_in_flight)
-    config = ServeConfig(host=host, port=port, batcher=batcher.validate(), codec=codec, n=n,
+    config = ServeConfig(host=host, port=port, batcher=batcher, codec=codec, n=n,
                          s=s, deadline=deadline, queues=queues, wait_for=wait_for,
                          straggle=straggle, straggle_seed=straggle_seed,
                          clients=groups_in_flight)  # fmt: skip
@@ -118,7 +119,7 @@ def loadgen(url: str, model: str, rate: float, seconds: float, rows: int, timeou
     from codedfarm.local.loadgen import LoadConfig, run_load
 
     config = LoadConfig(url=url, model=model, rate=rate, seconds=seconds, rows=rows,
-                        timeout=timeout, seed=seed).validate()  # fmt: skip
+                        timeout=timeout, seed=seed)  # fmt: skip
     with click.progressbar(length=int(rate * seconds), label="requests", file=sys.stderr,
                            show_pos=True) as bar:  # fmt: skip
         report = run_load(config, bar.update)

@@ -32,7 +32,11 @@ __all__ = ["soak"]
     "--model", "-m", default="noop", cls=DynamicHelpOption, help_fn=model_help("Model to serve")
 )
 @click.option(
-    "--codec", default="spline", metavar="SPEC", cls=DynamicHelpOption, help_fn=codec_help()
+    "--codec",
+    default=None,
+    metavar="SPEC",
+    cls=DynamicHelpOption,
+    help_fn=codec_help("Codec spec (default: the model's config.json, else {default})"),
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("soak.json"), help="Report file."
@@ -52,7 +56,7 @@ def soak(
     sample_every: float,
     engine: str,
     model: str,
-    codec: str,
+    codec: str | None,
     out: Path,
     chaos: bool,
     every: float,
@@ -70,7 +74,7 @@ def soak(
     from codedfarm.local.soak import SoakConfig, run_soak, write_report
 
     config = SoakConfig(seconds=seconds, rate=rate, sample_every=sample_every, engine=engine,
-                        model=model, codec=codec).validate()  # fmt: skip
+                        model=model, codec=codec)  # fmt: skip
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     report = run_soak(config, settings_from_context(), echo=echo)
     write_report(report, out)

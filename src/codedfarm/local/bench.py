@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from codedfarm.codecs import CodecPlan, plan_codec
 from codedfarm.coordinator import BatchSpec, FarmClient
 from codedfarm.errors import ConfigError
 from codedfarm.local.farm import LocalFarm
 from codedfarm.protocol import TIMELINE_STAGES
-from codedfarm.settings import Settings
+from codedfarm.settings import Settings, check_float, check_int
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker import WorkerOptions
 
@@ -47,12 +48,20 @@ class BenchConfig:
     seed: int = 0
     engine: str = "batch"  # worker engine: 2 batch engines, or 2 Celery workers, of N/2+k slots
 
-    def validate(self) -> None:
-        if self.n % self.k or not 0 <= self.s < self.n - self.k + 1 or self.k < 1:
+    def __post_init__(self) -> None:
+        """Checks every field: a bad value raises :class:`ConfigError` naming it."""
+        for name in ("k", "n", "s", "batches", "seed"):
+            check_int(getattr(self, name), name)
+        if self.k < 1 or self.n % self.k or not 0 <= self.s < self.n - self.k + 1:
             raise ConfigError(
                 f"need n a multiple of k (replication) and 0 <= s <= n - k, got k={self.k}, "
                 f"n={self.n}, s={self.s}"
             )
+        for name in ("stragglers", "schemes"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not value:
+                raise ConfigError(f"{name} must be a non-empty list of names, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         unknown = set(self.stragglers) - set(STRAGGLER_MODELS)
         if unknown:
             raise ConfigError(f"unknown straggler model(s) {sorted(unknown)}; "
@@ -62,10 +71,18 @@ class BenchConfig:
             raise ConfigError(
                 f"unknown scheme(s) {sorted(unknown)}; choose from {', '.join(SCHEMES)}"
             )
-        if self.batches < 5 or self.compute <= 0 or self.slow_factor < 1:
-            raise ConfigError("need batches >= 5, compute > 0 and slow_factor >= 1")
+        if self.batches < 5:
+            raise ConfigError(f"need batches >= 5, got {self.batches}")
+        object.__setattr__(self, "compute", check_float(self.compute, "compute", above=0))
+        object.__setattr__(self, "slow_factor",
+                           check_float(self.slow_factor, "slow_factor", minimum=1))  # fmt: skip
+        object.__setattr__(self, "deadline", check_float(self.deadline, "deadline", above=0))
         if self.engine not in ("celery", "batch"):
             raise ConfigError(f"engine must be celery or batch, got {self.engine!r}")
+
+    def validate(self) -> BenchConfig:
+        """Returns self: a BenchConfig is checked when it is built (kept for old callers)."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -126,42 +143,44 @@ def _worker_fates(config: BenchConfig, model: str, rng: np.random.Generator,
     raise AssertionError(model)
 
 
+def _plan(scheme: str) -> CodecPlan:
+    """The codec of a scheme: its own name, except ``hedged`` (uncoded, re-sent)."""
+    return plan_codec("uncoded" if scheme == "hedged" else scheme)
+
+
+def _model_of(scheme: str) -> str:
+    """LeNet5, or the linear model for a code exact only on polynomials (MDS)."""
+    return "linear" if _plan(scheme).exact_degree is not None else "lenet5"
+
+
 def _theory(config: BenchConfig, model: str, scheme: str) -> float | None:
     """Expected order statistics for the shifted-exponential model (compute + Exp(mean c))."""
-    if model != "exp":
+    if model != "exp" or scheme == "hedged":
         return None
-    c, k, n, s = config.compute, config.k, config.n, config.s
+    c, k = config.compute, config.k
+    plan = _plan(scheme)
+    n, s = plan.fit_workers(k, config.n, config.s)
 
     def harmonic(m: int) -> float:
         return sum(1.0 / i for i in range(1, m + 1))
 
-    if scheme == "uncoded":
-        return c + c * harmonic(k)
-    if scheme == "replication":
+    if plan.exact_for_any_model:  # r copies of each input (uncoded: 1): the last of k minima
         return c + c / (n // k) * harmonic(k)
-    if scheme in ("mds", "berrut", "spline"):
-        return c + c * (harmonic(n) - harmonic(s))  # the (n-s)-th of n
-    return None
+    return c + c * (harmonic(n) - harmonic(s))  # the (n-s)-th of n
 
 
 def _spec(config: BenchConfig, scheme: str, fates: list[TaskFate], hedge: float) -> BatchSpec:
-    k, n, s = config.k, config.n, config.s
-    queues = ("bench0", "bench1")
-    if scheme in ("uncoded", "hedged"):
-        return BatchSpec(
-            model="lenet5", codec="uncoded", n=k, plan=tuple(fates[:k]), queues=queues,
-            deadline=config.deadline,
-            hedge_after=hedge if scheme == "hedged" else None,
-            hedge_plan=tuple(fates[n : n + k]) if scheme == "hedged" else None,
-        )  # fmt: skip
-    if scheme == "replication":
-        return BatchSpec(
-            model="lenet5", codec="replication", n=n, s=s, wait_for=k, plan=tuple(fates[:n]),
-            queues=queues, deadline=config.deadline,
-        )  # fmt: skip
-    model = "linear" if scheme == "mds" else "lenet5"
-    return BatchSpec(model=model, codec=scheme, n=n, s=s, plan=tuple(fates[:n]), queues=queues,
-                     deadline=config.deadline)  # fmt: skip
+    """A scheme's batch within the bench's budget of n workers tolerating s (each code fits
+    itself into it: uncoded one task per input, replication its whole copies)."""
+    plan = _plan(scheme)
+    n, s = plan.fit_workers(config.k, config.n, config.s)
+    hedged = scheme == "hedged"
+    return BatchSpec(
+        model=_model_of(scheme), codec=plan.spec, n=n, s=s, plan=tuple(fates[:n]),
+        queues=("bench0", "bench1"), deadline=config.deadline,
+        hedge_after=hedge if hedged else None,
+        hedge_plan=tuple(fates[config.n : config.n + config.k]) if hedged else None,
+    )  # fmt: skip
 
 
 def run_bench(
@@ -180,7 +199,6 @@ def run_bench(
     from codedfarm.models.registry import load_model
     from codedfarm.models.training import trained_lenet5
 
-    config.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
     trained_lenet5(settings.cache_dir)
     data = load_digits_split()
@@ -219,7 +237,7 @@ def run_bench(
                     outcomes.append(result.outcome)
                     sent += result.record.tasks_sent
                     if result.predictions is not None:
-                        ref = ref_m if scheme == "mds" else ref_l
+                        ref = ref_m if _model_of(scheme) == "linear" else ref_l
                         errors.append(float(np.mean(np.sum((result.predictions - ref) ** 2, 1))))
                     progress(1)
                 results.append(SchemeResult(

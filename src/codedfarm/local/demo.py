@@ -11,9 +11,9 @@ import numpy as np
 
 from codedfarm.codecs import plan_codec
 from codedfarm.coordinator import BatchSpec, FarmClient
-from codedfarm.errors import ConfigError
+from codedfarm.errors import CodecError, ConfigError
 from codedfarm.local.farm import LocalFarm
-from codedfarm.settings import Settings
+from codedfarm.settings import Settings, check_float, check_int
 from codedfarm.stragglers import parse_straggler_spec
 from codedfarm.worker import WorkerOptions
 
@@ -31,15 +31,26 @@ class DemoConfig:
     worker_processes: int = 2
     deadline: float = 20.0
 
-    def validate(self) -> DemoConfig:
-        """Check every option before anything starts; returns self."""
+    def __post_init__(self) -> None:
+        """Checks every field before anything starts: a bad value raises
+        :class:`ConfigError` naming it."""
+        for name in ("k", "n", "s", "batches", "worker_processes"):
+            check_int(getattr(self, name), name)
         if self.k < 1 or self.n < self.k or not 0 <= self.s < self.n:
             raise ConfigError(f"need 1 <= k <= n and 0 <= s < n, got k={self.k}, n={self.n}, "
                               f"s={self.s}")  # fmt: skip
+        check_int(self.batches, "batches", minimum=1)
+        check_int(self.worker_processes, "worker_processes", minimum=1)
+        object.__setattr__(self, "deadline", check_float(self.deadline, "deadline", above=0))
         parse_straggler_spec(self.straggle)
+        if isinstance(self.codecs, str) or not self.codecs:
+            raise ConfigError(f"codecs must be a list of codec specs, got {self.codecs!r}")
+        object.__setattr__(self, "codecs", tuple(self.codecs))
         for codec in self.codecs:
-            plan_codec(codec)  # unknown codecs and bad parameters fail here
-        return self
+            try:
+                plan_codec(codec)  # unknown codecs and bad parameters fail here
+            except CodecError as exc:  # a bad option, as every other field's
+                raise ConfigError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -80,18 +91,14 @@ def _reference(cache_dir: object, x: np.ndarray) -> np.ndarray:
 
 
 def _spec(codec: str, config: DemoConfig) -> BatchSpec:
-    name = plan_codec(codec).name
-    if name == "uncoded":
-        n = config.k
-    elif name == "replication":
-        n = config.n if config.n % config.k == 0 else config.k * (config.s + 1)
-    else:
-        n = config.n
+    # the demo's n and s are a budget every code fits itself into (uncoded: one task per
+    # input, no straggler tolerated; replication: the whole copies that fit)
+    n, s = plan_codec(codec).fit_workers(config.k, config.n, config.s)
     return BatchSpec(
         model="lenet5",
         codec=codec,
         n=n,
-        s=0 if name == "uncoded" else config.s,
+        s=s,
         straggle=config.straggle,
         deadline=config.deadline,
         queues=tuple(f"demo{i}" for i in range(config.worker_processes)),

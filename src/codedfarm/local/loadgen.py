@@ -24,6 +24,7 @@ import numpy as np
 
 from codedfarm.errors import ConfigError
 from codedfarm.server.oip import infer_request
+from codedfarm.settings import check_float, check_int
 
 __all__ = ["LoadConfig", "LoadReport", "run_load"]
 
@@ -41,12 +42,17 @@ class LoadConfig:
     seed: int = 0
     max_connections: int = 512
 
-    def validate(self) -> LoadConfig:
-        if self.rate <= 0 or self.seconds <= 0 or self.rows < 1 or self.timeout <= 0:
-            raise ConfigError("need rate > 0, seconds > 0, rows >= 1 and timeout > 0")
-        if not self.url.startswith(("http://", "https://")):
+    def __post_init__(self) -> None:
+        """Checks every field: a bad value raises :class:`ConfigError` naming it."""
+        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"--url must start with http:// or https://, got {self.url!r}")
-        return self
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"model must be a model name, got {self.model!r}")
+        for name in ("rate", "seconds", "timeout"):
+            object.__setattr__(self, name, check_float(getattr(self, name), name, above=0))
+        check_int(self.rows, "rows", minimum=1)
+        check_int(self.seed, "seed")
+        check_int(self.max_connections, "max_connections", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -136,4 +142,4 @@ async def _run(config: LoadConfig, progress: Callable[[int], None]) -> LoadRepor
 
 def run_load(config: LoadConfig, progress: Callable[[int], None] = lambda _: None) -> LoadReport:
     """Run the load; returns what it measured. Raises :class:`ConfigError` for bad settings."""
-    return asyncio.run(_run(config.validate(), progress))
+    return asyncio.run(_run(config, progress))

@@ -23,6 +23,11 @@ from codedfarm.worker import WorkerOptions
 
 __all__ = ["LocalWorkers", "TrackedWorker", "scale_compose", "scale_local"]
 
+_started: list[subprocess.Popen[bytes]] = []
+"""The worker processes this process started. They outlive the command by design, so their
+Popen objects are kept (one dropped while its process runs is a ResourceWarning) and the
+exited ones reaped at each start (no zombies where the caller lives on)."""
+
 
 @dataclass(frozen=True)
 class TrackedWorker:
@@ -100,6 +105,8 @@ class LocalWorkers:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives this command
             )
+        _started[:] = [p for p in _started if p.poll() is None]
+        _started.append(process)
         worker = TrackedWorker(process.pid, hostname, options, str(log))
         record = {"pid": worker.pid, "hostname": hostname, "options": options.to_dict(),
                   "log": worker.log}  # fmt: skip

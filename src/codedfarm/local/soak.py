@@ -19,10 +19,11 @@ import numpy as np
 import psutil
 
 from codedfarm.coordinator import BatchSpec, FarmClient
+from codedfarm.errors import CodecError, ConfigError
 from codedfarm.local.farm import LocalFarm
 from codedfarm.models.registry import get_model_spec
 from codedfarm.redis_conn import redis_from_url
-from codedfarm.settings import Settings
+from codedfarm.settings import Settings, check_float, check_int
 from codedfarm.worker import WorkerOptions
 
 __all__ = ["SoakConfig", "SoakSample", "run_soak"]
@@ -37,17 +38,26 @@ class SoakConfig:
     n: int = 24
     s: int = 4
     model: str = "noop"
-    codec: str = "spline"
+    codec: str | None = None  # None: the model's config.json, then DEFAULT_CODEC
     engine: str = "batch"  # worker engine: batch (2 x 16 slots) or celery (2 x 4 processes)
 
-    def validate(self) -> SoakConfig:
-        """Check the model, codec and engine before anything starts; returns self."""
+    def __post_init__(self) -> None:
+        """Checks every field, the model, codec and engine included, before anything
+        starts: a bad value raises :class:`ConfigError` naming it."""
         from codedfarm.codecs import plan_codec
 
+        for name in ("seconds", "rate", "sample_every"):
+            object.__setattr__(self, name, check_float(getattr(self, name), name, above=0))
+        check_int(self.k, "k", minimum=1)
+        check_int(self.n, "n", minimum=1)
+        check_int(self.s, "s", minimum=0)
         get_model_spec(self.model)
-        plan_codec(self.codec)
-        WorkerOptions(engine=self.engine).validate()
-        return self
+        if self.codec is not None:
+            try:
+                plan_codec(self.codec)
+            except CodecError as exc:  # a bad option, as every other field's
+                raise ConfigError(str(exc)) from exc
+        WorkerOptions(engine=self.engine)
 
 
 @dataclass(frozen=True)

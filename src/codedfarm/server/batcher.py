@@ -22,28 +22,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from codedfarm.errors import CodedFarmError, ConfigError
+from codedfarm.errors import ConfigError, QueueFullError
+from codedfarm.settings import check_float, check_int
 
-__all__ = ["BatcherConfig", "CodingQueue", "QueueFullError"]
-
-
-class QueueFullError(CodedFarmError):
-    """Too many rows are waiting for this model: try again later (HTTP 503)."""
+__all__ = ["BatcherConfig", "CodingQueue"]
 
 
 @dataclass(frozen=True)
 class BatcherConfig:
+    """How requests wait to be coded together; checked when built (a bad value raises
+    :class:`ConfigError` naming the field)."""
+
     group_size: int = 8  # K: rows per coding group
     max_queue_delay: float = 0.02  # seconds the oldest row may wait for a fuller group
     max_queue: int = 512  # rows that may wait per (model, version)
     max_groups_in_flight: int = 16
 
+    def __post_init__(self) -> None:
+        check_int(self.group_size, "group_size", minimum=1)
+        check_int(self.max_queue, "max_queue", minimum=1)
+        if self.max_queue < self.group_size:
+            raise ConfigError(f"max_queue must be >= group_size, got max_queue={self.max_queue}, "
+                              f"group_size={self.group_size}")  # fmt: skip
+        object.__setattr__(self, "max_queue_delay", check_float(
+            self.max_queue_delay, "max_queue_delay", minimum=0, unit="seconds"))  # fmt: skip
+        check_int(self.max_groups_in_flight, "max_groups_in_flight", minimum=1)
+
     def validate(self) -> BatcherConfig:
-        if self.group_size < 1 or self.max_queue < self.group_size:
-            raise ConfigError("need group size >= 1 and max queue >= group size, got "
-                              f"{self.group_size} and {self.max_queue}")  # fmt: skip
-        if self.max_queue_delay < 0 or self.max_groups_in_flight < 1:
-            raise ConfigError("need max queue delay >= 0 and groups in flight >= 1")
+        """Returns self: a BatcherConfig is checked when it is built (kept for old callers)."""
         return self
 
 
@@ -84,7 +90,7 @@ class CodingQueue:
         *,
         on_group: Callable[[int, float], None] = lambda rows, delay: None,
     ) -> None:
-        self.config = config.validate()
+        self.config = config
         self.run_group = run_group
         self.on_group = on_group  # (rows, queue delay of its oldest row in seconds)
         self._pending: collections.deque[_Slice] = collections.deque()
@@ -93,10 +99,6 @@ class CodingQueue:
         self._slots = asyncio.Semaphore(config.max_groups_in_flight)
         self._flusher: asyncio.Task[None] | None = None
         self._groups: set[asyncio.Task[None]] = set()
-
-    @property
-    def waiting_rows(self) -> int:
-        return self._rows
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Predictions for ``x`` ``(B, *input_shape)``; raises :class:`QueueFullError` at
@@ -113,6 +115,11 @@ class CodingQueue:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_forever())
         return await request.future
+
+    @property
+    def idle(self) -> bool:
+        """True when no row waits and no group is in the farm."""
+        return not self._pending and not self._groups
 
     async def close(self) -> None:
         """Stop forming groups; groups in flight finish."""

@@ -6,20 +6,39 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from codedfarm.corruption import CorruptionSpec, parse_corruption_spec
 from codedfarm.errors import ConfigError
+from codedfarm.settings import (
+    check_float,
+    check_int,
+    check_queue_names,
+    deprecation_message,
+)
 from codedfarm.stragglers import StragglerSpec, parse_straggler_spec
 
-__all__ = ["ENGINES", "POOLS", "WorkerOptions", "queue_for_device"]
+__all__ = ["ENGINES", "ENV_PREFIX", "OLD_VARIABLES", "POOLS", "WorkerOptions", "queue_for_device"]
 
 ENGINES = ("celery", "batch")
 POOLS = ("prefork", "threads", "solo")
+LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_SLOTS = {"celery": 1, "batch": 32}
+ENV_PREFIX = "CODEDFARM_WORKER_"
+"""Of the variables :meth:`WorkerOptions.from_env` reads: click's prefix of ``codedfarm worker``."""
+OLD_VARIABLES = {
+    "device": "CODEDFARM_DEVICE",
+    "slowdown": "CODEDFARM_SLOWDOWN",
+    "torch_threads": "CODEDFARM_TORCH_THREADS",
+    "preload": "CODEDFARM_PRELOAD",
+}
+"""The names :meth:`WorkerOptions.from_env` read before 0.2 (until 0.3, with a warning)."""
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
 
 
 def queue_for_device(device: str) -> str:
@@ -59,8 +78,49 @@ class WorkerOptions:
     events: bool = False  # send task events (Celery's -E); worker heartbeats are always sent
 
     def __post_init__(self) -> None:
-        for name in ("queues", "preload"):  # JSON round trips give lists
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        """Checks every field (everything that needs neither torch nor the models): a bad
+        value raises :class:`ConfigError` naming it. Lists become tuples (JSON round trips
+        give lists)."""
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.pool is not None and self.engine != "celery":
+            raise ConfigError("--pool is for --engine celery; the batch engine is one process")
+        if self.pool is not None and self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        device = self.device
+        if not isinstance(device, str) or (device != "cpu" and (
+            not device.startswith("cuda")
+            or (device != "cuda" and not (device[:5] == "cuda:" and device[5:].isdigit()))
+        )):  # fmt: skip
+            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        queues, preload = (tuple(v) if isinstance(v, Iterable) and not isinstance(v, str) else v
+                           for v in (self.queues, self.preload))  # fmt: skip
+        object.__setattr__(self, "queues", () if queues == () else check_queue_names(queues))
+        if not isinstance(preload, tuple) or any(not isinstance(m, str) or not m for m in preload):
+            raise ConfigError(f"preload must be a list of model names, got {self.preload!r}")
+        object.__setattr__(self, "preload", preload)
+        if self.concurrency is not None:
+            check_int(self.concurrency, "concurrency", minimum=1)
+        object.__setattr__(self, "slowdown", check_float(self.slowdown, "slowdown", minimum=1))
+        check_int(self.torch_threads, "torch_threads", minimum=1)
+        check_int(self.metrics_port, "metrics_port", minimum=0, maximum=65535)
+        for name in ("straggle", "corrupt", "metrics_addr", "loglevel"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.hostname is not None and not isinstance(self.hostname, str):
+            raise ConfigError(f"hostname must be a string, got {self.hostname!r}")
+        if self.loglevel.lower() not in LOGLEVELS:
+            raise ConfigError(
+                f"loglevel must be one of {', '.join(LOGLEVELS)}, got {self.loglevel!r}"
+            )
+        object.__setattr__(self, "loglevel", self.loglevel.lower())
+        if not isinstance(self.events, bool):
+            raise ConfigError(f"events must be True or False, got {self.events!r}")
+        self.corruption  # noqa: B018 (parse: a bad spec fails here)
+        if self.straggler_spec.per_batch:
+            raise ConfigError(
+                "--straggle fixed:... picks S tasks of a batch; give it per submit, not per worker"
+            )
 
     @functools.cached_property
     def straggler_spec(self) -> StragglerSpec:
@@ -82,33 +142,7 @@ class WorkerOptions:
         return self.concurrency or DEFAULT_SLOTS[self.engine]
 
     def validate(self) -> WorkerOptions:
-        """Check everything that needs neither torch nor the models; returns self. Raises
-        :class:`ConfigError`."""
-        if self.engine not in ENGINES:
-            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.pool is not None and self.engine != "celery":
-            raise ConfigError("--pool is for --engine celery; the batch engine is one process")
-        if self.pool is not None and self.pool not in POOLS:
-            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if any(not q or ":" in q or "," in q for q in self.queue_names):
-            raise ConfigError(
-                f"queue names must be non-empty without ':' or ',', got {self.queues}"
-            )
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.slowdown < 1:
-            raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")
-        self.corruption  # noqa: B018 (parse: a bad spec fails here)
-        if self.straggler_spec.per_batch:
-            raise ConfigError(
-                "--straggle fixed:... picks S tasks of a batch; give it per submit, not per worker"
-            )
-        device = self.device
-        if device != "cpu" and (
-            not device.startswith("cuda")
-            or (device != "cuda" and not (device[:5] == "cuda:" and device[5:].isdigit()))
-        ):
-            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        """Returns self: the options are checked when they are built (kept for old callers)."""
         return self
 
     def check_models(self, repository: Path | None) -> None:
@@ -150,20 +184,55 @@ class WorkerOptions:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
+    def env_variables(cls) -> dict[str, str]:
+        """The variable of each field: ``CODEDFARM_WORKER_<FIELD>``, the variable of the
+        same option of ``codedfarm worker``."""
+        return {f.name: f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerOptions:
-        """For a worker started as ``celery -A codedfarm.worker.celery_engine worker``:
-        ``CODEDFARM_DEVICE``, ``CODEDFARM_SLOWDOWN``, ``CODEDFARM_WORKER_STRAGGLE``,
-        ``CODEDFARM_WORKER_CORRUPT``, ``CODEDFARM_TORCH_THREADS`` and
-        ``CODEDFARM_PRELOAD`` (comma-separated)."""
+        """For a worker started as ``celery -A codedfarm.worker.celery_engine worker``: the
+        variables of ``codedfarm worker``'s options, ``CODEDFARM_WORKER_<FIELD>``
+        (:meth:`env_variables`; lists comma-separated, flags 1/0). Unset or empty: the
+        default. The old names ``CODEDFARM_DEVICE``, ``CODEDFARM_SLOWDOWN``,
+        ``CODEDFARM_TORCH_THREADS`` and ``CODEDFARM_PRELOAD`` still work until 0.3, with a
+        ``DeprecationWarning`` (shown by default)."""
         env = os.environ if environ is None else environ
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        read: list[str] = []
+        for name, variable in cls.env_variables().items():
+            raw = env.get(variable) or None
+            old = OLD_VARIABLES.get(name)
+            if old is not None and env.get(old):
+                warnings.warn(deprecation_message(old, variable), DeprecationWarning,
+                              stacklevel=2)  # fmt: skip
+                raw = raw or env[old]
+                variable = variable if env.get(variable) else old
+            if raw is not None:
+                values[name] = _parse_env(variable, kinds[name], raw)
+                read.append(variable)
         try:
-            return cls(
-                device=env.get("CODEDFARM_DEVICE", "cpu"),
-                slowdown=float(env.get("CODEDFARM_SLOWDOWN", "1.0")),
-                straggle=env.get("CODEDFARM_WORKER_STRAGGLE", "none"),
-                corrupt=env.get("CODEDFARM_WORKER_CORRUPT", "none"),
-                torch_threads=int(env.get("CODEDFARM_TORCH_THREADS", "1")),
-                preload=tuple(p for p in env.get("CODEDFARM_PRELOAD", "").split(",") if p),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"bad worker setting in the environment: {exc}") from exc
+            return cls(**values)
+        except ConfigError as exc:  # name the variables as well as the field
+            raise ConfigError(f"{exc} (from {', '.join(read)})") from exc
+
+
+def _parse_env(variable: str, kind: str, raw: str) -> object:
+    """A variable's text as the field's type (as click parses ``codedfarm worker``'s)."""
+    if kind.startswith("tuple"):
+        return tuple(part for item in raw.split() for part in item.split(",") if part)
+    if kind.startswith("bool"):
+        value = raw.strip().lower()
+        if value in _TRUE or value in _FALSE:
+            return value in _TRUE
+        raise ConfigError(f"{variable} must be 1 or 0 (true or false), got {raw!r}")
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        word = "an integer" if kind.startswith("int") else "a number"
+        raise ConfigError(f"{variable} must be {word}, got {raw!r}") from None
+    return raw

@@ -228,11 +228,11 @@ def test_a_partial_groups_copies_shrink_with_it(codec, n, wait_for, rows, expect
     per row that fit in N) and waits for the first copy of each row; the other codes keep
     N and S. These are the codecs' own facts (``fit_workers``), not the server's."""
     from codedfarm.models.resolve import resolve_model
-    from codedfarm.server.farm import Farm, ServeConfig
+    from codedfarm.server.farm import ServeConfig, group_settings
     from codedfarm.settings import Settings
 
-    farm = Farm(Settings(), ServeConfig(codec=codec, n=n, s=4, wait_for=wait_for))
-    settings = farm.group_settings(resolve_model("linear"), rows)
+    config = ServeConfig(codec=codec, n=n, s=4, wait_for=wait_for)
+    settings = group_settings(Settings(), config, resolve_model("linear"), rows)
     assert (settings.n, settings.s, settings.wait_for) == expect
 
 
@@ -242,14 +242,14 @@ def test_the_dispatcher_takes_every_partial_group(codec):
     all pass the dispatcher's checks and encode, for every codec."""
     from codedfarm.coordinator.dispatch import Dispatcher
     from codedfarm.models.resolve import resolve_model
-    from codedfarm.server.farm import Farm, ServeConfig
+    from codedfarm.server.farm import ServeConfig, group_settings
     from codedfarm.settings import Settings
 
-    farm = Farm(Settings(), ServeConfig(codec=codec, n=24, s=4))
+    config = ServeConfig(codec=codec, n=24, s=4)
     model = resolve_model("linear")
     dispatcher = Dispatcher(Settings(), client=None)  # type: ignore[arg-type]  # no writes
     for rows in range(1, 9):
-        settings = farm.group_settings(model, rows)
+        settings = group_settings(Settings(), config, model, rows)
         prepared = dispatcher.prepare(np.zeros((rows, 1, 32, 32), np.float32), settings)
         assert prepared.k == rows
 
@@ -258,17 +258,17 @@ def test_replication_is_served_at_the_first_copy_of_each_input():
     """A replication group decodes as soon as every input has one copy back (wait_for K),
     unless told otherwise; other codecs wait for N - S."""
     from codedfarm.models.resolve import resolve_model
-    from codedfarm.server.farm import Farm, ServeConfig
+    from codedfarm.server.farm import ServeConfig, group_settings
     from codedfarm.settings import Settings
 
     model = resolve_model("lenet5")
     for codec, wait_for, expect in [("replication", None, 8), ("replication", 12, 12),
                                     ("spline", None, 20)]:  # fmt: skip
-        farm = Farm(Settings(), ServeConfig(codec=codec, n=24, s=4, wait_for=wait_for))
-        assert farm.group_settings(model, 8).wait_for == expect
+        config = ServeConfig(codec=codec, n=24, s=4, wait_for=wait_for)
+        assert group_settings(Settings(), config, model, 8).wait_for == expect
 
 
-def test_a_models_config_json_comes_before_the_servers_flags():
+def test_a_models_config_json_comes_before_the_servers_flags(settings):
     """The server's --codec, -n, -s and --deadline are defaults: a model's config.json
     serving settings win, field by field; the coding queue's codec label is the codec
     its groups use."""
@@ -277,10 +277,9 @@ def test_a_models_config_json_comes_before_the_servers_flags():
     from codedfarm.models.config import ServingDefaults
     from codedfarm.models.resolve import resolve_model
     from codedfarm.server.farm import Farm, ServeConfig
-    from codedfarm.settings import Settings
 
     config = ServeConfig(codec="mds", n=24, s=4, deadline=3.0)
-    farm = Farm(Settings(), config)
+    farm = Farm(settings, config)
     plain = resolve_model("linear")
     got = farm.group_settings(plain, 8)
     assert (got.plan.spec, got.n, got.s, got.deadline) == ("mds", 24, 4, 3.0)
@@ -291,6 +290,34 @@ def test_a_models_config_json_comes_before_the_servers_flags():
         own, "berrut", 12, 4, 1.5)  # fmt: skip
 
     async def labels() -> tuple[str, str]:
-        return farm.coding(own).codec, farm.coding(plain).codec
+        try:
+            return farm.coding(own).codec, farm.coding(plain).codec
+        finally:
+            await farm.close()
 
     assert asyncio.run(labels()) == ("berrut", "mds")
+
+
+def test_a_changed_config_json_gets_a_new_coding_queue_and_the_idle_old_one_closes(settings):
+    import dataclasses
+
+    from codedfarm.models.config import ServingDefaults
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.server.farm import Farm, ServeConfig
+
+    farm = Farm(settings, ServeConfig())
+    before = resolve_model("linear")
+    after = dataclasses.replace(before, serving=ServingDefaults(codec="berrut"))
+
+    async def main() -> tuple[object, object, bool]:
+        old = farm.coding(before)
+        new = farm.coding(after)
+        await asyncio.sleep(0)  # the old queue's close runs
+        try:
+            return old, new, farm.coding(after) is new
+        finally:
+            await farm.close()
+
+    old, new, reused = asyncio.run(main())
+    assert (old.codec, new.codec, reused) == ("spline", "berrut", True)  # type: ignore[attr-defined]
+    assert list(farm._coding) == [after]

@@ -32,7 +32,7 @@ from codedfarm.server.batcher import BatcherConfig, CodingQueue
 from codedfarm.settings import Settings
 from codedfarm.stragglers import parse_straggler_spec
 
-__all__ = ["MODEL_CACHE_S", "Farm", "ServeConfig"]
+__all__ = ["MODEL_CACHE_S", "Farm", "ServeConfig", "group_settings"]
 
 log = logging.getLogger("codedfarm.serve")
 
@@ -96,6 +96,20 @@ class ServeConfig:
                              straggle=self.straggle)  # fmt: skip
 
 
+def group_settings(
+    settings: Settings,
+    config: ServeConfig,
+    model: ResolvedModel,
+    rows: int,
+    seed: int | None = None,
+) -> BatchSettings:
+    """The settings of a coding group of ``rows`` rows of ``model``, resolved once: its
+    ``config.json``, then the server's flags, then the farm's; a partial group is coded for
+    its own size within the same worker budget. ``seed``: the group's straggler draw."""
+    return resolve_batch(BatchSpec(model=model.ref, seed=seed), rows, settings, model=model,
+                         defaults=config.batch_defaults, fit_workers=True)  # fmt: skip
+
+
 @dataclass
 class _Coding:
     """A model's coding queue and the codec label of its groups (one resolution)."""
@@ -120,18 +134,15 @@ class Farm:
         # one coding queue per resolved model: a config.json change makes a new one, so
         # the codec used and the codec on the metrics change together
         self._coding: dict[ResolvedModel, _Coding] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # old coding queues being closed
         self._groups_sent = itertools.count()  # numbers the groups' straggler draws
         self.metrics = ServerMetrics()
 
     def group_settings(self, model: ResolvedModel, rows: int, seed: int | None = None) -> (
         BatchSettings
     ):  # fmt: skip
-        """The settings of a coding group of ``rows`` rows of ``model`` (resolved once, here:
-        its ``config.json``, then the server's flags, then the farm's; a partial group is
-        coded for its own size within the same worker budget)."""
-        return resolve_batch(BatchSpec(model=model.ref, seed=seed), rows, self.settings,
-                             model=model, defaults=self.config.batch_defaults,
-                             fit_workers=True)  # fmt: skip
+        """The settings of a coding group of ``rows`` rows of ``model`` (:func:`group_settings`)."""
+        return group_settings(self.settings, self.config, model, rows, seed)
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
@@ -178,10 +189,15 @@ class Farm:
         return found
 
     def _prune(self, model: ResolvedModel) -> None:
-        """Forget the idle coding queues of an older config.json of the same model."""
+        """Close the idle coding queues of an older config.json of the same model (one with
+        rows still waiting or groups in the farm is left to finish them)."""
         for old in [m for m in self._coding if (m.name, m.version) == (model.name, model.version)]:
             if self._coding[old].queue.idle:
-                del self._coding[old]
+                closing = asyncio.get_running_loop().create_task(
+                    self._coding.pop(old).queue.close()
+                )
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     def _submit(self, model: ResolvedModel, x: np.ndarray, seed: int | None) -> np.ndarray:
         settings = self.group_settings(model, len(x), seed)

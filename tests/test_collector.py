@@ -172,3 +172,36 @@ def test_in_process_collector_hands_over_in_memory_and_writes_no_reply_key(
     collector.flush_cleanup()
     assert not redis_client.exists(reply_key)  # nothing would ever read it
     assert not redis_client.exists(Keys(settings.key_prefix).inputs(prepared.batch))
+
+
+def test_a_codec_that_fails_unexpectedly_fails_its_batch_not_the_collector(
+    settings, redis_client, worker, monkeypatch, caplog
+):
+    """A codec's bug (here a numpy-style ValueError in decode) ends its batch as failed, with
+    the reason and the traceback in the log once; the collector goes on with the next."""
+    from codedfarm.codecs.mds import MDSCodec
+
+    real = MDSCodec.decode_report
+    calls = []
+
+    def broken_once(self, y, workers):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("unexpected array size")
+        return real(self, y, workers)
+
+    monkeypatch.setattr(MDSCodec, "decode_report", broken_once)
+    first, inbox, _ = start_batch(settings, redis_client)
+    collector = Collector(redis_client, inbox)
+    drain(collector)
+    for index in range(4):
+        report(worker, first, inbox, index)
+    with caplog.at_level("ERROR", logger="codedfarm.coordinator.collector"):
+        records = drain(collector)
+    assert [r.outcome for r in records] == ["failed"]
+    assert "decode failed: ValueError('unexpected array size')" in records[0].error
+    assert len([r for r in caplog.records if r.exc_info]) == 1
+    second, _, _ = start_batch(settings, redis_client)
+    for index in range(4):
+        report(worker, second, inbox, index)
+    assert [r.outcome for r in drain(collector)] == ["decoded"]

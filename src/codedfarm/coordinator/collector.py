@@ -287,9 +287,13 @@ class Collector:
             decoded = batch.codec.decode_report(y, workers)
         except NotEnoughResultsError:
             return None  # e.g. replication without a copy of every input yet: keep waiting
-        except CodecError as exc:
-            self._drop("corrupt")
-            return self._finish(batch, "failed", None, None, None, error=str(exc))
+        except Exception as exc:  # bad results, or a codec's bug: the batch fails, not the loop
+            error = str(exc) if isinstance(exc, CodecError) else f"decode failed: {exc!r}"
+            if isinstance(exc, CodecError):
+                self._drop("corrupt")
+            else:
+                log.exception("batch %s: %s", batch.reg.batch, error)
+            return self._finish(batch, "failed", None, None, None, error=error)
         decode_s = time.perf_counter() - start
         outcome = "deadline_decoded" if at_deadline and batch.policy_met_at is None else "decoded"
         predictions = np.asarray(decoded.values, np.float32)
@@ -299,10 +303,8 @@ class Collector:
 
     @staticmethod
     def _error_summary(batch: _Open) -> str:
-        if not batch.errors:
-            return ""
-        first = next(iter(batch.errors.values()))
-        return f"{len(batch.errors)} worker(s) failed, e.g.: {first}"
+        first = next(iter(batch.errors.values()), None)
+        return "" if first is None else f"{len(batch.errors)} worker(s) failed, e.g.: {first}"
 
     def _finish(
         self,
@@ -427,8 +429,7 @@ class Collector:
             self._ready[reg.batch] = False
 
     def answered(self, batch: str) -> set[int] | None:
-        """Coded indices of an open batch that have answered (result or error); None if the
-        batch is not open here."""
+        """Coded indices of an open batch that answered (result or error); None: not open."""
         state = self._open.get(batch)
         return None if state is None else set(state.received) | set(state.errors)
 

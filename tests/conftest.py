@@ -14,6 +14,14 @@ from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the session's live ``farm`` is ``slow``: ``-m "not slow"`` (the fast
+    tier) never starts it. Tests on a farm of their own module are marked there."""
+    for item in items:
+        if "farm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

@@ -25,6 +25,8 @@ from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
 from live_processes import start_collector, start_prometheus
 
+pytestmark = pytest.mark.slow  # live farm and Prometheus
+
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = {r["alert"]: r["expr"] for r in yaml.safe_load(
     (ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"][0]["rules"]}  # fmt: skip

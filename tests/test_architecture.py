@@ -226,3 +226,164 @@ def test_the_version_has_one_source_and_types_ship():
 def test_modules_stay_small():
     big = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
     assert {n: c for n, c in big.items() if c > MAX_LINES} == {}
+
+
+# ----- worker metrics are a plugin (monitoring.hooks.WorkerHooks) ------------------------
+WORKER_FORBIDDEN = ("prometheus_client", "codedfarm.monitoring.worker_metrics")
+
+
+def _module_level_imports(tree: ast.Module) -> set[str]:
+    """Modules imported when the module runs (its body, class bodies, ``if``/``try``/``with``
+    blocks), not inside functions nor under ``if TYPE_CHECKING:``."""
+    found: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.If):
+                if not _is_type_checking(node):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody):
+                    visit(block)
+                for handler in node.handlers:
+                    visit(handler.body)
+            elif isinstance(node, (ast.With, ast.ClassDef)):
+                visit(node.body)
+
+    visit(tree.body)
+    return found
+
+
+def test_no_worker_module_imports_prometheus_at_module_level():
+    """prometheus_client must be imported after ``run_worker`` set its multiprocess dir:
+    the engines call ``worker_hooks()`` and only launch.py imports the metrics, lazily."""
+    worker_modules = {n: p for n, p in MODULES.items() if _room(n) == "worker"}
+    assert "codedfarm.worker.batch_engine" in worker_modules
+    wrong = {
+        name: sorted(m for m in _module_level_imports(ast.parse(path.read_text()))
+                     if any(m == f or m.startswith(f"{f}.") for f in WORKER_FORBIDDEN))
+        for name, path in worker_modules.items()
+    }  # fmt: skip
+    assert {n: m for n, m in wrong.items() if m} == {}
+    probe = ast.parse(
+        "import prometheus_client\nif TYPE_CHECKING:\n    import x\n"
+        "from codedfarm.monitoring import worker_metrics\ndef f():\n    import y"
+    )
+    assert _module_level_imports(probe) == {"prometheus_client", "codedfarm.monitoring",
+                                            "codedfarm.monitoring.worker_metrics"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "code", ["import codedfarm.worker.batch_engine", "import codedfarm.worker.celery_engine"]
+)
+def test_the_engines_import_no_prometheus_client(code):
+    assert "prometheus_client" not in _fresh_import(code)
+
+
+# ----- one error tree, one error map, one resolution -------------------------------------
+ERRORS_MODULE = "codedfarm.errors"
+FACE_BESIDE_THE_ERRORS = {
+    "BatchRecord",
+    "BatchResult",
+    "BatchSpec",
+    "Codec",
+    "FarmClient",
+    "Settings",
+    "__version__",
+    "make_codec",
+}
+
+
+def _defines_exception(node: ast.ClassDef) -> bool:
+    """A class whose bases name an exception or warning (``...Error``, ``...Exception``,
+    ``...Warning``, or a class of the error tree)."""
+    import codedfarm.errors as tree
+
+    for base in node.bases:
+        name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+        if name.endswith(("Error", "Exception", "Warning")) or name in tree.__all__:
+            return True
+    return False
+
+
+def test_every_exception_class_lives_in_errors_py():
+    found = [
+        f"{name}.{node.name}"
+        for name, path in MODULES.items()
+        if name != ERRORS_MODULE
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and _defines_exception(node)
+    ]
+    assert found == [], "exception classes outside errors.py: " + ", ".join(found)
+    probe = ast.parse("class A(ValueError): ...\nclass B(CodedFarmError): ...\nclass C: ...")
+    classes = [n for n in probe.body if isinstance(n, ast.ClassDef)]
+    assert [_defines_exception(c) for c in classes] == [True, True, False]
+
+
+def test_the_error_tree_is_drawn_whole_and_the_face_exports_exactly_it():
+    """The docstring's tree names every class of errors.py; the face exports exactly the
+    tree and the documented names (as httpx's test_exported_members)."""
+    import codedfarm.errors as tree
+
+    drawn = set(re.findall(r"^\s*(?:[│├└─\s]*)(\w+(?:Error|Warning|Failure))\b", tree.__doc__ or "",
+                           re.M))  # fmt: skip
+    classes = {n for n, v in vars(tree).items() if isinstance(v, type)
+               and issubclass(v, BaseException) and v.__module__ == ERRORS_MODULE}  # fmt: skip
+    assert drawn == classes == set(tree.__all__)
+    assert set(codedfarm.__all__) == classes | FACE_BESIDE_THE_ERRORS
+    assert "InputWarning" in codedfarm.__all__
+    for name in classes:
+        assert issubclass(getattr(tree, name), (tree.CodedFarmError, UserWarning)), name
+
+
+def test_the_server_never_catches_value_error():
+    """Status codes come from the error map (server/status.py): a bare ValueError from a
+    library or a bug must become a 500, never a client's 400."""
+    found = []
+    for name, path in MODULES.items():
+        if _room(name) != "server":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ExceptHandler) and node.type is not None:
+                types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
+                if any(getattr(t, "id", getattr(t, "attr", "")) == "ValueError" for t in types):
+                    found.append(f"{name}:{node.lineno}")
+    assert found == []
+
+
+def test_only_the_resolver_reads_a_models_serving_block():
+    """A model's config.json ``serving`` block is read in one place: the resolver (models/
+    parses and writes it)."""
+    readers = sorted(
+        name
+        for name, path in MODULES.items()
+        if _room(name) != "models"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "serving"
+    )
+    assert set(readers) == {"codedfarm.coordinator.resolution"}, readers
+
+
+def test_no_codec_name_is_branched_on_outside_the_codecs():
+    """Codec facts (exactness, worker budgets, wait policies) come from the plan: nothing
+    outside codecs/ compares a codec's name with a literal."""
+    names = {"uncoded", "replication", "spline", "berrut", "mds", "lagrange", "letcc"}
+    found = []
+    for name, path in MODULES.items():
+        if _room(name) == "codecs":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                parts = [node.left, *node.comparators]
+                literals = {p.value for p in parts if isinstance(p, ast.Constant)}
+                literals |= {e.value for p in parts if isinstance(p, (ast.Tuple, ast.Set))
+                             for e in p.elts if isinstance(e, ast.Constant)}  # fmt: skip
+                if literals & names:
+                    found.append(f"{name}:{node.lineno}")
+    assert found == []

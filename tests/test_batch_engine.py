@@ -77,13 +77,16 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 def test_batch_engine_decodes_exactly_what_the_codec_gives(batch_farm, digits):
-    result, elapsed = submit(batch_farm.settings, digits, ("b0", "b1"), model="lenet5",
-                             codec="spline", n=24, s=4, straggle="fixed:S=4,delay=3",
-                             seed=1)  # fmt: skip
-    assert result.outcome == "decoded" and elapsed < 1.5, (result.record, elapsed)
+    result, _ = submit(batch_farm.settings, digits, ("b0", "b1"), model="lenet5",
+                       codec="spline", n=24, s=4, straggle="fixed:S=4,delay=3",
+                       seed=1)  # fmt: skip
+    # decoded at its wait policy, from none of the 4 tasks that sleep 3 s: not waited for
+    assert result.outcome == "decoded", result.record
     slowed = {d["index"] for d in result.record.slowed}
     assert len(slowed) == 4 and not slowed & set(result.record.workers_used)
+    assert result.record.timings.injected_delay == 0.0
     # one forward pass over many coded inputs gives each one's own output
     codec = make_codec("spline", 8, 24)
     model = load_model("lenet5", batch_farm.settings.cache_dir)
@@ -102,6 +105,7 @@ def test_batch_engine_decodes_exactly_what_the_codec_gives(batch_farm, digits):
     np.testing.assert_allclose(result.predictions, direct, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_celery_and_batch_workers_serve_one_batch_together(batch_farm, digits):
     # tasks alternate between the queues; s = 0, so every task of both workers is needed
     result, _ = submit(batch_farm.settings, digits, ("c0", "b0"), model="lenet5",
@@ -110,28 +114,37 @@ def test_celery_and_batch_workers_serve_one_batch_together(batch_farm, digits):
     assert sorted(result.record.workers_used) == list(range(16))
 
 
+@pytest.mark.slow
 def test_injected_failures_beyond_s_end_by_the_deadline(batch_farm, digits):
     result, elapsed = submit(batch_farm.settings, digits, ("b0", "b1"), model="lenet5",
                              codec="spline", n=16, s=2, straggle="fail:p=0.5", seed=3,
                              deadline=1.0)  # fmt: skip
     failed = sum(d["fail"] for d in result.record.slowed)
     assert failed > 2 and result.outcome == "deadline_decoded"
-    assert len(result.record.workers_used) == 16 - failed and 1.0 <= elapsed < 2.0
+    assert len(result.record.workers_used) == 16 - failed
+    # a failed task sends nothing, so only the deadline ends the batch: only a clock shows
+    # it did not end before it, and that bound is one-sided (load only makes it later)
+    assert elapsed >= 1.0, elapsed
     client = redis.Redis.from_url(batch_farm.settings.redis_url)
     assert wait_until(lambda: client.zcard(UNACKED_INDEX) == 0)  # failed tasks are acked too
 
 
+@pytest.mark.slow
 def test_stragglers_of_a_finished_batch_give_their_slots_back(batch_farm, digits):
     client = redis.Redis.from_url(batch_farm.settings.redis_url)
-    result, elapsed = submit(batch_farm.settings, digits, ("b0",), model="lenet5",
-                             codec="berrut", n=12, s=3, straggle="fixed:S=3,delay=20",
-                             seed=4)  # fmt: skip
-    assert result.outcome == "decoded" and elapsed < 1.5
-    # the 3 stragglers (20 s) are cancelled and acknowledged within a poll or two
+    result, _ = submit(batch_farm.settings, digits, ("b0",), model="lenet5",
+                       codec="berrut", n=12, s=3, straggle="fixed:S=3,delay=20",
+                       seed=4)  # fmt: skip
+    assert result.outcome == "decoded"
+    slowed = {d["index"] for d in result.record.slowed}
+    assert len(slowed) == 3 and not slowed & set(result.record.workers_used)  # not waited for
+    # the 3 stragglers are cancelled and acknowledged within a poll or two, not after their
+    # 20 s sleep (a one-sided bound far below it)
     assert wait_until(lambda: client.zcard(UNACKED_INDEX) == 0 and client.hlen(UNACKED) == 0,
-                      timeout=1.0)  # fmt: skip
+                      timeout=10.0)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_refused_messages_are_logged_acknowledged_and_never_run(batch_farm):
     settings = batch_farm.settings
     client = redis.Redis.from_url(settings.redis_url)
@@ -153,6 +166,7 @@ def test_refused_messages_are_logged_acknowledged_and_never_run(batch_farm):
     assert "unknown task 'other.task'" in log and "not JSON" in log
 
 
+@pytest.mark.slow
 def test_a_killed_batch_workers_unacked_task_is_not_lost(batch_farm, digits):
     settings = batch_farm.settings
     client = redis.Redis.from_url(settings.redis_url)
@@ -179,10 +193,13 @@ def test_a_killed_batch_workers_unacked_task_is_not_lost(batch_farm, digits):
     thread.join(30)
     ((result, elapsed),) = results
     # back on the queue after the visibility timeout (3 s), through kombu's sweep, and served
+    # before its 20 s deadline (the outcome says so); only a clock shows it was the
+    # redelivery, and the bound is one-sided: it cannot come back sooner
     assert result.outcome == "decoded", result.record
-    assert 3.0 < elapsed < 20.0
+    assert elapsed > 3.0, elapsed
 
 
+@pytest.mark.slow
 def test_warm_shutdown_puts_straggling_tasks_back_on_the_queue(batch_farm, digits):
     settings = batch_farm.settings
     client = redis.Redis.from_url(settings.redis_url)
@@ -201,6 +218,7 @@ def test_warm_shutdown_puts_straggling_tasks_back_on_the_queue(batch_farm, digit
     client.delete("bw")
 
 
+@pytest.mark.slow
 def test_batch_workers_resume_after_a_redis_restart(model_cache, digits):
     base = Settings(key_prefix="ber", key_ttl=60.0, cache_dir=model_cache)
     with LocalFarm(
@@ -289,6 +307,7 @@ def test_one_forward_pass_equals_one_pass_per_input(model_cache, digits):
     np.testing.assert_allclose(grouped, single, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("queue", ["b0", "c0"])
 def test_every_decoded_batch_records_its_critical_path(batch_farm, digits, queue):
     """Both engines stamp their notices; the stages of the policy-meeting result add up to

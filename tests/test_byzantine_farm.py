@@ -19,6 +19,8 @@ from codedfarm.worker import WorkerOptions
 from live_processes import get, start_collector
 
 # eleven queue slots, one of them the liar's: tasks j = 10 and 21 of 24 go to it
+pytestmark = pytest.mark.slow  # the session's live farm
+
 QUEUES = ("gpu0", "gpu1") * 5 + ("liar",)
 
 

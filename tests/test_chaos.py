@@ -14,6 +14,8 @@ from codedfarm.cli import cli
 from codedfarm.local.chaos import FAULTS, ChaosConfig, run_chaos
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # 45 s of load by design, plus the farm's start and stop: 61 s here
 def test_chaos_under_load_loses_and_fails_nothing(settings, capsys):
     report = run_chaos(ChaosConfig(seconds=45.0, every=3.5), settings, echo=lambda _: None)
     with capsys.disabled():

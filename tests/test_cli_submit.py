@@ -133,6 +133,7 @@ def test_a_bad_out_path_is_refused_before_anything_runs(inputs, tmp_path, where)
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_warnings_for_uint8_images_and_exact_codes_on_general_models(farm, tmp_path):
     images = (np.random.default_rng(1).random((8, 1, 32, 32)) * 255).astype(np.uint8)
     batch = tmp_path / "u8.npy"
@@ -169,6 +170,7 @@ def test_a_busy_metrics_port_is_one_line(redis_server):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_submit_against_a_live_farm_prints_json_and_saves(farm, inputs, tmp_path):
     out = tmp_path / "pred.npy"
     result = CliRunner().invoke(

@@ -335,7 +335,8 @@ def test_the_fast_finite_check_is_exact(rows, cols, dtype, bad, seed):
         x[rng.integers(rows), rng.integers(cols)] = bad
     codec = make_codec("berrut", rows, rows + 2)
     if bad is None:
-        assert np.isfinite(codec.encode(x)).any()
+        with np.errstate(over="ignore"):  # coding the largest float may overflow, by design
+            assert np.isfinite(codec.encode(x)).any()
     else:
         with pytest.raises(NonFiniteError):
             codec.encode(x)

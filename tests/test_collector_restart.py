@@ -8,6 +8,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import redis
 
 from codedfarm import BatchSpec, FarmClient
@@ -16,6 +17,8 @@ from codedfarm.models.digits import load_digits_split
 from codedfarm.protocol import Keys
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
+
+pytestmark = pytest.mark.slow  # a live farm and collector services
 
 
 def test_a_killed_collector_loses_no_open_batch(model_cache):

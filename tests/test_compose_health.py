@@ -16,6 +16,8 @@ from codedfarm.local import LocalFarm
 from codedfarm.local.redis_server import free_port
 from codedfarm.settings import Settings
 
+pytestmark = pytest.mark.slow  # each service's real process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

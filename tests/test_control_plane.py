@@ -26,6 +26,8 @@ from codedfarm.stragglers import TaskFate
 from codedfarm.worker import WorkerOptions
 from codedfarm.worker.celery_engine import make_celery
 
+pytestmark = pytest.mark.slow  # a live farm, Celery's control plane and Flower
+
 APP = "codedfarm.worker.celery_engine"
 
 

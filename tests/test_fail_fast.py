@@ -20,6 +20,8 @@ from codedfarm.protocol import Keys
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
 
+pytestmark = pytest.mark.slow  # a live farm
+
 
 @pytest.fixture(scope="module")
 def small_farm(model_cache):

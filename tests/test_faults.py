@@ -16,7 +16,12 @@ import redis
 
 from codedfarm.coordinator import FarmClient
 from codedfarm.coordinator.dispatch import BatchSpec
-from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
+from codedfarm.errors import (
+    ConfigError,
+    FarmUnavailableError,
+    InputWarning,
+    RedisUnavailableError,
+)
 from codedfarm.local import LocalFarm
 from codedfarm.local.redis_server import LocalRedis
 from codedfarm.models.digits import load_digits_split
@@ -54,6 +59,7 @@ def submit(settings: Settings, x, retries: int = 1, **spec):
         return result, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_more_than_s_failures_answer_by_the_deadline(fault_farm, digits):
     result, elapsed = submit(fault_farm.settings, digits, codec="spline", n=16, s=2,
                              straggle="fail:p=0.5", seed=3, deadline=1.0)  # fmt: skip
@@ -61,13 +67,17 @@ def test_more_than_s_failures_answer_by_the_deadline(fault_farm, digits):
     assert failed > 2  # more than S
     assert result.outcome == "deadline_decoded" and result.predictions.shape == (6, 10)
     assert len(result.record.workers_used) == 16 - failed
-    assert 1.0 <= elapsed < 2.0, elapsed
-    result, elapsed = submit(fault_farm.settings, digits, codec="mds", n=8, s=2,
-                             straggle="fail:p=0.6", seed=4, deadline=1.0)  # fmt: skip
+    # a failed task sends nothing, so the deadline ends the batch (the outcome says it
+    # fired); only a clock shows it did not fire early: a one-sided bound, load only delays
+    assert elapsed >= 1.0, elapsed
+    with pytest.warns(InputWarning, match="model lenet5 is not declared a polynomial"):
+        result, elapsed = submit(fault_farm.settings, digits, codec="mds", n=8, s=2,
+                                 straggle="fail:p=0.6", seed=4, deadline=1.0)  # fmt: skip
     assert result.outcome == "timeout" and result.predictions is None
-    assert result.record.results_received < 6 and 1.0 <= elapsed < 2.0
+    assert result.record.results_received < 6 and elapsed >= 1.0
 
 
+@pytest.mark.slow
 def test_a_killed_workers_unacked_task_is_not_lost(fault_farm, digits):
     victim = fault_farm.add_worker(
         WorkerOptions(
@@ -91,10 +101,13 @@ def test_a_killed_workers_unacked_task_is_not_lost(fault_farm, digits):
     ((result, elapsed),) = results
     # acks_late: the message stayed unacked, came back after the visibility timeout (3 s)
     # and ran on the new worker
+    # before its 20 s deadline (the outcome says so); only a clock shows it was the
+    # redelivery, and the bound is one-sided: it cannot come back sooner
     assert result.outcome == "decoded", (result.record.error, result.record.results_received)
-    assert 3.0 < elapsed < 20.0
+    assert elapsed > 3.0, elapsed
 
 
+@pytest.mark.slow
 def test_pickle_messages_are_refused(fault_farm):
     settings = fault_farm.settings
     sender = make_celery(settings)
@@ -112,6 +125,7 @@ def test_pickle_messages_are_refused(fault_farm):
     assert "pickle" in log.lower() and "refus" in log.lower()
 
 
+@pytest.mark.slow
 def test_redis_restart_mid_run_ends_batches_clearly_and_farm_recovers(fault_farm, digits):
     settings = fault_farm.settings
     outcomes = []
@@ -179,6 +193,7 @@ def test_an_ack_on_a_channel_closed_by_a_restart_is_a_connection_error():
     assert kombu_redis.QoS.restore_at_shutdown is False
 
 
+@pytest.mark.slow
 def test_farm_through_a_password_protected_redis(model_cache, digits):
     with LocalRedis(extra_args=("--requirepass", "s3cret pass")) as server:
         url = f"redis://:s3cret%20pass@127.0.0.1:{server.port}/0"
@@ -233,6 +248,7 @@ def _make_certs(folder: Path) -> None:
         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_farm_over_tls(model_cache, digits, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make test certificates")

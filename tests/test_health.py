@@ -36,6 +36,7 @@ def test_probes_answer_from_the_readiness_check_and_metrics_stay():
             serve_health_and_metrics(port, "127.0.0.1", lambda: None)
     finally:
         httpd.shutdown()
+        httpd.server_close()
 
 
 def test_a_readiness_check_that_raises_is_a_503_with_its_reason():
@@ -49,6 +50,7 @@ def test_a_readiness_check_that_raises_is_a_503_with_its_reason():
         assert status == 503 and "boom" in text
     finally:
         httpd.shutdown()
+        httpd.server_close()
 
 
 def test_a_worker_is_ready_when_its_heartbeat_is_fresh_on_every_queue(redis_server: LocalRedis):
@@ -96,6 +98,7 @@ def test_codedfarm_probe_exits_0_when_ready_and_1_otherwise():
         assert result.exit_code == 0
     finally:
         httpd.shutdown()
+        httpd.server_close()
     result = CliRunner().invoke(cli, ["probe", f"http://127.0.0.1:{port}/readyz", "--timeout", "1"])
     assert result.exit_code == 1 and "cannot reach" in result.output
 

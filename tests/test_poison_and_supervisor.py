@@ -86,6 +86,7 @@ def _refused(port: int) -> float:
                if line.startswith("codedfarm_messages_refused_total{"))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_poison_messages_kill_no_worker_of_either_engine(poison_farm):
     farm, ports = poison_farm
     client = redis.Redis.from_url(farm.settings.redis_url)
@@ -169,7 +170,7 @@ def test_the_supervisor_restarts_unasked_stops_with_backoff(tmp_path):
 def test_a_requested_shutdown_is_not_restarted(tmp_path):
     runs = tmp_path / "runs"
     process = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(runs), "wait"],
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+                               stderr=subprocess.DEVNULL)  # fmt: skip
     end = time.monotonic() + 30
     while (not runs.exists() or runs.read_text() != "3") and time.monotonic() < end:
         time.sleep(0.05)
@@ -179,6 +180,7 @@ def test_a_requested_shutdown_is_not_restarted(tmp_path):
     assert runs.read_text() == "3"  # no fourth run
 
 
+@pytest.mark.slow
 def test_a_killed_worker_process_is_restarted_and_serves_again(poison_farm):
     farm, _ = poison_farm
     worker = farm.workers[1]  # the batch engine: supervisor -> one child
@@ -200,6 +202,7 @@ def test_a_killed_worker_process_is_restarted_and_serves_again(poison_farm):
     assert np.isfinite(result.predictions).all()
 
 
+@pytest.mark.slow
 def test_a_plain_celery_worker_of_the_app_is_guarded_too(redis_server, model_cache):
     """`celery -A codedfarm.worker.celery_engine worker`, without `codedfarm worker`: the
     app's own signals guard kombu and announce the worker."""

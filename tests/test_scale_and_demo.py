@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from codedfarm.cli import cli
@@ -14,6 +15,7 @@ from codedfarm.local.scaling import LocalWorkers
 from codedfarm.worker.celery_engine import make_celery
 
 
+@pytest.mark.slow
 def test_scale_grows_and_shrinks_local_workers(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("CODEDFARM_CACHE_DIR", str(settings.cache_dir))
     run_dir = tmp_path / "run"
@@ -55,6 +57,7 @@ def test_scale_needs_a_count_and_reachable_redis():
     assert result.exit_code == 2 and "Missing option '--workers'" in result.output
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_cleans_up(model_cache):
     env = {k: v for k, v in os.environ.items() if k != "CODEDFARM_REDIS_URL"}
     env["CODEDFARM_CACHE_DIR"] = str(model_cache)

@@ -39,6 +39,7 @@ def test_sentinel_urls_parse_for_the_farm_and_for_celery():
             parse_sentinel_url(bad)
 
 
+@pytest.mark.slow
 def test_a_failover_under_load_loses_no_batch(model_cache, capsys):
     digits = load_digits_split().test_x[:8]
     with LocalSentinelRedis() as group:

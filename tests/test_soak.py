@@ -7,6 +7,8 @@ import pytest
 from codedfarm.local.soak import SoakConfig, run_soak
 from codedfarm.settings import Settings
 
+pytestmark = pytest.mark.slow  # a live farm under load for 24 s each
+
 
 @pytest.mark.parametrize("engine", ["celery", "batch"])
 def test_short_soak_keeps_memory_and_keys_flat(model_cache, engine):

@@ -42,12 +42,15 @@ def _check_finite(x: Array, codec: str, what: str) -> None:
     else:
         # one matrix-vector product of row sums flags any NaN or Inf (they propagate) at a
         # third of the cost of np.isfinite's full boolean array; a row whose finite values
-        # overflow the sum is rare, and then the exact check decides
+        # overflow the sum is rare, and then the exact check decides (so the overflow is
+        # expected here, not worth numpy's RuntimeWarning)
         xa = np.asarray(x)
         finite = False
         if np.issubdtype(xa.dtype, np.floating) and xa.size:
             rows = xa.reshape(len(xa), -1)
-            finite = bool(np.isfinite(rows @ np.ones(rows.shape[1], rows.dtype)).all())
+            with np.errstate(over="ignore", invalid="ignore"):
+                sums = rows @ np.ones(rows.shape[1], rows.dtype)
+            finite = bool(np.isfinite(sums).all())
         if not finite:
             finite = bool(np.isfinite(xa).all())
     if not finite:

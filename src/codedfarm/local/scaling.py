@@ -23,10 +23,14 @@ from codedfarm.worker import WorkerOptions
 
 __all__ = ["LocalWorkers", "TrackedWorker", "scale_compose", "scale_local"]
 
-_started: list[subprocess.Popen[bytes]] = []
-"""The worker processes this process started. They outlive the command by design, so their
-Popen objects are kept (one dropped while its process runs is a ResourceWarning) and the
-exited ones reaped at each start (no zombies where the caller lives on)."""
+
+class _Detached(subprocess.Popen[bytes]):
+    """A worker process that outlives the command starting it, so never waited for here:
+    dropping it is no ResourceWarning ("subprocess ... is still running"). If it exits
+    while this process lives (the tests), :meth:`TrackedWorker.alive` reaps it."""
+
+    def __del__(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class TrackedWorker:
     log: str
 
     def alive(self) -> bool:
+        with contextlib.suppress(ChildProcessError):  # only a worker this process started
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                return False  # it exited: reaped now
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -97,7 +104,7 @@ class LocalWorkers:
         if self.settings.model_repository is not None:
             env["CODEDFARM_MODEL_REPOSITORY"] = str(self.settings.model_repository)
         with open(log, "ab") as out:
-            process = subprocess.Popen(
+            process = _Detached(
                 options.argv(),
                 env=env,
                 stdout=out,
@@ -105,8 +112,6 @@ class LocalWorkers:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives this command
             )
-        _started[:] = [p for p in _started if p.poll() is None]
-        _started.append(process)
         worker = TrackedWorker(process.pid, hostname, options, str(log))
         record = {"pid": worker.pid, "hostname": hostname, "options": options.to_dict(),
                   "log": worker.log}  # fmt: skip

@@ -387,3 +387,16 @@ def test_no_codec_name_is_branched_on_outside_the_codecs():
                 if literals & names:
                     found.append(f"{name}:{node.lineno}")
     assert found == []
+
+
+def test_a_wrapped_library_error_keeps_its_cause():
+    """``raise ... from None`` throws the library's error away: wrap with ``from exc``."""
+    found = [
+        f"{name}:{node.lineno}"
+        for name, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Raise)
+        and isinstance(node.cause, ast.Constant)
+        and node.cause.value is None
+    ]
+    assert found == []

@@ -232,7 +232,7 @@ def _parse_env(variable: str, kind: str, raw: str) -> object:
             return int(raw)
         if kind.startswith("float"):
             return float(raw)
-    except ValueError:
+    except ValueError as exc:
         word = "an integer" if kind.startswith("int") else "a number"
-        raise ConfigError(f"{variable} must be {word}, got {raw!r}") from None
+        raise ConfigError(f"{variable} must be {word}, got {raw!r}") from exc
     return raw

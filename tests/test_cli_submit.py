@@ -188,3 +188,16 @@ def test_submit_against_a_live_farm_prints_json_and_saves(farm, inputs, tmp_path
     assert np.load(out).shape == (8, 10)
     r = redis.Redis.from_url(farm.settings.redis_url)
     assert not r.exists(f"e2e:b:{record['batch']}:in")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["submit", "x.npy", "-m", "linear", "--redundancy", "0.5"],
+     ["serve", "--redundancy", "0.9"],
+     ["bench", "--redundancy", "0"],
+     ["bench", "--redundancy", "1.5", "-n", "12"]],
+)  # fmt: skip
+def test_an_impossible_redundancy_is_refused_with_exit_2(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "redundancy" in result.output and "Traceback" not in result.output

@@ -143,3 +143,47 @@ def test_every_code_fits_any_budget_the_server_may_give_it(codec, k, n, s):
         assert plan.default_wait_for(k, fitted_n, fitted_s) == k  # one result per input
     else:
         assert (fitted_n, fitted_s) == (max(n, k), s)
+
+
+@pytest.mark.parametrize(
+    ("k", "redundancy", "n", "s"),
+    [(8, 1.5, 12, 4), (8, 1.25, 10, 2), (8, 2.0, 16, 8), (1, 1.5, 2, 1), (1, 1.0, 2, 1),
+     (3, 1.5, 5, 2), (10, 1.1, 11, 1), (4, 1.0, 5, 1)],
+)  # fmt: skip
+def test_a_redundancy_budget_gives_each_group_its_tasks(k, redundancy, n, s):
+    """r rows get r + max(1, ceil((R-1) r)) tasks and tolerate losing all but r of them; a
+    lone row gets its task and one copy."""
+    got = resolve_batch(BatchSpec(model="linear", codec="berrut", redundancy=redundancy), k,
+                        Settings())  # fmt: skip
+    assert (got.n, got.s, got.wait_for) == (n, s, k)
+
+
+def test_n_and_s_win_over_a_redundancy_and_the_highest_layer_sets_the_budget(repo):
+    settings = settings_for(repo)
+    got = resolve_batch(BatchSpec(model="mine", redundancy=1.5, s=1), 8, settings)
+    assert (got.n, got.s) == (12, 1)  # the spec's R beats the config.json's n; its s stays
+    got = resolve_batch(BatchSpec(model="mine", n=20, redundancy=1.5), 8, settings)
+    assert got.n == 20  # n beats R in the same layer
+    got = resolve_batch(BatchSpec(model="linear"), 8, settings,
+                        defaults=BatchDefaults(redundancy=1.25))  # fmt: skip
+    assert (got.n, got.s) == (10, 2)  # serve's --redundancy
+    got = resolve_batch(BatchSpec(model="mine"), 8, settings,
+                        defaults=BatchDefaults(redundancy=1.25))  # fmt: skip
+    assert got.n == 12  # the config.json's n beats serve's --redundancy
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.99, float("nan"), True, "1.5"])
+def test_a_redundancy_below_one_is_refused(bad):
+    with pytest.raises(ConfigError, match="redundancy must be a number >= 1"):
+        resolve_batch(BatchSpec(model="linear", redundancy=bad), 8, Settings())
+
+
+def test_a_config_json_redundancy_is_validated(tmp_path):
+    from codedfarm.errors import ModelConfigError
+    from codedfarm.models.config import parse_model_config
+
+    base = {"input_shape": [4], "output_shape": [2]}
+    good = parse_model_config(tmp_path, {**base, "serving": {"redundancy": 1.5}})
+    assert good.serving.redundancy == 1.5
+    with pytest.raises(ModelConfigError, match=r"serving\.redundancy"):
+        parse_model_config(tmp_path, {**base, "serving": {"redundancy": 0.5}})

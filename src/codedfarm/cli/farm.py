@@ -25,6 +25,7 @@ from codedfarm.cli.options import (
     model_repository_option,
     preload_option,
     queues_option,
+    redundancy_option,
     settings_from_context,
 )
 from codedfarm.errors import ConfigError, InputWarning
@@ -161,6 +162,10 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     "-s", "--stragglers", "s", type=int, default=None,
     help="Stragglers to tolerate, S (default: the model's config.json, else 0).",
 )  # fmt: skip
+@redundancy_option(
+    "Tasks per input instead of -n: K inputs get K + max(1, ceil((R-1) K)) tasks and the "
+    "batch tolerates losing all but K of them (default: the model's config.json)."
+)
 @click.option(
     "--wait",
     "wait_for",
@@ -218,6 +223,7 @@ def submit(
     codec: str | None,
     n: int | None,
     s: int | None,
+    redundancy: float | None,
     wait_for: int | None,
     straggle: str | None,
     deadline: float | None,
@@ -252,6 +258,7 @@ def submit(
         codec=codec,
         n=n,
         s=s,
+        redundancy=redundancy,
         wait_for=wait_for,
         straggle=straggle,
         deadline=deadline,

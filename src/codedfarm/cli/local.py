@@ -21,6 +21,7 @@ from codedfarm.cli.options import (
     model_repository_option,
     preload_option,
     queues_option,
+    redundancy_option,
     settings_from_context,
     split_commas,
     warn,
@@ -178,6 +179,10 @@ def _legacy_stragglers(ctx: click.Context, _param: click.Parameter, value: str |
     "-s", "--stragglers", "s", default=None, metavar="S", callback=_legacy_stragglers,
     help="Stragglers the codes tolerate, and the slow tasks of the fixed model.  [default: 4]",
 )  # fmt: skip
+@redundancy_option(
+    "Tasks per input instead of -n and -s: n = k + max(1, ceil((R-1) k)), s = n - k (not "
+    "with -n or -s)."
+)
 @click.option("--batches", type=int, default=100, help="Batches per scheme.")
 @click.option("--compute", type=float, default=0.05, help="Simulated compute per task, seconds.")
 @click.option(
@@ -213,6 +218,7 @@ def bench(
     k: int,
     n: int,
     s: int | None,
+    redundancy: float | None,
     batches: int,
     compute: float,
     slow_factor: float,
@@ -229,6 +235,14 @@ def bench(
     from codedfarm.local.bench import BenchConfig, run_bench
 
     legacy = ctx.meta.get("bench_legacy_straggle")
+    if redundancy is not None:
+        from codedfarm.coordinator import redundancy_workers
+
+        given = {ctx.get_parameter_source(name) for name in ("n", "s")}
+        if click.core.ParameterSource.COMMANDLINE in given:
+            raise click.UsageError("--redundancy gives n and s: leave out -n and -s")
+        n = redundancy_workers(k, redundancy)
+        s = n - k
     config = BenchConfig(
         k=k,
         n=n,

@@ -12,6 +12,7 @@ import click
 from codedfarm.cli.options import (
     json_option,
     model_repository_option,
+    redundancy_option,
     settings_from_context,
 )
 from codedfarm.errors import ConfigError
@@ -92,6 +93,7 @@ def models(ctx: click.Context, model_repository: Path | None, train: bool, as_js
     "--deadline", type=click.FloatRange(min=0, min_open=True), default=None,
     help="Serving default: the deadline in seconds.",
 )  # fmt: skip
+@redundancy_option("Serving default: tasks per row instead of N (R >= 1).")
 @click.option(
     "--polynomial-degree", type=click.IntRange(min=1), default=None,
     help="Declare the model a polynomial of this degree (1: linear or affine), so exact codes "
@@ -109,6 +111,7 @@ def add(
     n: int | None,
     s: int | None,
     deadline: float | None,
+    redundancy: float | None,
     polynomial_degree: int | None,
     model_repository: Path | None,
     as_json: bool,
@@ -129,7 +132,8 @@ def add(
     added = add_model(
         settings.model_repository, name, file, input_shape=shape,
         output_shape=_shape(output_shape, "--output-shape"), description=description,
-        serving=ServingDefaults(codec, n, s, deadline), polynomial_degree=polynomial_degree,
+        serving=ServingDefaults(codec, n, s, deadline, redundancy),
+        polynomial_degree=polynomial_degree,
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps({"name": added.name, "version": added.version,

@@ -245,6 +245,12 @@ def metrics_options(default_port: int, what: str) -> Callable[[F], F]:
     return decorator
 
 
+def redundancy_option(help_text: str) -> Callable[[F], F]:
+    """``--redundancy R``: a worker budget of tasks per row (R >= 1) instead of ``-n``."""
+    return click.option("--redundancy", type=click.FloatRange(min=1.0), default=None,
+                        metavar="R", help=help_text)  # fmt: skip
+
+
 def json_option(what: str = "the results") -> Callable[[F], F]:
     """``--json``: print machine-readable output instead of the table."""
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")

@@ -14,6 +14,7 @@ from codedfarm.cli.options import (
     json_option,
     model_repository_option,
     queues_option,
+    redundancy_option,
     settings_from_context,
 )
 
@@ -48,6 +49,11 @@ __all__ = ["loadgen", "serve"]
               help="N of models whose config.json sets none (default: the codec's).")  # fmt: skip
 @click.option("-s", "--stragglers", "s", type=int, default=None,
               help="S of models whose config.json sets none (default: 0).")  # fmt: skip
+@redundancy_option(
+    "Tasks per row for models whose config.json sets none: a group of r rows "
+    "gets r + max(1, ceil((R-1) r)) tasks and tolerates losing all but r of "
+    "them (-n and -s, when given, win over it)."
+)
 @click.option("--deadline", type=float, default=None, cls=SettingOption, setting="deadline",
               read_env=False, help="Seconds per group, for models whose config.json sets none "
               "(default: CODEDFARM_DEADLINE).")  # fmt: skip
@@ -77,6 +83,7 @@ def serve(
     codec: str | None,
     n: int | None,
     s: int | None,
+    redundancy: float | None,
     deadline: float | None,
     wait_for: int | None,
     straggle: str | None,
@@ -90,7 +97,8 @@ def serve(
 
     batcher = BatcherConfig(group_size, max_queue_delay / 1e3, max_queue, groups_in_flight)
     config = ServeConfig(host=host, port=port, batcher=batcher, codec=codec, n=n,
-                         s=s, deadline=deadline, queues=queues, wait_for=wait_for,
+                         s=s, redundancy=redundancy, deadline=deadline, queues=queues,
+                         wait_for=wait_for,
                          straggle=straggle, straggle_seed=straggle_seed,
                          clients=groups_in_flight)  # fmt: skip
     run_server(settings_from_context(model_repository=model_repository), config)

@@ -3,7 +3,13 @@
 from codedfarm.coordinator.client import BatchResult, FarmClient
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import Dispatcher
-from codedfarm.coordinator.resolution import BatchDefaults, BatchSettings, BatchSpec, resolve_batch
+from codedfarm.coordinator.resolution import (
+    BatchDefaults,
+    BatchSettings,
+    BatchSpec,
+    redundancy_workers,
+    resolve_batch,
+)
 
 __all__ = [
     "BatchDefaults",
@@ -13,5 +19,6 @@ __all__ = [
     "Collector",
     "Dispatcher",
     "FarmClient",
+    "redundancy_workers",
     "resolve_batch",
 ]

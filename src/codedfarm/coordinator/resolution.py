@@ -8,12 +8,17 @@ one :class:`BatchSettings` here, once per batch; nothing downstream reads a mode
 Precedence, highest first (each field separately; the first layer that sets it wins):
 
 1. the batch's own :class:`BatchSpec` (``submit``'s flags, the Python API);
-2. the model's ``config.json`` ``serving`` block (``codec``, ``n``, ``s``, ``deadline``);
+2. the model's ``config.json`` ``serving`` block (``codec``, ``n``, ``s``, ``deadline``,
+   ``redundancy``);
 3. the server-wide flags of ``codedfarm serve`` (:class:`BatchDefaults`);
 4. the farm's :class:`~codedfarm.settings.Settings` (``deadline``, ``queues``);
 5. the codec class: ``n`` (:meth:`~codedfarm.codecs.CodecPlan.default_n`), ``wait_for``
    (:meth:`~codedfarm.codecs.CodecPlan.default_wait_for`), ``s`` 0, the codec
    :data:`~codedfarm.codecs.DEFAULT_CODEC`.
+
+The worker count comes from the highest layer that sets ``n`` or ``redundancy`` (``R``: a
+group of ``k`` rows gets ``k + max(1, ceil((R - 1) k))`` tasks and tolerates the loss of
+all but ``k`` of them unless ``s`` is set; ``n`` wins over ``R`` in the same layer).
 
 With ``fit_workers`` (the server's coding groups, the demo) ``n`` and ``s`` are a budget
 meant for any code and a full group: the codec fits itself into it
@@ -36,7 +41,13 @@ from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.settings import Settings, check_queue_names
 from codedfarm.stragglers import TaskFate, parse_straggler_spec
 
-__all__ = ["BatchDefaults", "BatchSettings", "BatchSpec", "resolve_batch"]
+__all__ = [
+    "BatchDefaults",
+    "BatchSettings",
+    "BatchSpec",
+    "redundancy_workers",
+    "resolve_batch",
+]
 
 INPUT_ITEM_BYTES = 4  # the farm serves float32 inputs
 
@@ -61,6 +72,7 @@ class BatchSpec:
     deadline: float | None = None  # seconds after submit
     queues: tuple[str, ...] | None = None
     seed: int | None = None
+    redundancy: float | None = None  # tasks per row, a budget instead of n (n wins over it)
     plan: tuple[TaskFate, ...] | None = None  # explicit fate per task (overrides straggle)
     hedge_after: float | None = None  # re-send tasks still missing after this many seconds
     hedge_plan: tuple[TaskFate, ...] | None = None  # fates of the re-sent copies, per index
@@ -78,6 +90,7 @@ class BatchDefaults:
     deadline: float | None = None  # seconds after submit
     queues: tuple[str, ...] | None = None
     straggle: str | None = None
+    redundancy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,12 +164,18 @@ def resolve_batch(
     serving = found.serving
     k = _check_int("k (inputs in the batch)", k, 1)
     plan = plan_codec(_first(spec.codec, serving.codec, lower.codec, DEFAULT_CODEC))
-    s = _check_int("s (stragglers to tolerate)", _first(spec.s, serving.s, lower.s, 0), 0)
-    n_given = _first(spec.n, serving.n, lower.n)
+    s_given = _first(spec.s, serving.s, lower.s)
+    s = _check_int("s (stragglers to tolerate)", 0 if s_given is None else s_given, 0)
+    n_given, redundancy = _worker_budget(spec, serving, lower)
     if n_given is not None:
         _check_int("n", n_given, 1, settings.max_workers)
-    n = plan.default_n(k, s) if n_given is None else n_given
-    if fit_workers:
+        n = n_given
+    elif redundancy is not None:
+        n = redundancy_workers(k, redundancy)
+        s = n - k if s_given is None else s
+    else:
+        n = plan.default_n(k, s)
+    if fit_workers or redundancy is not None:
         n, s = plan.fit_workers(k, n, s)
     n = _check_int("n", n, 1, settings.max_workers)
     if s >= n:
@@ -204,6 +223,33 @@ def resolve_batch(
         hedge_after=spec.hedge_after,
         hedge_plan=spec.hedge_plan,
     )
+
+
+def redundancy_workers(rows: int, redundancy: float) -> int:
+    """Tasks for a group of ``rows`` rows at a redundancy budget ``R``:
+    ``rows + max(1, ceil((R - 1) * rows))`` (a lone row gets its task and one copy)."""
+    extra = math.ceil(round((redundancy - 1.0) * rows, 9))  # 1.1 * 10 is 11.000000000000002
+    return rows + max(1, extra)
+
+
+def _worker_budget(spec: BatchSpec, serving: Any, lower: BatchDefaults) -> tuple[
+    int | None, float | None
+]:  # fmt: skip
+    """``(n, redundancy)`` of the highest layer that sets either (its n wins over its
+    redundancy); ``(None, None)``: the codec's default n."""
+    for n, redundancy in ((spec.n, spec.redundancy), (serving.n, serving.redundancy),
+                          (lower.n, lower.redundancy)):  # fmt: skip
+        if n is not None:
+            return n, None
+        if redundancy is not None:
+            if (
+                isinstance(redundancy, bool)
+                or not isinstance(redundancy, (int, float))
+                or not (math.isfinite(redundancy) and redundancy >= 1)
+            ):
+                raise ConfigError(f"redundancy must be a number >= 1, got {redundancy!r}")
+            return None, float(redundancy)
+    return None, None
 
 
 def _fates(spec: BatchSpec, straggle: str | None, n: int) -> tuple[TaskFate, ...] | None:

@@ -52,10 +52,10 @@ class BenchConfig:
         """Checks every field: a bad value raises :class:`ConfigError` naming it."""
         for name in ("k", "n", "s", "batches", "seed"):
             check_int(getattr(self, name), name)
-        if self.k < 1 or self.n % self.k or not 0 <= self.s < self.n - self.k + 1:
+        if self.k < 1 or self.n < self.k or not 0 <= self.s < self.n - self.k + 1:
             raise ConfigError(
-                f"need n a multiple of k (replication) and 0 <= s <= n - k, got k={self.k}, "
-                f"n={self.n}, s={self.s}"
+                f"need 1 <= k <= n and 0 <= s <= n - k, got k={self.k}, n={self.n}, s={self.s} "
+                "(replication uses the whole copies of each input that fit in n)"
             )
         for name in ("stragglers", "schemes"):
             value = getattr(self, name)

@@ -7,7 +7,8 @@
       "input_dtype": "float32",            # optional; the farm serves float32 models
       "output_shape": [10],                # one output, without the batch dimension
       "description": "my classifier",      # optional
-      "serving": {"codec": "spline", "n": 24, "s": 4, "deadline": 5.0},   # optional
+      "serving": {"codec": "spline", "n": 24, "s": 4, "deadline": 5.0},   # optional;
+                                           # or "redundancy": 1.5 instead of n and s
       "factory": "my_models.mlp:build",    # optional: the model is Python code (see below)
       "polynomial_degree": 1               # optional: f is linear/affine (1) or a polynomial
     }                                      # of this degree, so exact codes (mds, lagrange) apply
@@ -39,7 +40,7 @@ _FIELDS = {
     "input_shape", "input_dtype", "output_shape", "description", "serving", "factory",
     "polynomial_degree",
 }  # fmt: skip
-_SERVING = {"codec", "n", "s", "deadline"}
+_SERVING = {"codec", "n", "s", "deadline", "redundancy"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ServingDefaults:
     n: int | None = None
     s: int | None = None
     deadline: float | None = None  # seconds
+    redundancy: float | None = None  # tasks per row, >= 1 (n and s, when set, win over it)
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,18 @@ def _serving(path: Path, value: object) -> ServingDefaults:
         raise ModelConfigError(
             f"{path}: field 'serving.deadline' must be a number of seconds > 0, got {deadline!r}"
         )
+    redundancy = value.get("redundancy")
+    if redundancy is not None and (
+        not isinstance(redundancy, (int, float)) or isinstance(redundancy, bool)
+        or not math.isfinite(redundancy) or redundancy < 1
+    ):  # fmt: skip
+        raise ModelConfigError(
+            f"{path}: field 'serving.redundancy' must be a number >= 1, got {redundancy!r}"
+        )
     return ServingDefaults(
-        codec, ints["n"], ints["s"], None if deadline is None else float(deadline)
-    )
+        codec, ints["n"], ints["s"], None if deadline is None else float(deadline),
+        None if redundancy is None else float(redundancy),
+    )  # fmt: skip
 
 
 def parse_model_config(path: Path, data: object) -> ModelConfig:

@@ -41,9 +41,9 @@ MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """What ``codedfarm serve`` runs with. ``codec``, ``n``, ``s``, ``wait_for`` and
-    ``deadline``: the defaults of a model whose ``config.json`` sets none (None: the
-    farm's); ``n`` and ``s`` are a budget each codec fits itself into
+    """What ``codedfarm serve`` runs with. ``codec``, ``n``, ``s``, ``redundancy``,
+    ``wait_for`` and ``deadline``: the defaults of a model whose ``config.json`` sets none
+    (None: the farm's); ``n`` and ``s`` are a budget each codec fits itself into
     (:meth:`~codedfarm.codecs.CodecPlan.fit_workers`). Validated at construction."""
 
     host: str = "127.0.0.1"
@@ -52,6 +52,7 @@ class ServeConfig:
     codec: str | None = None
     n: int | None = None
     s: int | None = None
+    redundancy: float | None = None  # tasks per row, a budget instead of n (n wins)
     deadline: float | None = None
     queues: tuple[str, ...] = ()  # () -> CODEDFARM_QUEUES
     wait_for: int | None = None  # results to decode at (None: the codec's default)
@@ -81,6 +82,8 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value!r}")
         if self.s is not None and self.s < 0:
             raise ConfigError(f"s must be >= 0, got {self.s}")
+        if self.redundancy is not None and not self.redundancy >= 1:
+            raise ConfigError(f"redundancy must be >= 1, got {self.redundancy}")
         if self.deadline is not None and self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
 
@@ -93,7 +96,7 @@ class ServeConfig:
         """The server-wide layer of a group's settings (under the model's config.json)."""
         return BatchDefaults(codec=self.codec, n=self.n, s=self.s, wait_for=self.wait_for,
                              deadline=self.deadline, queues=self.queues or None,
-                             straggle=self.straggle)  # fmt: skip
+                             straggle=self.straggle, redundancy=self.redundancy)  # fmt: skip
 
 
 def group_settings(

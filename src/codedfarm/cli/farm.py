@@ -164,7 +164,7 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
 )  # fmt: skip
 @redundancy_option(
     "Tasks per input instead of -n: K inputs get K + max(1, ceil((R-1) K)) tasks and the "
-    "batch tolerates losing all but K of them (default: the model's config.json)."
+    "batch tolerates losing all but K of them (default: the model's config.json, else none)."
 )
 @click.option(
     "--wait",

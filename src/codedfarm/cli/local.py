@@ -181,7 +181,7 @@ def _legacy_stragglers(ctx: click.Context, _param: click.Parameter, value: str |
 )  # fmt: skip
 @redundancy_option(
     "Tasks per input instead of -n and -s: n = k + max(1, ceil((R-1) k)), s = n - k (not "
-    "with -n or -s)."
+    "with -n or -s; default: none, -n and -s)."
 )
 @click.option("--batches", type=int, default=100, help="Batches per scheme.")
 @click.option("--compute", type=float, default=0.05, help="Simulated compute per task, seconds.")

@@ -93,7 +93,7 @@ def models(ctx: click.Context, model_repository: Path | None, train: bool, as_js
     "--deadline", type=click.FloatRange(min=0, min_open=True), default=None,
     help="Serving default: the deadline in seconds.",
 )  # fmt: skip
-@redundancy_option("Serving default: tasks per row instead of N (R >= 1).")
+@redundancy_option("Serving default: tasks per row instead of N, R >= 1 (default: none).")
 @click.option(
     "--polynomial-degree", type=click.IntRange(min=1), default=None,
     help="Declare the model a polynomial of this degree (1: linear or affine), so exact codes "

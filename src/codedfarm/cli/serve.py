@@ -52,7 +52,7 @@ __all__ = ["loadgen", "serve"]
 @redundancy_option(
     "Tasks per row for models whose config.json sets none: a group of r rows "
     "gets r + max(1, ceil((R-1) r)) tasks and tolerates losing all but r of "
-    "them (-n and -s, when given, win over it)."
+    "them (-n and -s, when given, win over it; default: none, the codec's N)."
 )
 @click.option("--deadline", type=float, default=None, cls=SettingOption, setting="deadline",
               read_env=False, help="Seconds per group, for models whose config.json sets none "

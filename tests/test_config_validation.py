@@ -162,7 +162,7 @@ def test_batcher_config_refuses_bad_values_when_built(change, message):
         (EvalConfig, {"byzantine": 0}, "byzantine must be in [1, 9]"),
         (EvalConfig, {"output_space": "odds"}, "output space must be one of probs, logits"),
         (EvalConfig, {"noise": -1.0}, "noise must be >= 0"),
-        (BenchConfig, {"n": 10}, "need n a multiple of k"),
+        (BenchConfig, {"n": 4}, "need 1 <= k <= n"),
         (BenchConfig, {"batches": 2}, "need batches >= 5, got 2"),
         (BenchConfig, {"compute": 0}, "compute must be > 0, got 0"),
         (BenchConfig, {"slow_factor": 0.5}, "slow_factor must be >= 1"),

@@ -187,3 +187,16 @@ def test_a_config_json_redundancy_is_validated(tmp_path):
     assert good.serving.redundancy == 1.5
     with pytest.raises(ModelConfigError, match=r"serving\.redundancy"):
         parse_model_config(tmp_path, {**base, "serving": {"redundancy": 0.5}})
+
+
+def test_serves_hedging_reaches_every_group_and_its_copies_straggle_like_the_first():
+    flags = BatchDefaults(codec="uncoded", hedge_after=0.2, straggle="fail:p=0.5")
+    got = resolve_batch(BatchSpec(model="linear", seed=4), 8, Settings(), defaults=flags)
+    assert got.hedge_after == 0.2 and got.fates is not None and got.hedge_plan is not None
+    assert len(got.hedge_plan) == got.n == 8
+    assert [f.fail for f in got.hedge_plan] != [f.fail for f in got.fates]  # a second draw
+    again = resolve_batch(BatchSpec(model="linear", seed=4), 8, Settings(), defaults=flags)
+    assert again.hedge_plan == got.hedge_plan  # seeded: the same copies' fates
+    with pytest.raises(ConfigError, match="hedge_after must be in"):
+        resolve_batch(BatchSpec(model="linear"), 8, Settings(deadline=1.0),
+                      defaults=BatchDefaults(hedge_after=2.0))  # fmt: skip

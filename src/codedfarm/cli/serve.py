@@ -67,6 +67,11 @@ __all__ = ["loadgen", "serve"]
     help="Inject stragglers into every coding group (experiments), e.g. fixed:S=4,delay=0.5.",
 )  # fmt: skip
 @click.option(
+    "--hedge-after", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MS",
+    help="Hedged requests (The Tail at Scale): re-send a group's task not back after MS "
+    "milliseconds; the first copy wins (default: none). The baseline to --codec uncoded.",
+)  # fmt: skip
+@click.option(
     "--straggle-seed", type=int, default=None,
     help="Seed of the injected stragglers: group i draws with seed + i, so runs compare "
     "on the same draws (default: fresh draws).",
@@ -88,6 +93,7 @@ def serve(
     wait_for: int | None,
     straggle: str | None,
     straggle_seed: int | None,
+    hedge_after: float | None,
     model_repository: Path | None,
 ) -> None:
     """Serve the farm's models over HTTP with the Open Inference Protocol (KServe v2)."""
@@ -100,6 +106,7 @@ def serve(
                          s=s, redundancy=redundancy, deadline=deadline, queues=queues,
                          wait_for=wait_for,
                          straggle=straggle, straggle_seed=straggle_seed,
+                         hedge_after=None if hedge_after is None else hedge_after / 1e3,
                          clients=groups_in_flight)  # fmt: skip
     run_server(settings_from_context(model_repository=model_repository), config)
 

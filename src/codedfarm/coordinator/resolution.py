@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,7 @@ class BatchDefaults:
     queues: tuple[str, ...] | None = None
     straggle: str | None = None
     redundancy: float | None = None
+    hedge_after: float | None = None  # seconds: re-send a task not back by then
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,9 @@ def resolve_batch(
             f"deadline must be in (0, {settings.key_ttl:g}) seconds (CODEDFARM_KEY_TTL), "
             f"got {deadline}"
         )
-    if spec.hedge_after is not None and not 0 < spec.hedge_after < deadline:
-        raise ConfigError(f"hedge_after must be in (0, deadline), got {spec.hedge_after}")
+    hedge_after = _first(spec.hedge_after, lower.hedge_after)
+    if hedge_after is not None and not 0 < hedge_after < deadline:
+        raise ConfigError(f"hedge_after must be in (0, deadline), got {hedge_after}")
     coded_bytes = n * math.prod(found.input_shape) * INPUT_ITEM_BYTES
     if coded_bytes > settings.max_batch_bytes:
         raise InputError(
@@ -210,6 +212,11 @@ def resolve_batch(
             f"limit of {settings.max_batch_bytes} (CODEDFARM_MAX_BATCH_BYTES)"
         )
     queues = check_queue_names(_first(spec.queues, lower.queues, settings.queues), "queues")
+    fates, hedge_plan = _fates(spec, _first(spec.straggle, lower.straggle), n), spec.hedge_plan
+    if hedge_plan is None and hedge_after is not None and spec.plan is None and fates:
+        # re-sent copies straggle like the first ones: a second draw of the same model
+        seed = None if spec.seed is None else (spec.seed + 1) << 20
+        hedge_plan = _fates(replace(spec, seed=seed), _first(spec.straggle, lower.straggle), n)
     return BatchSettings(
         model=found,
         plan=plan,
@@ -219,9 +226,9 @@ def resolve_batch(
         wait_for=wait_for,
         deadline=deadline,
         queues=queues,
-        fates=_fates(spec, _first(spec.straggle, lower.straggle), n),
-        hedge_after=spec.hedge_after,
-        hedge_plan=spec.hedge_plan,
+        fates=fates,
+        hedge_after=hedge_after,
+        hedge_plan=hedge_plan,
     )
 
 

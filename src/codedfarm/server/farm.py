@@ -58,6 +58,7 @@ class ServeConfig:
     wait_for: int | None = None  # results to decode at (None: the codec's default)
     straggle: str | None = None  # inject stragglers into every group (experiments)
     straggle_seed: int | None = None  # group i draws its stragglers with seed + i
+    hedge_after: float | None = None  # seconds: re-send a task not back by then (hedging)
     max_body_bytes: int = 64 << 20
     clients: int = 16  # farm clients (threads): groups in the farm at once, every model
 
@@ -84,6 +85,8 @@ class ServeConfig:
             raise ConfigError(f"s must be >= 0, got {self.s}")
         if self.redundancy is not None and not self.redundancy >= 1:
             raise ConfigError(f"redundancy must be >= 1, got {self.redundancy}")
+        if self.hedge_after is not None and not self.hedge_after > 0:
+            raise ConfigError(f"hedge_after must be > 0 seconds, got {self.hedge_after}")
         if self.deadline is not None and self.deadline <= 0:
             raise ConfigError(f"deadline must be > 0 seconds, got {self.deadline}")
 
@@ -96,7 +99,8 @@ class ServeConfig:
         """The server-wide layer of a group's settings (under the model's config.json)."""
         return BatchDefaults(codec=self.codec, n=self.n, s=self.s, wait_for=self.wait_for,
                              deadline=self.deadline, queues=self.queues or None,
-                             straggle=self.straggle, redundancy=self.redundancy)  # fmt: skip
+                             straggle=self.straggle, redundancy=self.redundancy,
+                             hedge_after=self.hedge_after)  # fmt: skip
 
 
 def group_settings(

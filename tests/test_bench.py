@@ -46,7 +46,7 @@ def test_a_small_bench_measures_every_scheme_and_the_targets(model_cache, tmp_pa
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"n": 10}, "need n a multiple of k"),
+        ({"n": 4}, "need 1 <= k <= n"),
         ({"schemes": ("fast",)}, "unknown scheme(s) ['fast']"),
         ({"stragglers": ("sometimes",)}, "unknown straggler model(s) ['sometimes']"),
         ({"batches": 2}, "need batches >= 5"),

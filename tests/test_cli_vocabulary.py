@@ -162,7 +162,7 @@ def test_demo_rejects_bad_options_before_starting_anything():
     assert result.exit_code == 2
     assert (
         result.stderr.strip() == "error: letcc: bad parameter 'nope=1' in spec "
-        "'letcc:nope=1'; allowed: s, sigma, byzantine, space"
+        "'letcc:nope=1'; allowed: s, sigma, byzantine, space, systematic"
     )
 
 

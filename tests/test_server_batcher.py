@@ -321,3 +321,35 @@ def test_a_changed_config_json_gets_a_new_coding_queue_and_the_idle_old_one_clos
     old, new, reused = asyncio.run(main())
     assert (old.codec, new.codec, reused) == ("spline", "berrut", True)  # type: ignore[attr-defined]
     assert list(farm._coding) == [after]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"n": 24, "s": 4}, {"redundancy": 1.5}, {"redundancy": 1.25, "s": 1}],
+    ids=["defaults", "n24s4", "R1.5", "R1.25s1"],
+)
+@pytest.mark.parametrize("codec", ["berrut", "spline", "letcc", "mds", "replication", "uncoded"])
+def test_every_group_size_the_server_can_form_is_coded_and_decoded(codec, flags):
+    """Groups of r = 1..K rows under the defaults and under explicit settings: each is
+    resolved, encoded and decoded from its first wait_for results (a linear model stands
+    in for the workers), with the right shape and finite values."""
+    from codedfarm.coordinator.dispatch import Dispatcher
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.server.farm import ServeConfig, group_settings
+    from codedfarm.settings import Settings
+
+    config = ServeConfig(codec=codec, **flags)
+    model = resolve_model("linear")
+    dispatcher = Dispatcher(Settings(), client=None)  # type: ignore[arg-type]  # no writes
+    weights = np.random.default_rng(0).standard_normal((1024, 10)).astype(np.float32)
+    for rows in range(1, config.batcher.group_size + 1):
+        x = np.random.default_rng(rows).random((rows, 1, 32, 32), dtype=np.float32)
+        settings = group_settings(Settings(), config, model, rows)
+        prepared = dispatcher.prepare(x, settings)
+        y = prepared.coded.reshape(settings.n, -1) @ weights
+        late = np.random.default_rng(rows).permutation(settings.n)[: settings.n - settings.wait_for]
+        workers = [j for j in range(settings.n) if j not in set(late.tolist())]
+        if codec == "replication":  # decodes once every row has a copy: wait for them all
+            workers = list(range(settings.n))
+        decoded = settings.codec.decode(y[workers], workers)
+        assert decoded.shape == (rows, 10) and np.isfinite(decoded).all(), (rows, settings)

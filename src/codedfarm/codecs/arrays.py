@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from codedfarm.errors import NonFiniteError, ShapeError
 
-__all__ = ["Array", "FloatMatrix", "apply_matrix", "is_torch", "leading_dim"]
+__all__ = ["Array", "FloatMatrix", "apply_matrix", "check_finite", "is_torch", "leading_dim"]
 
 Array: TypeAlias = Any
 """A numpy array or a torch tensor (torch is optional, so the alias stays loose)."""
@@ -34,7 +34,9 @@ def leading_dim(x: Array) -> int:
     return int(shape[0]) if shape else -1
 
 
-def _check_finite(x: Array, codec: str, what: str) -> None:
+def check_finite(x: Array, codec: str, what: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``codec`` and ``what`` if ``x`` holds a NaN or
+    an Inf."""
     if is_torch(x):
         import torch
 
@@ -85,7 +87,7 @@ def apply_matrix(
         raise ShapeError(
             f"{codec}: {what} must have leading dimension {cols}, got shape {tuple(x.shape)}"
         )
-    _check_finite(x, codec, what)
+    check_finite(x, codec, what)
     trailing = tuple(x.shape[1:])
     if is_torch(x):
         import torch

@@ -11,14 +11,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, is_torch
+from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, check_finite, is_torch
 from codedfarm.codecs.byzantine import locate_wrong_results, loo_from_predictor
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
 from codedfarm.codecs.output_space import (
     check_space,
     from_decode_space,
-    not_probabilities,
+    resolve_space,
     to_decode_space,
+)
+from codedfarm.codecs.params import check_bool, format_param
+from codedfarm.codecs.systematic import (
+    as_decoded_dtype,
+    assemble_rows,
+    split_rows,
+    systematic_unsupported,
+    with_own_rows,
 )
 from codedfarm.codecs.threads import single_threaded_blas
 from codedfarm.errors import (
@@ -28,9 +36,18 @@ from codedfarm.errors import (
     WorkerSetError,
 )
 
-__all__ = ["Codec", "Decoded", "Workers", "byzantine_unsupported", "check_int"]
+__all__ = [
+    "Codec",
+    "Decoded",
+    "Rows",
+    "Workers",
+    "byzantine_unsupported",
+    "check_int",
+]
 
 Workers = tuple[int, ...]
+Rows = tuple[int, ...]
+"""Indexes of decoded rows (inputs), in ``[0, k)``."""
 
 
 @dataclass(frozen=True)
@@ -39,14 +56,22 @@ class Decoded:
 
     ``values``: ``(k, *out_shape)``, the type, device and dtype of the results.
     ``workers``: the results used, in order. ``lam_dec``: the smoothing the decoder used
-    (spline codes; the GCV choice under ``lam_dec="auto"``), else None. ``rejected``: the
-    workers whose results a ``byzantine`` decode judged wrong and left out.
+    (spline codes; the GCV choice under ``lam_dec="auto"``), else None (also when no row
+    needed decoding). ``rejected``: the workers whose results a ``byzantine`` decode
+    judged wrong and left out. ``own``: the rows answered with their own worker's result,
+    unchanged (systematic codes: row ``i`` when worker ``i``'s result was returned and not
+    rejected). ``decoded``: the rows the decoder reconstructed from the results (every row
+    of a code that is not systematic). ``space_used``: where the decoder interpolated,
+    ``linear`` or ``log`` (what ``space=auto`` chose).
     """
 
     values: Array
     workers: Workers
     lam_dec: float | None = None
     rejected: Workers = ()
+    own: Rows = ()
+    decoded: Rows = ()
+    space_used: str = "linear"
 
 
 def check_int(codec: str, name: str, value: object, minimum: int) -> int:
@@ -90,9 +115,17 @@ class Codec(abc.ABC):
     """Spec parameters beyond k and n, with their types (``spline:lam_enc=0`` -> float)."""
     takes_s: ClassVar[bool] = False
     """True if the code's parameters depend on S, the stragglers tolerated (given as ``s``)."""
+    DEFAULT_SPACE: ClassVar[str] = "linear"
+    """The ``space`` a codec decodes in when its spec names none (``auto`` for the
+    approximate codes; an explicit value different from it shows in ``spec``)."""
     space: str = "linear"
-    """``log``: the results are probabilities; decode their logarithms, return probabilities
-    (codes with a ``space`` entry in ``PARAMS``; see output_space.py)."""
+    """``log``: the results are probabilities; decode their logarithms, return probabilities;
+    ``auto``: ``log`` when every result is a probability vector, else ``linear`` (codes
+    with a ``space`` entry in ``PARAMS``; see output_space.py)."""
+    systematic: bool = False
+    """True if workers ``0..k-1`` compute the inputs themselves (the encoder's first ``k``
+    rows are the identity) and their results are returned unchanged: ``systematic=true``
+    on the codes with that entry in ``PARAMS`` (docs/systematic.md)."""
     byzantine: int = 0
     """Wrong results the decoder locates and leaves out (``byzantine=A``; codes whose
     results predict each other: those with a ``byzantine`` entry in ``PARAMS``)."""
@@ -107,10 +140,16 @@ class Codec(abc.ABC):
     @classmethod
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
         """Workers used when a batch names none: ``k + s`` for exact codes (the fewest that
-        tolerate ``s`` stragglers), ``3k`` for approximate ones (NeRCC's ratio), plus
-        ``2A`` for a decoder that locates ``A`` wrong results (``byzantine=A``)."""
+        tolerate ``s`` stragglers), ``3k`` for approximate ones (NeRCC's ratio), and
+        ``k + max(k, s)`` for systematic ones (a parity worker beside every input, and at
+        least ``s``; docs/systematic.md), plus ``2A`` for a decoder that locates ``A``
+        wrong results (``byzantine=A``)."""
         extra = 2 * int(params.get("byzantine", 0))
-        return (k + s if cls.exact else 3 * k) + extra
+        if cls.exact:
+            return k + s + extra
+        if check_bool(cls.name, "systematic", params.get("systematic", False)):
+            return k + max(k, s) + extra
+        return 3 * k + extra
 
     @classmethod
     def default_wait_for(cls, k: int, n: int, s: int) -> int:
@@ -131,7 +170,8 @@ class Codec(abc.ABC):
         n: int,
         *,
         byzantine: int = 0,
-        space: str = "linear",
+        space: str | None = None,
+        systematic: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.k = check_int(self.name, "k", k, 1)
@@ -144,9 +184,12 @@ class Codec(abc.ABC):
         self.byzantine = check_int(self.name, "byzantine", byzantine, 0)
         if self.byzantine and "byzantine" not in self.PARAMS:
             raise CodecParameterError(byzantine_unsupported(self.name))
-        self.space = check_space(self.name, space)
+        self.space = check_space(self.name, self.DEFAULT_SPACE if space is None else space)
         if self.space != "linear" and "space" not in self.PARAMS:
             raise CodecParameterError(f"{self.name}: decodes in linear space only")
+        self.systematic = check_bool(self.name, "systematic", systematic)
+        if self.systematic and "systematic" not in self.PARAMS:
+            raise CodecParameterError(systematic_unsupported(self.name))
         self._encoder: FloatMatrix | None = None
         self._decoders: LRUCache[Hashable, FloatMatrix] = LRUCache(cache_size)
         self._device_matrices: LRUCache[Hashable, Any] = LRUCache(cache_size)
@@ -186,8 +229,14 @@ class Codec(abc.ABC):
         return self._decode_params()
 
     def _decode_params(self) -> dict[str, Any]:
-        space = {"space": self.space} if self.space != "linear" else {}
-        return {**space, "byzantine": self.byzantine} if self.byzantine else space
+        params: dict[str, Any] = {}
+        if self.space != self.DEFAULT_SPACE:
+            params["space"] = self.space
+        if self.byzantine:
+            params["byzantine"] = self.byzantine
+        if self.systematic:
+            params["systematic"] = True
+        return params
 
     def _check_decodable(self, workers: Workers) -> None:
         if len(workers) < self.min_results:
@@ -201,7 +250,9 @@ class Codec(abc.ABC):
     def spec(self) -> str:
         """A one-line description, e.g. ``spline:k=8,n=24,lam_enc=1e-06,lam_dec=0.0001``."""
         items = {"k": self.k, "n": self.n, **self.params()}
-        return f"{self.name}:" + ",".join(f"{key}={value}" for key, value in items.items())
+        return f"{self.name}:" + ",".join(
+            f"{key}={format_param(value)}" for key, value in items.items()
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"
@@ -211,8 +262,10 @@ class Codec(abc.ABC):
         """``(n, k)`` float64, read-only."""
         if self._encoder is None:
             with single_threaded_blas():
-                matrix = self._build_encoder()
+                matrix = np.array(self._build_encoder(), dtype=np.float64)
             assert matrix.shape == (self.n, self.k), matrix.shape
+            if self.systematic:  # worker i < k computes input i itself, exactly
+                matrix[: self.k] = np.eye(self.k)
             self._encoder = _read_only(matrix)
         return self._encoder
 
@@ -255,7 +308,11 @@ class Codec(abc.ABC):
         assert isinstance(key, tuple)
         matrix = self._build_decoder(key)
         assert matrix.shape == (self.k, len(key)), matrix.shape
-        return matrix
+        return self._with_own_rows(matrix, key)
+
+    def _with_own_rows(self, matrix: FloatMatrix, workers: Workers) -> FloatMatrix:
+        """A systematic code's decoder matrix takes row ``i`` from worker ``i``'s result."""
+        return with_own_rows(matrix, workers, self.k) if self.systematic else matrix
 
     def _device_matrix(self, key: Hashable, matrix: FloatMatrix, like: Array) -> Any:
         """``matrix`` as a torch tensor on ``like``'s device and dtype (cached), else None."""
@@ -291,9 +348,13 @@ class Codec(abc.ABC):
         return self.decode_report(y, workers).values
 
     def decode_report(self, y: Array, workers: Iterable[int]) -> Decoded:
-        """As :meth:`decode`, returning the values with what the decode chose (its lambda).
+        """As :meth:`decode`, returning the values with what the decode chose (its lambda,
+        the results it rejected, the rows it reconstructed, the space it decoded in).
 
-        The codec keeps no per-decode state, so one codec can serve many batches at once.
+        A systematic code returns row ``i`` as worker ``i``'s result, unchanged, whenever
+        that result is among ``y`` (and not rejected), and reconstructs only the other rows
+        from all the results kept. The codec keeps no per-decode state, so one codec can
+        serve many batches at once.
         """
         ids = self.validate_workers(workers)
         shape = tuple(getattr(y, "shape", np.shape(y)))
@@ -303,11 +364,34 @@ class Codec(abc.ABC):
                 "given; y's leading dimension must equal len(workers)"
             )
         self._check_decodable(ids)
+        if not hasattr(y, "reshape"):
+            y = np.asarray(y)
+        not_probs: tuple[int, ...] = ()
+        if self.space == "log" and not self.byzantine:
+            space = "log"  # decoded as they are: no check needed
+        else:
+            space, not_probs = resolve_space(self.space, y, self.byzantine)
         rejected: Workers = ()
         if self.byzantine:
-            ids, y, rejected = self._leave_out_wrong(y, ids)
-        y = to_decode_space(y, self.space)
+            ids, y, rejected = self._leave_out_wrong(y, ids, not_probs)
+        own, missing = split_rows(self.k, ids, self.systematic)
+        own_values = y[[ids.index(i) for i in own]] if own else None
+        if not missing:  # every row is its own result: nothing to decode
+            check_finite(y, self.name, "worker results y")
+            return Decoded(as_decoded_dtype(own_values), ids, None, rejected, own, (), space)
+        decoded, lam = self._decode_rows(to_decode_space(y, space), ids, missing)
+        values = from_decode_space(decoded, space)
+        if own:
+            values = assemble_rows(self.k, values, missing, own_values, own)
+        return Decoded(values, ids, lam, rejected, own, missing, space)
+
+    def _decode_rows(self, y: Array, ids: Workers, rows: Rows) -> tuple[Array, float | None]:
+        """Rows ``rows`` (all ``k``, or the missing ones of a systematic code) decoded from
+        results ``y`` (in the decode space) of workers ``ids``, and the decoder lambda."""
         key, matrix, lam = self._decoder_for(y, ids)
+        if len(rows) < self.k:
+            matrix = matrix[list(rows)]
+            key = None if key is None else ("rows", key, rows)
         values = apply_matrix(
             matrix,
             y,
@@ -315,18 +399,21 @@ class Codec(abc.ABC):
             what="worker results y",
             torch_matrix=self._device_matrix(key, matrix, y),
         )
-        return Decoded(from_decode_space(values, self.space), ids, lam, rejected)
+        return values, lam
 
-    def _leave_out_wrong(self, y: Array, ids: Workers) -> tuple[Workers, Array, Workers]:
-        """The workers kept, their results, and the workers rejected. Under ``space=log``
-        a result that is not a probability vector is wrong whatever the others say; the
-        locator then compares the rest as returned (in log space, honest probabilities
-        far below any that matter wander and would look wrong)."""
+    def _leave_out_wrong(
+        self, y: Array, ids: Workers, not_probs: Sequence[int] = ()
+    ) -> tuple[Workers, Array, Workers]:
+        """The workers kept, their results, and the workers rejected. ``not_probs``: the
+        results that are not probability vectors when the decode is in log space
+        (``space=log``, or ``auto`` where it chose log): wrong whatever the others say;
+        the locator then compares the rest as returned (in log space, honest
+        probabilities far below any that matter wander and would look wrong)."""
         if is_torch(y):
             flat = y.detach().reshape(len(ids), -1).double().cpu().numpy()
         else:
             flat = np.asarray(y, dtype=np.float64).reshape(len(ids), -1)
-        bad = list(not_probabilities(flat)) if self.space == "log" else []
+        bad = list(not_probs)
         valid = [i for i in range(len(ids)) if i not in bad]
 
         def predict(known: Sequence[int], targets: Sequence[int]) -> FloatMatrix:

@@ -8,7 +8,7 @@ import numpy as np
 
 from codedfarm.codecs.arrays import FloatMatrix
 from codedfarm.codecs.base import Codec, Workers
-from codedfarm.codecs.points import data_points, worker_points
+from codedfarm.codecs.points import SYSTEMATIC_PLACEMENT, code_points
 
 __all__ = ["BerrutCodec", "berrut_matrix"]
 
@@ -38,16 +38,23 @@ def berrut_matrix(nodes: FloatMatrix, targets: FloatMatrix) -> FloatMatrix:
 
 class BerrutCodec(Codec):
     """Encoder: Berrut interpolant through ``(alpha_i, x_i)`` at ``beta_j``; decoder: through
-    the returned ``(beta_j, y_j)`` at ``alpha_i``. Works from any number of results >= 1."""
+    the returned ``(beta_j, y_j)`` at ``alpha_i``. Works from any number of results >= 1.
+
+    ``systematic=True``: worker ``i < k`` sits at ``alpha_i`` and computes ``x_i`` itself;
+    the ``n - k`` parity workers sit at the points of
+    :func:`~codedfarm.codecs.points.systematic_points` (``placement``, for experiments).
+    """
 
     name = "berrut"
     exact = False
-    PARAMS: ClassVar[dict[str, type]] = {"byzantine": int, "space": str}
+    DEFAULT_SPACE = "auto"
+    PARAMS: ClassVar[dict[str, type]] = {"byzantine": int, "space": str, "systematic": bool}
 
-    def __init__(self, k: int, n: int, **kwargs: Any) -> None:
+    def __init__(
+        self, k: int, n: int, *, placement: str = SYSTEMATIC_PLACEMENT, **kwargs: Any
+    ) -> None:
         super().__init__(k, n, **kwargs)
-        self._alpha = data_points(self.k)
-        self._beta = worker_points(self.n)
+        self._alpha, self._beta = code_points(self.k, self.n, self.systematic, placement)
 
     @property
     def base_min_results(self) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from codedfarm.codecs.base import Codec
+from codedfarm.codecs.params import format_param
 from codedfarm.codecs.registry import codec_class, make_codec, parse_codec_spec
 
 __all__ = ["DEFAULT_CODEC", "CodecPlan", "plan_codec"]
@@ -91,7 +92,9 @@ class CodecPlan:
         """The spec in canonical form, e.g. ``spline:lam_dec=auto``."""
         if not self.params:
             return self.name
-        return f"{self.name}:" + ",".join(f"{key}={value}" for key, value in self.params)
+        return f"{self.name}:" + ",".join(
+            f"{key}={format_param(value)}" for key, value in self.params
+        )
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,8 +8,10 @@ from codedfarm.codecs.base import Codec, byzantine_unsupported
 from codedfarm.codecs.berrut import BerrutCodec
 from codedfarm.codecs.lagrange import LagrangeCodec
 from codedfarm.codecs.mds import MDSCodec
+from codedfarm.codecs.params import check_bool
 from codedfarm.codecs.replication import ReplicationCodec, UncodedCodec
 from codedfarm.codecs.spline import LetccCodec, SplineCodec
+from codedfarm.codecs.systematic import systematic_unsupported
 from codedfarm.errors import CodecParameterError, UnknownCodecError
 
 __all__ = ["CODECS", "available_codecs", "codec_class", "make_codec", "parse_codec_spec"]
@@ -50,6 +52,10 @@ def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
         if params["byzantine"]:
             raise CodecParameterError(byzantine_unsupported(name))
         params = {key: value for key, value in params.items() if key != "byzantine"}
+    if "systematic" in params and "systematic" not in cls.PARAMS:
+        if check_bool(name, "systematic", params["systematic"]):
+            raise CodecParameterError(systematic_unsupported(name))
+        params = {key: value for key, value in params.items() if key != "systematic"}
     unknown = sorted(set(params) - set(cls.PARAMS) - {"cache_size"})
     if unknown:
         allowed = ", ".join(cls.PARAMS) or "none"
@@ -60,7 +66,8 @@ def make_codec(name: str, k: int, n: int | None = None, **params: Any) -> Codec:
 
 
 def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"spline:lam_enc=1e-6,lam_dec=auto"`` into a name and typed parameters."""
+    """Split ``"spline:lam_enc=1e-6,lam_dec=auto"`` into a name and typed parameters
+    (bools written ``true``/``false`` or ``1``/``0``: ``berrut:systematic=true``)."""
     name, _, rest = spec.strip().partition(":")
     name = name.strip()
     if name not in CODECS:
@@ -74,6 +81,8 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, value = key.strip(), value.strip()
         if key == "byzantine" and sep and key not in kinds:
             raise CodecParameterError(byzantine_unsupported(name))
+        if key == "systematic" and sep and key not in kinds:
+            raise CodecParameterError(systematic_unsupported(name))
         if not sep or key not in kinds:
             allowed = ", ".join(kinds) or "none"
             raise CodecParameterError(
@@ -81,6 +90,9 @@ def parse_codec_spec(spec: str) -> tuple[str, dict[str, Any]]:
             )
         if key in ("lam_dec", "sigma") and value == "auto":
             params[key] = "auto"
+            continue
+        if kinds[key] is bool:
+            params[key] = check_bool(name, key, value)
             continue
         try:
             params[key] = kinds[key](value)

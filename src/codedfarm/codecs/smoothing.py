@@ -61,6 +61,17 @@ def _to_upper_banded(a: FloatMatrix, bandwidth: int) -> FloatMatrix:
     return ab
 
 
+def _solve_banded(a: FloatMatrix, b: FloatMatrix, bandwidth: int) -> FloatMatrix:
+    """``a^-1 b`` for symmetric positive definite banded ``a``. A 1 x 1 ``a`` (three knots)
+    is divided directly: scipy's tridiagonal path rejects an empty off-diagonal."""
+    if a.shape[0] == 1:
+        out: FloatMatrix = b / a[0, 0]
+        return out
+    return np.asarray(
+        linalg.solveh_banded(_to_upper_banded(a, bandwidth), b, check_finite=False), np.float64
+    )
+
+
 def _evaluation_weights(
     knots: FloatMatrix, targets: FloatMatrix
 ) -> tuple[FloatMatrix, FloatMatrix]:
@@ -104,7 +115,7 @@ def _sorted_matrix(knots: FloatMatrix, targets: FloatMatrix, lam: float) -> Floa
     # gamma = (R + lam Q^T Q)^-1 Q^T y and g = y - lam Q gamma (Reinsch), so the value at the
     # targets is  W_g y + (W_gamma - lam W_g Q) gamma.
     system = r + lam * (q.T @ q) if lam else r
-    gamma_op = linalg.solveh_banded(_to_upper_banded(system, 2), q.T, check_finite=False)
+    gamma_op = _solve_banded(system, q.T, 2)
     coupling = w_gamma[:, 1:-1] - lam * (w_g @ q) if lam else w_gamma[:, 1:-1]
     matrix: FloatMatrix = w_g + coupling @ gamma_op
     return matrix
@@ -130,7 +141,7 @@ def penalty_matrix(nodes: FloatMatrix) -> FloatMatrix:
     leave-one-out residuals (the limit ``lam -> 0`` of the smoother's LOO identity)."""
     order, knots = _sorted_nodes(nodes)
     q, r = _banded_q_r(knots)
-    k_sorted = q @ linalg.solveh_banded(_to_upper_banded(r, 1), q.T, check_finite=False)
+    k_sorted = q @ _solve_banded(r, q.T, 1)
     k_matrix: FloatMatrix = np.empty_like(k_sorted)
     k_matrix[np.ix_(order, order)] = k_sorted
     return k_matrix

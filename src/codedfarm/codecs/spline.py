@@ -11,7 +11,8 @@ import numpy as np
 from codedfarm.codecs.arrays import Array, FloatMatrix, is_torch
 from codedfarm.codecs.base import Codec, Workers, check_int
 from codedfarm.codecs.cache import LRUCache
-from codedfarm.codecs.points import data_points, worker_points
+from codedfarm.codecs.params import check_bool
+from codedfarm.codecs.points import SYSTEMATIC_PLACEMENT, code_points
 from codedfarm.codecs.smoothing import (
     SplineBasis,
     gcv_scores,
@@ -45,17 +46,22 @@ class SplineCodec(Codec):
     Encoder: the spline with ``lam_enc`` fitted to ``(alpha_i, x_i)`` and sampled at
     ``beta_j``. Decoder: the spline with ``lam_dec`` fitted to the returned
     ``(beta_j, y_j)`` and sampled at ``alpha_i``. ``lam = 0`` interpolates.
-    ``lam_dec="auto"`` picks the decoder's lambda for every decode by generalized
-    cross-validation on the returned results (no per-model tuning).
+    ``lam_dec="auto"`` (the default) picks the decoder's lambda for every decode by
+    generalized cross-validation on the returned results (no per-model tuning).
+    ``systematic=True``: workers ``0..k-1`` compute the inputs themselves, and the decoder
+    interpolates by default (``lam_dec=0``): GCV reads the gap between an input's result and
+    its parity partner's as noise and smooths it away (docs/systematic.md).
     """
 
     name = "spline"
     exact = False
+    DEFAULT_SPACE = "auto"
     PARAMS: ClassVar[dict[str, type]] = {
         "lam_enc": float,
         "lam_dec": float,
         "byzantine": int,
         "space": str,
+        "systematic": bool,
     }
 
     def __init__(
@@ -64,16 +70,18 @@ class SplineCodec(Codec):
         n: int,
         *,
         lam_enc: float = 0.0,
-        lam_dec: float | Auto = "auto",
+        lam_dec: float | Auto | None = None,
+        placement: str = SYSTEMATIC_PLACEMENT,
         **kwargs: Any,
     ) -> None:
         super().__init__(k, n, **kwargs)
+        if lam_dec is None:
+            lam_dec = 0.0 if self.systematic else "auto"
         lam_e = _check_lambda(self.name, "lam_enc", lam_enc, allow_auto=False)
         assert lam_e != "auto"
         self.lam_enc: float = lam_e
         self.lam_dec: float | Auto = _check_lambda(self.name, "lam_dec", lam_dec, allow_auto=True)
-        self._alpha = data_points(self.k)
-        self._beta = worker_points(self.n)
+        self._alpha, self._beta = code_points(self.k, self.n, self.systematic, placement)
         self._bases: LRUCache[Workers, SplineBasis] = LRUCache(self._decoders.maxsize)
 
     @property
@@ -125,7 +133,7 @@ class SplineCodec(Codec):
     def _make_decoder(self, key: Hashable) -> FloatMatrix:
         if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], float):
             workers, lam = key
-            return self._basis(workers).matrix(lam)
+            return self._with_own_rows(self._basis(workers).matrix(lam), workers)
         return super()._make_decoder(key)
 
     def decoder_matrix_for_lambda(self, workers: Workers, lam: float) -> FloatMatrix:
@@ -229,7 +237,8 @@ class LetccCodec(SplineCodec):
     lambda is :func:`letcc_lambdas`' noiseless rule of ``(k, n, s)``, raised to the GCV
     choice on the returned results when they are noisy (``sigma="auto"``, the default:
     the noise is judged from the results, no sigma to give). ``sigma=0`` declares
-    noiseless workers: the rule alone, a fixed decoder per worker set."""
+    noiseless workers: the rule alone, a fixed decoder per worker set; it is the default of
+    a systematic ``letcc`` (docs/systematic.md)."""
 
     name = "letcc"
     PARAMS: ClassVar[dict[str, type]] = {
@@ -237,17 +246,21 @@ class LetccCodec(SplineCodec):
         "sigma": float,
         "byzantine": int,
         "space": str,
+        "systematic": bool,
     }
     takes_s = True
 
     def __init__(
-        self, k: int, n: int, *, s: int = 0, sigma: float | Auto = "auto", **kwargs: Any
+        self, k: int, n: int, *, s: int = 0, sigma: float | Auto | None = None, **kwargs: Any
     ) -> None:
         for forbidden in ("lam_enc", "lam_dec"):
             if forbidden in kwargs:
                 raise CodecParameterError(
                     f"letcc: {forbidden} is derived from (k, n, s); use codec 'spline' to set it"
                 )
+        if sigma is None:
+            systematic = check_bool(self.name, "systematic", kwargs.get("systematic", False))
+            sigma = 0.0 if systematic else "auto"
         checked = _check_sigma(sigma)
         lam_enc, floor = letcc_lambdas(k, n, s)
         super().__init__(

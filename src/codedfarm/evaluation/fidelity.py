@@ -28,6 +28,7 @@ __all__ = [
     "batch_mse",
     "batches",
     "build_codec",
+    "linear_unless_named",
     "measure_fidelity",
 ]
 
@@ -77,9 +78,19 @@ def batches(
     return out
 
 
+def linear_unless_named(spec: str) -> str:
+    """``spec``, decoding in linear space unless it names a space: the evaluation reproduces
+    NeRCC's setting (the farm's default, ``space=auto``, is a row of its own)."""
+    plan = plan_codec(spec)
+    if "space" not in plan.cls.PARAMS or "space" in dict(plan.params):
+        return spec
+    return f"{spec}{',' if ':' in spec else ':'}space=linear"
+
+
 def build_codec(spec: str, k: int, n: int, s: int) -> Codec:
-    """A codec from a spec; codes that take S (``letcc``) get ``s`` unless the spec sets it."""
-    return plan_codec(spec).codec(k, n, s)
+    """A codec from a spec (linear space unless it names one); codes that take S
+    (``letcc``) get ``s`` unless the spec sets it."""
+    return plan_codec(linear_unless_named(spec)).codec(k, n, s)
 
 
 def _patterns(n: int, s: int, count: int, rng: np.random.Generator) -> Iterator[list[int]]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from codedfarm.codecs import plan_codec
 from codedfarm.corruption import corrupt_rows
-from codedfarm.evaluation.fidelity import Batch, Model, accuracy, batch_mse
+from codedfarm.evaluation.fidelity import Batch, Model, accuracy, batch_mse, linear_unless_named
 
 __all__ = ["RobustnessRow", "measure_robustness"]
 
@@ -59,9 +59,9 @@ def measure_robustness(
     k = len(data[0].x)
     rows = []
     for spec in codec_specs:
-        plan = plan_codec(spec)
-        plain = plan.codec(k, n, s)
-        robust = plan_codec(f"{spec}{',' if ':' in spec else ':'}byzantine={byzantine}")
+        built = linear_unless_named(spec)  # rows keep the spec as given
+        plain = plan_codec(built).codec(k, n, s)
+        robust = plan_codec(f"{built}{',' if ':' in built else ':'}byzantine={byzantine}")
         robust_codec = robust.codec(k, n, s)
         stats: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         rng = np.random.default_rng(seed)

@@ -63,7 +63,7 @@ def grid_search(
     totals = np.zeros((len(lam_enc), len(lam_dec)))
     counts = np.zeros_like(totals)
     for i, le in enumerate(lam_enc):
-        codec = SplineCodec(k, n, lam_enc=le, lam_dec=0.0)
+        codec = SplineCodec(k, n, lam_enc=le, lam_dec=0.0, space="linear")  # NeRCC's
         for b, batch in enumerate(data):
             coded_out = model(codec.encode(batch.x).astype(np.float32)).astype(np.float64)
             for s in stragglers:

@@ -84,6 +84,7 @@ def test_grid_search_finds_the_pair_it_reports(lenet):
     assert grid.mse[0, 3] > mse  # a huge lam_dec (a straight line) is worse
 
 
+@pytest.mark.slow  # a whole quick evaluation or a training run
 def test_quick_run_writes_every_output(model_cache, tmp_path):
     config = EvalConfig.quick()
     result = run_evaluation(config, tmp_path, model_cache, echo=lambda _: None)
@@ -112,6 +113,7 @@ def test_quick_run_writes_every_output(model_cache, tmp_path):
     assert "| lenet5 | berrut | large | 2 |" in table
 
 
+@pytest.mark.slow  # a whole quick evaluation or a training run
 def test_logits_space_has_no_log_rows(model_cache, tmp_path):
     config = EvalConfig.quick()
     config = EvalConfig(**{**config.__dict__, "output_space": "logits", "models": ("lenet5",),

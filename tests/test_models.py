@@ -40,6 +40,7 @@ def test_repvgg_reparameterized_matches_training_form():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.features.modules())
 
 
+@pytest.mark.slow  # a whole quick evaluation or a training run
 def test_small_vit_and_training_loop_learn_something():
     rng = np.random.default_rng(0)
     # two classes that differ by brightness: a model that trains at all separates them

@@ -29,12 +29,13 @@ def linear_f(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1) @ w
 
 
-def start_batch(settings, redis_client, codec="mds", n=6, s=2, deadline=5.0, k=2):
+def start_batch(settings, redis_client, codec="mds", n=6, s=2, deadline=5.0, k=2,
+                wait="results"):  # fmt: skip
     dispatcher = Dispatcher(settings, redis_client)
     x = np.random.default_rng(0).random((k, 1, 32, 32)).astype(np.float32)
-    prepared = dispatcher.prepare(
-        x, BatchSpec(model="linear", codec=codec, n=n, s=s, deadline=deadline, queues=("nobody",))
-    )
+    spec = BatchSpec(model="linear", codec=codec, n=n, s=s, deadline=deadline,
+                     queues=("nobody",), wait=wait)  # fmt: skip
+    prepared = dispatcher.prepare(x, spec)
     inbox = Keys(settings.key_prefix).inbox("test")
     dispatcher.dispatch(prepared, inbox)
     return prepared, inbox, x
@@ -205,3 +206,118 @@ def test_a_codec_that_fails_unexpectedly_fails_its_batch_not_the_collector(
     for index in range(4):
         report(worker, second, inbox, index)
     assert [r.outcome for r in drain(collector)] == ["decoded"]
+
+
+# ----- wait="own": early answers ---------------------------------------------------------
+SYSTEMATIC = "berrut:systematic=true"
+
+
+def one_by_one(x: np.ndarray) -> np.ndarray:
+    """What the workers computed: each row alone (the BLAS path of a batch differs)."""
+    return np.stack([linear_f(x[i : i + 1])[0] for i in range(len(x))])
+
+
+def start_systematic(settings, redis_client, wait="own", k=4):
+    """k rows on n = 6 tasks (R = 1.5: tasks 0..3 carry the rows, 4 and 5 parity)."""
+    dispatcher = Dispatcher(settings, redis_client)
+    x = np.random.default_rng(1).random((k, 1, 32, 32)).astype(np.float32)
+    spec = BatchSpec(model="linear", codec=SYSTEMATIC, redundancy=1.5, deadline=5.0,
+                     queues=("nobody",), wait=wait)  # fmt: skip
+    prepared = dispatcher.prepare(x, spec)
+    inbox = Keys(settings.key_prefix).inbox("test")
+    dispatcher.dispatch(prepared, inbox)
+    return prepared, inbox, x
+
+
+def test_every_row_own_finishes_at_once_without_a_decode(settings, redis_client, worker):
+    prepared, inbox, x = start_systematic(settings, redis_client)
+    assert (prepared.n, prepared.wait_for) == (6, 4)
+    collector = Collector(redis_client, inbox)
+    for i in (0, 1, 2):
+        report(worker, prepared, inbox, i)
+    assert drain(collector) == []
+    report(worker, prepared, inbox, 3)
+    (record,) = drain(collector)
+    assert record.outcome == "decoded" and record.wait == "own"
+    assert record.rows_own == [0, 1, 2, 3] and record.rows_decoded == []
+    assert record.workers_used == [0, 1, 2, 3] and record.timings.decode == 0.0
+    frame = redis_client.blpop([Keys(settings.key_prefix).reply(prepared.batch)], timeout=1)
+    header, payload = unpack_frame(frame[1])
+    got = np.frombuffer(payload, np.float32).reshape(4, 10)
+    np.testing.assert_array_equal(got, one_by_one(x))  # the own results, bit for bit
+
+
+def test_a_late_row_is_decoded_from_parity_and_listed_as_decoded(settings, redis_client, worker):
+    prepared, inbox, x = start_systematic(settings, redis_client)
+    collector = Collector(redis_client, inbox)
+    for i in (0, 1, 2, 4):  # row 3's own task is late; one parity result is in
+        report(worker, prepared, inbox, i)
+    (record,) = drain(collector)
+    assert record.outcome == "decoded"
+    assert record.rows_own == [0, 1, 2] and record.rows_decoded == [3]
+    report(worker, prepared, inbox, 3)  # the straggler: late, dropped
+    assert drain(collector) == [] and collector.dropped["late"] == 1
+
+
+def test_wait_results_waits_for_n_minus_s_even_with_every_row_own(settings, redis_client, worker):
+    dispatcher = Dispatcher(settings, redis_client)
+    x = np.random.default_rng(1).random((4, 1, 32, 32)).astype(np.float32)
+    spec = BatchSpec(model="linear", codec=SYSTEMATIC, n=6, s=1, deadline=5.0,
+                     queues=("nobody",), wait="results")  # fmt: skip
+    prepared = dispatcher.prepare(x, spec)
+    inbox = Keys(settings.key_prefix).inbox("test")
+    dispatcher.dispatch(prepared, inbox)
+    collector = Collector(redis_client, inbox)
+    for i in range(4):
+        report(worker, prepared, inbox, i)
+    assert drain(collector) == []  # 4 < wait_for = 5
+    report(worker, prepared, inbox, 5)
+    (record,) = drain(collector)
+    assert record.wait == "results" and record.rows_own == [0, 1, 2, 3]
+
+
+def test_on_rows_hands_out_own_results_before_the_batch_finishes(settings, redis_client, worker):
+    from codedfarm.coordinator.dispatch import Dispatcher as _Dispatcher
+
+    dispatcher = _Dispatcher(settings, redis_client)
+    x = np.random.default_rng(2).random((4, 1, 32, 32)).astype(np.float32)
+    spec = BatchSpec(model="linear", codec=SYSTEMATIC, redundancy=1.5, deadline=5.0,
+                     queues=("nobody",))  # fmt: skip
+    prepared = dispatcher.prepare(x, spec)
+    inbox = Keys(settings.key_prefix).inbox("own-client")
+    collector = Collector(redis_client, inbox, reply_in_memory=True)
+    collector.register(dispatcher.registration(prepared))
+    dispatcher.dispatch(prepared, inbox, announce=False)
+    told: list[tuple[list[int], np.ndarray]] = []
+    report(worker, prepared, inbox, 2)
+    report(worker, prepared, inbox, 0)
+    assert collector.wait_for(prepared.batch, 0.3, lambda r, y: told.append((r, y))) is None
+    assert [rows for rows, _ in told] == [[0, 2]]
+    np.testing.assert_array_equal(told[0][1], one_by_one(x[[0, 2]]))
+    report(worker, prepared, inbox, 1)
+    report(worker, prepared, inbox, 3)
+    record, predictions = collector.wait_for(prepared.batch, 2.0, lambda r, y: told.append((r, y)))
+    assert record.rows_own == [0, 1, 2, 3] and len(told) == 1  # the rest came with the answer
+    np.testing.assert_array_equal(predictions, one_by_one(x))
+
+
+def test_a_registration_with_an_unknown_wait_policy_fails_its_batch(settings, redis_client):
+    import dataclasses
+
+    dispatcher = Dispatcher(settings, redis_client)
+    x = np.zeros((2, 1, 32, 32), np.float32)
+    prepared = dispatcher.prepare(x, BatchSpec(model="linear", codec="mds", n=3, s=1,
+                                               queues=("nobody",)))  # fmt: skip
+    reg = dataclasses.replace(dispatcher.registration(prepared), wait="soon")
+    collector = Collector(redis_client, Keys(settings.key_prefix).inbox("test"))
+    collector.register(reg)
+    assert collector.records[prepared.batch].outcome == "failed"
+    assert "wait must be one of" in collector.records[prepared.batch].error
+
+
+def test_an_unknown_wait_policy_is_refused_when_resolved(settings):
+    from codedfarm.coordinator.resolution import resolve_batch
+    from codedfarm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="wait must be one of"):
+        resolve_batch(BatchSpec(model="linear", wait="soon"), 4, settings)

@@ -19,14 +19,19 @@ from codedfarm.server.batcher import BatcherConfig, CodingQueue
 class FakeFarm:
     """Serves a group after ``delay`` s: each row's prediction is (its sum, its first value)."""
 
-    def __init__(self, delay: float = 0.01, fail_when: int | None = None) -> None:
+    def __init__(self, delay: float = 0.01, fail_when: int | None = None,
+                 early: set[int] | None = None) -> None:  # fmt: skip
         self.delay = delay
         self.fail_when = fail_when  # fail groups containing this value
+        self.early = early or set()  # rows (by value) answered at once through on_rows
         self.groups: list[int] = []
         self.gate: asyncio.Event | None = None  # when set: groups wait until it opens
 
-    async def __call__(self, x: np.ndarray) -> np.ndarray:
+    async def __call__(self, x: np.ndarray, on_rows: Any = None) -> np.ndarray:
         self.groups.append(len(x))
+        first = [i for i in range(len(x)) if int(x[i, 0]) in self.early]
+        if first and on_rows is not None:
+            on_rows(first, expected(x[first]))
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
@@ -186,10 +191,11 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
     class FakeClient:
         def __init__(self, settings: object) -> None: ...
 
-        def submit(self, x: np.ndarray, spec: object) -> SimpleNamespace:
+        def submit(self, x: np.ndarray, spec: object, on_rows: Any = None) -> SimpleNamespace:
             sent.append(x.copy())
             specs.append(spec)
-            return SimpleNamespace(predictions=expected(x), outcome="decoded", record=None)
+            record = SimpleNamespace(rows_own=list(range(len(x))), rows_decoded=[])
+            return SimpleNamespace(predictions=expected(x), outcome="decoded", record=record)
 
         def flush_cleanup(self) -> None:
             flushed.release()
@@ -353,3 +359,46 @@ def test_every_group_size_the_server_can_form_is_coded_and_decoded(codec, flags)
             workers = list(range(settings.n))
         decoded = settings.codec.decode(y[workers], workers)
         assert decoded.shape == (rows, 10) and np.isfinite(decoded).all(), (rows, settings)
+
+
+def test_rows_answered_early_answer_their_requests_before_the_group_is_done():
+    """Requests whose rows' own results are in are answered at once; a request with a row
+    still missing (the two-row one) waits for the group; a failed group fails only what
+    was not answered yet."""
+    farm = FakeFarm(delay=0.5, early={0, 1, 2})
+    queue = CodingQueue(BatcherConfig(group_size=4, max_queue_delay=0.05), farm)
+
+    async def main():
+        done: dict[int, float] = {}
+        start = time.monotonic()
+
+        async def one(i: int, x: np.ndarray) -> np.ndarray:
+            out = await queue.infer(x)
+            done[i] = time.monotonic() - start
+            return out
+
+        outs = await asyncio.gather(one(0, rows(0, 1)), one(1, rows(1, 1)), one(2, rows(2, 2)))
+        await queue.close()
+        return done, outs
+
+    done, outs = run(main())
+    assert done[0] < 0.3 and done[1] < 0.3  # before the group's 0.5 s
+    assert done[2] >= 0.45  # row 3 is not early: the request waits for the group
+    for out, x in zip(outs, (rows(0, 1), rows(1, 1), rows(2, 2)), strict=True):
+        np.testing.assert_array_equal(out, expected(x))
+    assert farm.groups == [4]
+
+
+def test_a_failed_group_fails_only_the_requests_not_answered_yet():
+    farm = FakeFarm(delay=0.2, early={0}, fail_when=1)
+    queue = CodingQueue(BatcherConfig(group_size=2, max_queue_delay=0.05), farm)
+
+    async def main():
+        results = await asyncio.gather(queue.infer(rows(0, 1)), queue.infer(rows(1, 1)),
+                                       return_exceptions=True)  # fmt: skip
+        await queue.close()
+        return results
+
+    first, second = run(main())
+    np.testing.assert_array_equal(first, expected(rows(0, 1)))
+    assert isinstance(second, CodedFarmError)

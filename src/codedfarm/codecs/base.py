@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import abc
-import operator
-from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,12 +18,13 @@ from codedfarm.codecs.output_space import (
     resolve_space,
     to_decode_space,
 )
-from codedfarm.codecs.params import check_bool, format_param
+from codedfarm.codecs.params import check_bool, check_workers, format_param
 from codedfarm.codecs.systematic import (
     as_decoded_dtype,
     assemble_rows,
     split_rows,
     systematic_unsupported,
+    unit_rows,
     with_own_rows,
 )
 from codedfarm.codecs.threads import single_threaded_blas
@@ -33,7 +32,6 @@ from codedfarm.errors import (
     CodecParameterError,
     NotEnoughResultsError,
     ShapeError,
-    WorkerSetError,
 )
 
 __all__ = [
@@ -191,6 +189,7 @@ class Codec(abc.ABC):
         if self.systematic and "systematic" not in self.PARAMS:
             raise CodecParameterError(systematic_unsupported(self.name))
         self._encoder: FloatMatrix | None = None
+        self._own_tasks: tuple[int | None, ...] | None = None
         self._decoders: LRUCache[Hashable, FloatMatrix] = LRUCache(cache_size)
         self._device_matrices: LRUCache[Hashable, Any] = LRUCache(cache_size)
 
@@ -269,26 +268,22 @@ class Codec(abc.ABC):
             self._encoder = _read_only(matrix)
         return self._encoder
 
+    @property
+    def own_tasks(self) -> tuple[int | None, ...]:
+        """For each of the ``n`` tasks, the row whose prediction its result *is* (its
+        encoder row is that row's unit vector: a systematic code's first ``k`` tasks,
+        uncoded, every copy of replication), or None for a parity task. Only codes whose
+        decode returns such a result unchanged name rows here (exact codes and systematic
+        ones); a ``byzantine`` decode must check every result first, so it names none.
+        Early answers (the collector's ``wait="own"``) rest on this."""
+        if self._own_tasks is None:
+            named = (self.exact or self.systematic) and not self.byzantine
+            self._own_tasks = unit_rows(self.encoder_matrix) if named else (None,) * self.n
+        return self._own_tasks
+
     def validate_workers(self, workers: Iterable[int]) -> Workers:
         """Return ``workers`` as a tuple of distinct ints in ``[0, n)`` or raise."""
-        try:
-            ids = tuple(operator.index(w) for w in workers)
-        except TypeError as exc:
-            raise WorkerSetError(
-                f"{self.name}: worker ids must be integers in [0, {self.n}): {exc}"
-            ) from exc
-        for w in ids:
-            if not 0 <= w < self.n:
-                raise WorkerSetError(
-                    f"{self.name}: worker id {w} is out of range [0, {self.n}) (n={self.n})"
-                )
-        if len(set(ids)) != len(ids):
-            repeated = sorted(w for w, count in Counter(ids).items() if count > 1)
-            raise WorkerSetError(
-                f"{self.name}: worker ids must not repeat; repeated {repeated} "
-                f"among {len(ids)} workers"
-            )
-        return ids
+        return check_workers(self.name, self.n, workers)
 
     def decoder_matrix(self, workers: Iterable[int]) -> FloatMatrix:
         """``(k, m)`` float64 decoder for the results of ``workers`` (in that order), cached."""

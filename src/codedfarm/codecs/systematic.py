@@ -21,6 +21,7 @@ __all__ = [
     "assemble_rows",
     "split_rows",
     "systematic_unsupported",
+    "unit_rows",
     "with_own_rows",
 ]
 
@@ -85,3 +86,14 @@ def with_own_rows(matrix: FloatMatrix, workers: Sequence[int], k: int) -> FloatM
             out[worker] = 0.0
             out[worker, position] = 1.0
     return out
+
+
+def unit_rows(encoder: FloatMatrix) -> tuple[int | None, ...]:
+    """For each row of an ``(n, k)`` encoder, the input it copies unchanged (the row is that
+    input's unit vector), else None: the tasks whose results are a row's own prediction."""
+    rows: list[int | None] = []
+    for weights in encoder:
+        nonzero = np.flatnonzero(weights)
+        single = len(nonzero) == 1 and weights[nonzero[0]] == 1.0
+        rows.append(int(nonzero[0]) if single else None)
+    return tuple(rows)

@@ -16,6 +16,7 @@ import redis
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.dispatch import Dispatcher, PreparedBatch
 from codedfarm.coordinator.liveness import FarmCheck
+from codedfarm.coordinator.open_batch import RowsCallback
 from codedfarm.coordinator.record_relay import RecordRelay
 from codedfarm.coordinator.resolution import BatchSettings, BatchSpec
 from codedfarm.errors import ConfigError, FarmUnavailableError, RedisUnavailableError
@@ -80,11 +81,17 @@ class FarmClient:
         relay = RecordRelay(self.keys.records(), self.settings.key_ttl)
         return Collector(self.redis, self._own_inbox, reply_in_memory=True, relay=relay)
 
-    def submit(self, x: Any, spec: BatchSpec | BatchSettings) -> BatchResult:
+    def submit(
+        self, x: Any, spec: BatchSpec | BatchSettings, *, on_rows: RowsCallback | None = None
+    ) -> BatchResult:
         """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions.
 
         ``spec`` is resolved against the model's ``config.json`` and the farm's settings
         (:func:`~codedfarm.coordinator.resolution.resolve_batch`), or is resolved already.
+        Under ``wait="own"`` (the default) the batch returns as soon as every row's own
+        result is in (exact) or enough results are in to decode the rest; ``on_rows``, if
+        given, receives rows answered early ``(rows, predictions)`` from this thread, before
+        ``submit`` returns (the in-process collector only: a collector service answers once).
 
         A batch that fails because Redis was lost (a restart, a failover) is sent again once
         Redis answers, within its deadline, up to ``retries`` times (inference is
@@ -109,7 +116,7 @@ class FarmClient:
                     raise
         end = start + prepared.deadline_s  # every retry fits in the batch's own deadline
         while True:
-            result = self._submit_once(prepared, start)
+            result = self._submit_once(prepared, start, on_rows)
             lost = result.outcome == "failed" and result.record.error.startswith("lost Redis")
             left = end - time.perf_counter()
             if not lost or retried >= self.retries or left <= 0.05:
@@ -145,7 +152,9 @@ class FarmClient:
                 time.sleep(0.1)
         return False
 
-    def _submit_once(self, prepared: PreparedBatch, start: float) -> BatchResult:
+    def _submit_once(
+        self, prepared: PreparedBatch, start: float, on_rows: RowsCallback | None = None
+    ) -> BatchResult:
         inbox = self.keys.inbox(self.collector_name) if self.collector_name else self._own_inbox
         lost = ""
         reply: tuple[BatchRecord, Any] | None = None
@@ -166,10 +175,12 @@ class FarmClient:
             if self.collector_name:
                 reply = self._wait_for_service(prepared.batch, budget)
             elif prepared.settings.hedge_after is not None:
-                reply, hedged = self._wait_hedged(prepared, budget, prepared.settings.hedge_after)
+                reply, hedged = self._wait_hedged(
+                    prepared, budget, prepared.settings.hedge_after, on_rows
+                )
                 tasks_sent += hedged
             else:
-                reply = self._collector.wait_for(prepared.batch, budget)
+                reply = self._collector.wait_for(prepared.batch, budget, on_rows)
         except redis.RedisError as exc:  # e.g. Redis restarted: the batch's state is gone
             lost = f"lost Redis at {mask_url(self.settings.redis_url)} during the batch: {exc}"
             self._collector = self._new_collector()
@@ -209,19 +220,23 @@ class FarmClient:
         return BatchResult(predictions, record)
 
     def _wait_hedged(
-        self, prepared: PreparedBatch, budget: float, hedge_after: float
+        self,
+        prepared: PreparedBatch,
+        budget: float,
+        hedge_after: float,
+        on_rows: RowsCallback | None = None,
     ) -> tuple[tuple[BatchRecord, Any] | None, int]:
         """Hedged requests ("The Tail at Scale"): after ``hedge_after`` s, send a second copy
         of every task that has not answered; the first copy to answer wins."""
         start = time.monotonic()
-        reply = self._collector.wait_for(prepared.batch, hedge_after)
+        reply = self._collector.wait_for(prepared.batch, hedge_after, on_rows)
         if reply is not None:
             return reply, 0
         answered = self._collector.answered(prepared.batch) or set()
         missing = [j for j in range(prepared.n) if j not in answered]
         sent = self.dispatcher.redispatch(prepared, self._own_inbox, missing) if missing else 0
         left = budget - (time.monotonic() - start)
-        return self._collector.wait_for(prepared.batch, max(left, 0.0)), sent
+        return self._collector.wait_for(prepared.batch, max(left, 0.0), on_rows), sent
 
     def _wait_for_service(self, batch: str, budget: float) -> tuple[BatchRecord, Any] | None:
         end = time.monotonic() + budget

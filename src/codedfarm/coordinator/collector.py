@@ -14,25 +14,22 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
-from codedfarm.codecs import Codec, CodecPlan
+from codedfarm.codecs import CodecPlan
 from codedfarm.coordinator.fidelity import FidelitySampler
 from codedfarm.coordinator.inbox import InboxReader
 from codedfarm.coordinator.liveness import queue_depths
+from codedfarm.coordinator.open_batch import WAIT_POLICIES, OpenBatch, RowsCallback
 from codedfarm.coordinator.record_relay import RecordDrain, RecordRelay
 from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
     BatchRecord,
     BatchRegistration,
-    CriticalStamps,
     Notice,
-    StageTimings,
-    array_from_bytes,
     parse_inbox_message,
     reply_frame,
 )
@@ -44,22 +41,6 @@ log = logging.getLogger(__name__)
 FINISHED_MEMORY = 100_000  # batch ids remembered after finishing, to count late results
 MAX_BLOCK_S = 1.0  # longest single BLPOP
 MAX_REPLIES = 1000  # in-process answers kept for their waiter
-
-
-@dataclass
-class _Open:
-    reg: BatchRegistration
-    codec: Codec
-    registered_at: float
-    received: dict[int, Notice] = field(default_factory=dict)
-    errors: dict[int, str] = field(default_factory=dict)
-    duplicates: int = 0
-    corrupt: int = 0
-    out_shape: list[int] | None = None
-    needed_written_at: float | None = None
-    policy_met_at: float | None = None
-    critical: tuple[Notice, float] | None = None  # the policy-meeting notice, when taken
-    references: set[int] = field(default_factory=set)  # reference (uncoded) results in
 
 
 class Collector:
@@ -83,7 +64,7 @@ class Collector:
         self.durable_key = durable_key  # the service's hash of open batches (see recovery.py)
         self.hooks = hooks or relay or CollectorHooks()
         self.clock = clock
-        self._open: dict[str, _Open] = {}
+        self._open: dict[str, OpenBatch] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()
         self.dropped: dict[str, int] = {"late": 0, "duplicate": 0, "corrupt": 0, "unknown": 0}
         self.records: OrderedDict[str, BatchRecord] = OrderedDict()  # recent, bounded
@@ -92,11 +73,13 @@ class Collector:
         self._replies: OrderedDict[str, tuple[BatchRecord, np.ndarray | None]] = OrderedDict()
         # housekeeping of finished batches, done at the next poll instead of on the hot path
         self._cleanup: list[str] = []  # inputs and outputs to delete
-        self._fidelity = FidelitySampler(client, self.hooks.fidelity, self._cleanup.extend)
+        self._fidelity = FidelitySampler(client, self.hooks.fidelity, self._cleanup.extend,
+                                         self.hooks.decoded_fidelity)  # fmt: skip
         self._queues: set[str] = set()
         self._next_depth_check = 0.0
         self.depth_interval = 2.0  # seconds between queue-depth reads
         self._ready: dict[str, bool] = {}  # batches whose wait policy is met -> at deadline?
+        self._early_rows: set[str] = set()  # open batches with own results to hand out
         self._woke_at = 0.0  # when the current poll's messages were taken
         self._inbox = InboxReader(client, inbox)
         self._drain = RecordDrain(client, records_key, self.hooks) if records_key else None
@@ -115,6 +98,8 @@ class Collector:
         for raw in raw_messages:
             self._handle(raw)
         finished.extend(self._finish_ready())
+        if self._early_rows:
+            self._tell_early_rows()
         finished.extend(self._expire_deadlines())
         self._fidelity.expire(self.clock())
         self.hooks.open_batches(len(self._open))
@@ -134,10 +119,18 @@ class Collector:
                 log.warning("redis unavailable (%s); retrying", exc)
                 stop.wait(0.5)
 
-    def wait_for(self, batch: str, timeout: float) -> tuple[BatchRecord, np.ndarray | None] | None:
+    def wait_for(
+        self, batch: str, timeout: float, on_rows: RowsCallback | None = None
+    ) -> tuple[BatchRecord, np.ndarray | None] | None:
         """Run the loop until ``batch`` finishes (the in-process collector, which must be
-        built with ``reply_in_memory=True``); returns its record and predictions."""
+        built with ``reply_in_memory=True``); returns its record and predictions.
+        ``on_rows`` receives rows answered early (``wait="own"``), from this thread."""
         end = time.monotonic() + timeout
+        state = self._open.get(batch)
+        if state is not None and on_rows is not None:
+            state.on_rows = on_rows
+            if state.own_in:
+                self._early_rows.add(batch)
         while batch not in self._replies and time.monotonic() < end:
             self.poll(end - time.monotonic())
         return self._replies.pop(batch, None)
@@ -176,12 +169,14 @@ class Collector:
         if reg.batch in self._open or reg.batch in self._finished:
             return
         try:
+            if reg.wait not in WAIT_POLICIES:
+                raise CodecError(f"wait must be one of {WAIT_POLICIES}, got {reg.wait!r}")
             plan = CodecPlan(reg.codec, tuple(sorted(reg.codec_params.items())))
             codec = plan.codec(reg.k, reg.n, reg.s)
         except (CodecError, TypeError) as exc:  # TypeError: unhashable JSON parameters
             self._finish_failed(reg, f"bad codec in registration: {exc}")
             return
-        self._open[reg.batch] = _Open(
+        self._open[reg.batch] = OpenBatch(
             reg, codec, self.clock(), out_shape=list(reg.output_shape) or None
         )
         self._queues.update(reg.queues)
@@ -202,35 +197,18 @@ class Collector:
         if batch is None:
             self._drop("late" if notice.batch in self._finished else "unknown")
             return
-        if not 0 <= notice.index < batch.reg.n:
-            self._drop("corrupt")
-            batch.corrupt += 1
+        dropped = batch.accept(notice, self._woke_at, self.clock())
+        if dropped is not None:
+            self._drop(dropped)
             return
-        if notice.index in batch.received or notice.index in batch.errors:
-            self._drop("duplicate")
-            batch.duplicates += 1
-            return
-        if not notice.ok:
-            batch.errors[notice.index] = notice.error
-        elif notice.dtype != "float32" or (
-            batch.out_shape is not None and notice.shape != batch.out_shape
-        ):
-            self._drop("corrupt")
-            batch.corrupt += 1
-            return
-        else:
-            batch.out_shape = list(notice.shape)
-            batch.received[notice.index] = notice
-            if len(batch.received) == batch.reg.wait_for:
-                batch.needed_written_at = notice.written_at
-                batch.policy_met_at = self.clock()
-                batch.critical = (notice, self._woke_at)
-        if len(batch.received) >= batch.reg.wait_for:
+        if batch.policy_met():
             self._ready[batch.reg.batch] = False
-        elif len(batch.received) + len(batch.errors) >= batch.reg.n or self._hopeless(batch):
+        elif batch.all_answered() or batch.hopeless():
             # nobody else will answer, or too many failed to ever decode: decode like at the
             # deadline if it can, else fail now with the workers' reason (not a timeout)
             self._ready[batch.reg.batch] = True
+        if batch.on_rows is not None and batch.early:
+            self._early_rows.add(batch.reg.batch)  # told after this poll's finished batches
 
     def _expire_deadlines(self) -> list[BatchRecord]:
         now = self.clock()
@@ -239,49 +217,23 @@ class Collector:
         for batch in due:
             record = self._try_finish(batch, at_deadline=True)
             if record is None:  # still not decodable: give up
-                record = self._finish(batch, "timeout", None, None, None)
+                record = self._finish(batch, "timeout")
             records.append(record)
         return records
 
     # ----- decoding ----------------------------------------------------------------------
-    def _fetch(self, batch: _Open) -> tuple[list[int], np.ndarray] | None:
-        indices = sorted(batch.received)
-        raw = self.redis.hmget(batch.reg.output_key, [str(i) for i in indices])
-        good: list[int] = []
-        arrays: list[np.ndarray] = []
-        assert batch.out_shape is not None
-        for index, data in zip(indices, raw, strict=True):
-            try:
-                if data is None:
-                    raise ProtocolError("output bytes missing")
-                arrays.append(array_from_bytes(data, "float32", batch.out_shape))
-                good.append(index)
-            except ProtocolError as exc:
-                log.warning("batch %s result %d dropped: %s", batch.reg.batch, index, exc)
-                del batch.received[index]
-                batch.corrupt += 1
-                self._drop("corrupt")
-        if not good:
-            return None
-        return good, np.stack(arrays)
-
-    @staticmethod
-    def _hopeless(batch: _Open) -> bool:
-        """True when so many tasks failed that the results still possible cannot decode."""
-        return batch.reg.n - len(batch.errors) < batch.codec.min_results
-
-    def _try_finish(self, batch: _Open, *, at_deadline: bool) -> BatchRecord | None:
+    def _try_finish(self, batch: OpenBatch, *, at_deadline: bool) -> BatchRecord | None:
+        if batch.early and batch.every_row_own:  # every row exact: nothing to decode
+            return self._finish_own(batch)
         if len(batch.received) < batch.codec.min_results:
-            answered = len(batch.received) + len(batch.errors) >= batch.reg.n
-            if at_deadline and (answered or self._hopeless(batch)):
-                return self._finish(
-                    batch, "failed", None, None, None, error=self._error_summary(batch)
-                )
+            if at_deadline and (batch.all_answered() or batch.hopeless()):
+                return self._finish(batch, "failed", error=batch.error_summary())
             return None
-        fetched = self._fetch(batch)
-        if fetched is None or (not at_deadline and len(fetched[0]) < batch.reg.wait_for):
+        workers, y, bad = batch.fetch(self.redis, sorted(batch.received))
+        for _ in range(bad):
+            self._drop("corrupt")
+        if y is None or (not at_deadline and not batch.policy_met()):
             return None
-        workers, y = fetched
         start = time.perf_counter()
         try:
             decoded = batch.codec.decode_report(y, workers)
@@ -293,72 +245,76 @@ class Collector:
                 self._drop("corrupt")
             else:
                 log.exception("batch %s: %s", batch.reg.batch, error)
-            return self._finish(batch, "failed", None, None, None, error=error)
+            return self._finish(batch, "failed", error=error)
+        predictions = np.asarray(decoded.values, np.float32)
+        own = set(decoded.own)
+        position = {task: i for i, task in enumerate(workers)}
+        for row, task in batch.own_in.items():  # a row whose own result is in is that result
+            if task in position:
+                predictions[row] = y[position[task]]
+                own.add(row)
         decode_s = time.perf_counter() - start
         outcome = "deadline_decoded" if at_deadline and batch.policy_met_at is None else "decoded"
-        predictions = np.asarray(decoded.values, np.float32)
         rejected = [{"index": i, "worker": batch.received[i].worker} for i in decoded.rejected]
         return self._finish(batch, outcome, predictions, list(decoded.workers), decode_s,
-                            lam=decoded.lam_dec, rejected=rejected)  # fmt: skip
+                            lam=decoded.lam_dec, rejected=rejected,
+                            rows_own=sorted(own))  # fmt: skip
 
-    @staticmethod
-    def _error_summary(batch: _Open) -> str:
-        first = next(iter(batch.errors.values()), None)
-        return "" if first is None else f"{len(batch.errors)} worker(s) failed, e.g.: {first}"
+    def _finish_own(self, batch: OpenBatch) -> BatchRecord | None:
+        """Every row's own result is in: the answer is those results, in row order."""
+        rows = sorted(batch.own_in)
+        tasks = [batch.own_in[r] for r in rows]
+        good, y, bad = batch.fetch(self.redis, tasks)
+        for _ in range(bad):
+            self._drop("corrupt")
+        if y is None or len(good) < len(tasks):
+            return None  # a corrupt own result: wait for a decode instead
+        return self._finish(batch, "decoded", y.astype(np.float32, copy=False), tasks, 0.0,
+                            rows_own=rows)  # fmt: skip
+
+    def _tell_early_rows(self) -> None:
+        """Hand rows whose own results came in to their batch's ``on_rows`` (in-process)."""
+        dirty, self._early_rows = self._early_rows, set()
+        for batch_id in dirty:
+            batch = self._open.get(batch_id)
+            if batch is None or batch.on_rows is None:
+                continue
+            new = batch.take_new_rows()
+            if not new:
+                continue
+            good, y, bad = batch.fetch(self.redis, [task for _, task in new])
+            for _ in range(bad):
+                self._drop("corrupt")
+            if y is None:
+                continue
+            rows = [row for row, task in new if task in good]
+            batch.rows_told.difference_update(r for r, t in new if t not in good)
+            batch.on_rows(rows, y)
 
     def _finish(
         self,
-        batch: _Open,
+        batch: OpenBatch,
         outcome: str,
-        predictions: np.ndarray | None,
-        workers: list[int] | None,
-        decode_s: float | None,
+        predictions: np.ndarray | None = None,
+        workers: list[int] | None = None,
+        decode_s: float | None = None,
+        *,
         error: str = "",
         lam: float | None = None,
         rejected: list[dict[str, object]] | None = None,
+        rows_own: list[int] | None = None,
     ) -> BatchRecord:
         reg = batch.reg
         now = self.clock()
-        met = batch.policy_met_at if batch.policy_met_at is not None else now
-        registered = batch.registered_at
-        record = BatchRecord(
-            batch=reg.batch,
-            model=reg.model,
-            codec=batch.codec.spec,
-            k=reg.k,
-            n=reg.n,
-            s=reg.s,
-            wait_for=reg.wait_for,
-            outcome=outcome,
-            workers_used=workers or [],
-            results_received=len(batch.received),
-            worker_errors=len(batch.errors),
-            duplicates=batch.duplicates,
-            corrupt=batch.corrupt,
-            slowed=reg.slowed,
-            queues=reg.queues,
-            lam_dec=lam if predictions is not None else None,
-            rejected=rejected or [],
-            error=error or ("" if predictions is not None else self._error_summary(batch)),
-            timings=StageTimings(
-                encode=reg.encode_s,
-                dispatch=max(0.0, registered - reg.submitted_at),  # as the collector sees it
-                wait=max(0.0, met - reg.submitted_at),
-                decode=decode_s or 0.0,
-            ),
-            needed_written_at=batch.needed_written_at if outcome == "decoded" else None,
-            model_version=reg.model_version,
-            critical=(
-                CriticalStamps.of(*batch.critical, finished_at=time.time())
-                if outcome == "decoded" and batch.critical is not None
-                else None
-            ),
-        )
+        record = batch.record(outcome, now, predictions=predictions, workers=workers,
+                              decode_s=decode_s, error=error, lam=lam, rejected=rejected,
+                              rows_own=rows_own)  # fmt: skip
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping
         self._cleanup.append(reg.input_key)
         if reg.reference and predictions is not None:
-            self._fidelity.add(reg, reg.codec, predictions, batch.references, now + reg.ttl)
+            self._fidelity.add(reg, reg.codec, predictions, batch.references, now + reg.ttl,
+                               decoded_rows=record.rows_decoded)  # fmt: skip
         else:
             self._cleanup += [reg.output_key, *([reg.reference_key] if reg.reference else [])]
         self._deliver(reg, record, predictions)
@@ -419,13 +375,13 @@ class Collector:
         if batch is None or not reg.output_shape:
             return
         now = self.clock()
-        for index in results:
-            if 0 <= index < reg.n and index not in batch.received:
-                batch.received[index] = Notice(reg.batch, index, True, "float32",
-                                               list(reg.output_shape), written_at=now)  # fmt: skip
         batch.out_shape = list(reg.output_shape)
-        if len(batch.received) >= reg.wait_for:
-            batch.policy_met_at = now
+        for index in results:
+            notice = Notice(reg.batch, index, True, "float32", list(reg.output_shape),
+                            written_at=now)  # fmt: skip
+            batch.accept(notice, now, now)
+        if batch.policy_met():
+            batch.policy_met_at = batch.policy_met_at or now
             self._ready[reg.batch] = False
 
     def answered(self, batch: str) -> set[int] | None:

@@ -181,6 +181,7 @@ class Dispatcher:
             n=batch.n,
             s=batch.s,
             wait_for=batch.wait_for,
+            wait=batch.settings.wait,
             deadline=batch.submitted_at + batch.deadline_s,
             model=batch.model.name,
             model_version=batch.model.version,

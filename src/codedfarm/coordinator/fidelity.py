@@ -1,6 +1,8 @@
 """Fidelity sampling: for a sampled fraction of batches (``CODEDFARM_FIDELITY_SAMPLE``) the
 K raw inputs also run uncoded (reference tasks ``n..n+k-1``), and once every reference
-result is in, the collector reports the decode's MSE against them (a metric)."""
+result is in, the collector reports the decode's MSE against them (a metric) and, for the
+rows the decoder reconstructed (not answered from their own result), how many have the
+reference's argmax (the decoded rows' agreement: what a systematic code's users watch)."""
 
 from __future__ import annotations
 
@@ -28,13 +30,15 @@ class _Sampled:
     predictions: np.ndarray
     references: set[int]
     expires_at: float
+    decoded_rows: list[int]
 
 
 class FidelitySampler:
     """Decoded sampled batches, until their reference results are in (or they expire).
 
-    ``report(codec, model, mse)`` receives each measurement; ``cleanup`` collects the keys
-    the collector deletes at its next poll.
+    ``report(codec, model, mse)`` receives each measurement, ``report_rows(codec, model,
+    checked, agreed)`` the decoded rows' agreement (batches with decoded rows); ``cleanup``
+    collects the keys the collector deletes at its next poll.
     """
 
     def __init__(
@@ -42,18 +46,23 @@ class FidelitySampler:
         client: redis.Redis,
         report: Callable[[str, str, float], None],
         cleanup: Callable[[list[str]], None],
+        report_rows: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
         self.redis = client
         self._report = report
+        self._report_rows = report_rows
         self._cleanup = cleanup
         self._sampled: dict[str, _Sampled] = {}
 
     def add(
         self, reg: BatchRegistration, codec: str, predictions: np.ndarray, references: set[int],
-        expires_at: float,
+        expires_at: float, decoded_rows: list[int] | None = None,
     ) -> None:  # fmt: skip
-        """A sampled batch was decoded; ``references`` are the reference results already in."""
-        self._sampled[reg.batch] = _Sampled(reg, codec, predictions, set(references), expires_at)
+        """A sampled batch was decoded; ``references`` are the reference results already in,
+        ``decoded_rows`` the rows the decoder reconstructed (None: every row)."""
+        rows = list(range(reg.k)) if decoded_rows is None else list(decoded_rows)
+        self._sampled[reg.batch] = _Sampled(reg, codec, predictions, set(references), expires_at,
+                                            rows)  # fmt: skip
         self._check(reg.batch)
 
     def on_reference(self, batch: str, index: int, ok: bool) -> bool:
@@ -82,8 +91,13 @@ class FidelitySampler:
         except ProtocolError as exc:
             log.warning("batch %s: reference results unusable: %s", batch, exc)
             return
-        mse = float(np.mean(np.sum((sampled.predictions - truth) ** 2, axis=1)))
+        flat, reference = sampled.predictions.reshape(reg.k, -1), truth.reshape(reg.k, -1)
+        mse = float(np.mean(np.sum((flat - reference) ** 2, axis=1)))
         self._report(sampled.codec, reg.model, mse)
+        rows = sampled.decoded_rows
+        if rows and self._report_rows is not None:
+            agreed = int(np.sum(flat[rows].argmax(1) == reference[rows].argmax(1)))
+            self._report_rows(sampled.codec, reg.model, len(rows), agreed)
 
     def expire(self, now: float) -> None:
         """Forget sampled batches whose reference results did not come in time."""

@@ -51,6 +51,9 @@ class RecordRelay(CollectorHooks):
     def fidelity(self, codec: str, model: str, mse: float) -> None:
         self.pending.append({"fidelity": [codec, model, mse]})
 
+    def decoded_fidelity(self, codec: str, model: str, checked: int, agreed: int) -> None:
+        self.pending.append({"decoded_rows": [codec, model, checked, agreed]})
+
     def flush_into(self, pipe: Any) -> None:
         """Queue the writes of what is pending on ``pipe`` (a Redis pipeline)."""
         if not self.pending:
@@ -75,6 +78,9 @@ def drain_records(client: redis.Redis, key: str, hooks: CollectorHooks) -> int:
             entry = json.loads(item)
             if "record" in entry:
                 hooks.batch_finished(BatchRecord.from_dict(entry["record"]))
+            elif "decoded_rows" in entry:
+                codec, model, checked, agreed = entry["decoded_rows"]
+                hooks.decoded_fidelity(str(codec), str(model), int(checked), int(agreed))
             else:
                 codec, model, mse = entry["fidelity"]
                 hooks.fidelity(str(codec), str(model), float(mse))

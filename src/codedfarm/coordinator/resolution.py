@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from codedfarm.codecs import DEFAULT_CODEC, Codec, CodecPlan, plan_codec
+from codedfarm.coordinator.open_batch import WAIT_POLICIES
 from codedfarm.errors import CodecError, ConfigError, InputError, InputWarning
 from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.settings import Settings, check_queue_names
@@ -76,6 +77,8 @@ class BatchSpec:
     plan: tuple[TaskFate, ...] | None = None  # explicit fate per task (overrides straggle)
     hedge_after: float | None = None  # re-send tasks still missing after this many seconds
     hedge_plan: tuple[TaskFate, ...] | None = None  # fates of the re-sent copies, per index
+    wait: str | None = None  # "own" (default): done once every row is exact or decodable;
+    # "results": wait for wait_for results (N−S) even when every row's own result is in
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,10 @@ class BatchDefaults:
 @dataclass(frozen=True)
 class BatchSettings:
     """One batch's settings, resolved: the model, the codec plan, ``k`` inputs on ``n``
-    tasks tolerating ``s``, decoding at ``wait_for`` results or at ``deadline`` seconds
-    after submit, on ``queues``, with one injected fate per task (or None: the workers'
-    own). Immutable; the dispatcher, the client and the collector read only these."""
+    tasks tolerating ``s``, decoding at ``wait_for`` results (or, under ``wait="own"``, as
+    soon as every row's own result is in) or at ``deadline`` seconds after submit, on
+    ``queues``, with one injected fate per task (or None: the workers' own). Immutable;
+    the dispatcher, the client and the collector read only these."""
 
     model: ResolvedModel
     plan: CodecPlan
@@ -112,6 +116,7 @@ class BatchSettings:
     fates: tuple[TaskFate, ...] | None = None
     hedge_after: float | None = None
     hedge_plan: tuple[TaskFate, ...] | None = None
+    wait: str = "own"  # the collector's wait policy (coordinator/open_batch.py)
 
     @property
     def codec(self) -> Codec:
@@ -217,7 +222,11 @@ def resolve_batch(
         # re-sent copies straggle like the first ones: a second draw of the same model
         seed = None if spec.seed is None else (spec.seed + 1) << 20
         hedge_plan = _fates(replace(spec, seed=seed), _first(spec.straggle, lower.straggle), n)
+    wait = "own" if spec.wait is None else spec.wait
+    if wait not in WAIT_POLICIES:
+        raise ConfigError(f"wait must be one of {', '.join(WAIT_POLICIES)}, got {wait!r}")
     return BatchSettings(
+        wait=wait,
         model=found,
         plan=plan,
         k=k,

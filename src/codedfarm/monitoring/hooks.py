@@ -27,6 +27,10 @@ class CollectorHooks:
 
     def fidelity(self, codec: str, model: str, mse: float) -> None: ...
 
+    def decoded_fidelity(self, codec: str, model: str, checked: int, agreed: int) -> None:
+        """Of ``checked`` decoded rows of a fidelity-sampled batch, ``agreed`` had the argmax
+        of the model's own (uncoded) output."""
+
 
 class WorkerHooks:
     """Observer interface of a worker (metrics plug in here); every method is a no-op by

@@ -125,6 +125,20 @@ class CollectorMetrics(CollectorHooks):
             buckets=(1e-8, 1e-6, 1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
             registry=registry,
         )
+        self.decoded_checked = Counter(
+            "codedfarm_decoded_rows_checked_total",
+            "Rows the decoder reconstructed (their own result was not in), on the batches "
+            "sampled for fidelity (CODEDFARM_FIDELITY_SAMPLE).",
+            ["codec", "model"],
+            registry=registry,
+        )
+        self.decoded_agreed = Counter(
+            "codedfarm_decoded_rows_agreed_total",
+            "Of codedfarm_decoded_rows_checked_total, the rows whose argmax is the model's own "
+            "(uncoded) argmax: their ratio is the decoded rows' agreement.",
+            ["codec", "model"],
+            registry=registry,
+        )
         self.rejected = Counter(
             "codedfarm_results_rejected_total",
             "Worker results a byzantine decode judged wrong and left out, by the worker that "
@@ -172,6 +186,10 @@ class CollectorMetrics(CollectorHooks):
 
     def fidelity(self, codec: str, model: str, mse: float) -> None:
         self.decode_mse.labels(codec, model).observe(mse)
+
+    def decoded_fidelity(self, codec: str, model: str, checked: int, agreed: int) -> None:
+        self.decoded_checked.labels(codec, model).inc(checked)
+        self.decoded_agreed.labels(codec, model).inc(agreed)
 
 
 def port_error(port: int, addr: str, exc: OSError) -> ConfigError:

@@ -2,7 +2,8 @@
 
 Per request: latency by model, codec and outcome (``ok``, ``bad_request``, ``not_found``,
 ``too_large``, ``unavailable``, ``timeout``, ``disconnected``, ``error``); per coding
-group: its rows and how long its oldest row waited; and requests in flight, refusals and
+group: its rows, how long its oldest row waited, and how its rows were answered (from
+their own results, exactly, or decoded); and requests in flight, refusals and
 clients that left, by model. No label carries a request id.
 """
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from codedfarm.monitoring.build_info import register_build_info
 from codedfarm.monitoring.metrics import LATENCY_BUCKETS, STAGE_BUCKETS
+from codedfarm.protocol import BatchRecord
 
 __all__ = ["ServerMetrics"]
 
@@ -71,6 +73,22 @@ class ServerMetrics:
             ["model"],
             registry=self.registry,
         )
+
+        self.rows_answered = Counter(
+            "codedfarm_server_rows_total",
+            "Rows of decoded coding groups by how they were answered: path=own (the row's own "
+            "task's result, the model's exact output) or path=decoded (reconstructed from "
+            "the other results because its own was late or lost).",
+            ["model", "path"],
+            registry=self.registry,
+        )
+
+    def rows(self, model: str, record: BatchRecord) -> None:
+        """Count a finished group's rows by path (nothing for a group that failed)."""
+        if record.rows_own:
+            self.rows_answered.labels(model, "own").inc(len(record.rows_own))
+        if record.rows_decoded:
+            self.rows_answered.labels(model, "decoded").inc(len(record.rows_decoded))
 
     def group(self, model: str, rows: int, delay: float) -> None:
         self.group_rows.labels(model).observe(rows)

@@ -153,6 +153,7 @@ class BatchRegistration:
     reference: bool = False  # also computed uncoded (tasks n..n+k-1), to measure fidelity
     model_version: int | None = None  # a repository model's version (None: a zoo model)
     output_shape: list[int] = field(default_factory=list)  # one result's shape, if known
+    wait: str = "results"  # "own": also finish once every row's own result is in
     kind: str = "batch"
 
     def to_json(self) -> bytes:

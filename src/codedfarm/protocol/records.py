@@ -139,6 +139,9 @@ class BatchRecord:
     critical: CriticalStamps | None = None  # the policy-meeting result's stamps
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {index, worker}: results
     # a byzantine decode judged wrong and left out
+    rows_own: list[int] = field(default_factory=list)  # rows answered with their own result
+    rows_decoded: list[int] = field(default_factory=list)  # rows reconstructed by the decoder
+    wait: str = "results"  # the wait policy: "own" (finish once every row is own) or "results"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,10 @@ order. A coding group forms as soon as ``group_size`` (K) rows wait, or when the
 has waited ``max_queue_delay``; the server codes a partial group for its actual size
 (measured against padding it to K in docs/serve.md: closer decodes, the same cost). A
 request larger than K is split over groups and answered when its last row comes back.
-When more than ``max_queue`` rows would wait, the request is refused at once
+A request is answered as soon as all its rows are: rows whose own results come in early
+(a systematic code, uncoded, replication: ``run_group``'s ``on_rows``) answer their
+requests before the rest of the group is decoded. When more than ``max_queue`` rows would
+wait, the request is refused at once
 (:class:`QueueFullError`, the server's 503): memory stays bounded. At most
 ``max_groups_in_flight`` groups of a queue are in the farm at once; rows that arrive
 meanwhile gather into fuller groups (Triton's dynamic batcher and Ray Serve's
@@ -25,7 +28,11 @@ import numpy as np
 from codedfarm.errors import ConfigError, QueueFullError
 from codedfarm.settings import check_float, check_int
 
-__all__ = ["BatcherConfig", "CodingQueue"]
+__all__ = ["BatcherConfig", "CodingQueue", "RowsReceiver"]
+
+RowsReceiver = Callable[[list[int], np.ndarray], None]
+"""Rows of a group answered before the group is done: indexes in ``[0, rows)`` and their
+predictions ``(len(rows), *output_shape)``; called on the event loop."""
 
 
 @dataclass(frozen=True)
@@ -72,21 +79,44 @@ class _Slice:
 @dataclass
 class _Group:
     slices: list[_Slice] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)  # group rows already placed
 
     @property
     def rows(self) -> int:
         return sum(s.stop - s.start for s in self.slices)
 
+    def place(self, rows: list[int], y: np.ndarray) -> None:
+        """Put predictions ``y`` of group rows ``rows`` into their requests; answer each
+        request whose last row this was. A row already placed is left as it was."""
+        start = 0
+        for piece in self.slices:
+            size = piece.stop - piece.start
+            request = piece.request
+            for position, row in enumerate(rows):
+                if not start <= row < start + size or row in self.answered:
+                    continue
+                self.answered.add(row)
+                if request.future.done():  # failed in another group, or the client left
+                    continue
+                if request.out is None:
+                    request.out = np.empty((len(request.x), *y.shape[1:]), np.float32)
+                request.out[piece.start + row - start] = y[position]
+                request.remaining -= 1
+                if request.remaining == 0:
+                    request.future.set_result(request.out)
+            start += size
+
 
 class CodingQueue:
-    """Requests for one (model, version). ``run_group`` serves one coding group: inputs
-    ``(k, *input_shape)`` -> predictions ``(k, *output_shape)``, raising a
-    :class:`CodedFarmError` when the farm cannot."""
+    """Requests for one (model, version). ``run_group(x, on_rows)`` serves one coding
+    group: inputs ``(k, *input_shape)`` -> predictions ``(k, *output_shape)``, raising a
+    :class:`CodedFarmError` when the farm cannot; it may hand rows answered early to
+    ``on_rows`` (on the event loop) before it returns."""
 
     def __init__(
         self,
         config: BatcherConfig,
-        run_group: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        run_group: Callable[[np.ndarray, RowsReceiver], Awaitable[np.ndarray]],
         *,
         on_group: Callable[[int, float], None] = lambda rows, delay: None,
     ) -> None:
@@ -168,24 +198,13 @@ class CodingQueue:
         try:
             x = np.concatenate([s.request.x[s.start : s.stop] for s in group.slices])
             try:
-                y = await self.run_group(x)
+                y = await self.run_group(x, group.place)
             except Exception as exc:  # every request of the group gets the group's error
                 for s in group.slices:
                     if not s.request.future.done():
                         s.request.future.set_exception(exc)
                 return
-            row = 0
-            for s in group.slices:
-                request, n = s.request, s.stop - s.start
-                if request.future.done():  # failed in another group, or the client left
-                    row += n
-                    continue
-                if request.out is None:
-                    request.out = np.empty((len(request.x), *y.shape[1:]), np.float32)
-                request.out[s.start : s.stop] = y[row : row + n]
-                row += n
-                request.remaining -= n
-                if request.remaining == 0:
-                    request.future.set_result(request.out)
+            rest = [row for row in range(group.rows) if row not in group.answered]
+            group.place(rest, y[rest])
         finally:
             self._slots.release()

@@ -28,7 +28,7 @@ from codedfarm.coordinator.resolution import resolve_batch
 from codedfarm.errors import BatchFailedError, BatchTimeoutError, ConfigError
 from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.monitoring.server_metrics import ServerMetrics
-from codedfarm.server.batcher import BatcherConfig, CodingQueue
+from codedfarm.server.batcher import BatcherConfig, CodingQueue, RowsReceiver
 from codedfarm.settings import Settings
 from codedfarm.stragglers import parse_straggler_spec
 
@@ -180,11 +180,16 @@ class Farm:
             return found
         label = self.group_settings(model, self.config.batcher.group_size).plan.spec
 
-        async def run_group(x: np.ndarray) -> np.ndarray:
+        async def run_group(x: np.ndarray, on_rows: RowsReceiver) -> np.ndarray:
             seed = self.config.straggle_seed
             if seed is not None:
                 seed += next(self._groups_sent)
-            result: np.ndarray = await self.blocking(self._submit, model, x, seed)
+            loop = asyncio.get_running_loop()
+
+            def early(rows: list[int], y: np.ndarray) -> None:  # on the farm client's thread
+                loop.call_soon_threadsafe(on_rows, rows, y)
+
+            result: np.ndarray = await self.blocking(self._submit, model, x, seed, early)
             return result
 
         def on_group(rows: int, delay: float) -> None:
@@ -206,11 +211,17 @@ class Farm:
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
 
-    def _submit(self, model: ResolvedModel, x: np.ndarray, seed: int | None) -> np.ndarray:
+    def _submit(
+        self,
+        model: ResolvedModel,
+        x: np.ndarray,
+        seed: int | None,
+        on_rows: Callable[[list[int], np.ndarray], None] | None = None,
+    ) -> np.ndarray:
         settings = self.group_settings(model, len(x), seed)
         client = self._clients.get()
         try:
-            result = client.submit(x, settings)
+            result = client.submit(x, settings, on_rows=on_rows)
         except BaseException:
             self._clients.put(client)
             raise
@@ -218,6 +229,7 @@ class Farm:
         # then free their worker slots (a pooled client may wait long for its next poll)
         self._threads.submit(self._release, client)
         self.metrics.groups.labels(model.name, settings.plan.spec, result.outcome).inc()
+        self.metrics.rows(model.name, result.record)
         if result.predictions is None:
             reason = result.record.error or "no decode"
             error = BatchTimeoutError if result.outcome == "timeout" else BatchFailedError

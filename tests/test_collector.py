@@ -242,13 +242,13 @@ def test_every_row_own_finishes_at_once_without_a_decode(settings, redis_client,
     assert record.rows_own == [0, 1, 2, 3] and record.rows_decoded == []
     assert record.workers_used == [0, 1, 2, 3] and record.timings.decode == 0.0
     frame = redis_client.blpop([Keys(settings.key_prefix).reply(prepared.batch)], timeout=1)
-    header, payload = unpack_frame(frame[1])
+    _header, payload = unpack_frame(frame[1])
     got = np.frombuffer(payload, np.float32).reshape(4, 10)
     np.testing.assert_array_equal(got, one_by_one(x))  # the own results, bit for bit
 
 
 def test_a_late_row_is_decoded_from_parity_and_listed_as_decoded(settings, redis_client, worker):
-    prepared, inbox, x = start_systematic(settings, redis_client)
+    prepared, inbox, _x = start_systematic(settings, redis_client)
     collector = Collector(redis_client, inbox)
     for i in (0, 1, 2, 4):  # row 3's own task is late; one parity result is in
         report(worker, prepared, inbox, i)

@@ -223,9 +223,9 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
 @pytest.mark.parametrize(
     ("codec", "n", "wait_for", "rows", "expect"),
     [("replication", 24, None, 3, (24, 4, 3)), ("replication", 24, None, 5, (20, 4, 5)),
-     ("replication", 24, None, 7, (21, 4, 7)), ("replication", None, None, 5, (25, 4, 5)),
+     ("replication", 24, None, 7, (21, 4, 7)), ("replication", None, None, 5, (5, 0, 5)),
      ("replication", 24, 12, 5, (20, 4, 12)), ("replication", 24, 30, 5, (20, 4, 20)),
-     ("uncoded", 8, None, 2, (2, 0, 2)), ("replication", 6, None, 4, (4, 3, 4)),
+     ("uncoded", 8, None, 2, (2, 0, 2)), ("replication", 6, None, 4, (4, 0, 4)),
      ("replication", 24, None, 1, (24, 4, 1)), ("spline", 24, None, 3, (24, 4, 20)),
      ("mds", 6, None, 1, (6, 4, 2)), ("replication", 24, None, 8, (24, 4, 8))],
 )  # fmt: skip
@@ -237,7 +237,8 @@ def test_a_partial_groups_copies_shrink_with_it(codec, n, wait_for, rows, expect
     from codedfarm.server.farm import ServeConfig, group_settings
     from codedfarm.settings import Settings
 
-    config = ServeConfig(codec=codec, n=n, s=4, wait_for=wait_for)
+    batcher = BatcherConfig(group_size=min(8, n or 8))
+    config = ServeConfig(codec=codec, n=n, s=4, wait_for=wait_for, batcher=batcher)
     settings = group_settings(Settings(), config, resolve_model("linear"), rows)
     assert (settings.n, settings.s, settings.wait_for) == expect
 
@@ -325,7 +326,11 @@ def test_a_changed_config_json_gets_a_new_coding_queue_and_the_idle_old_one_clos
             await farm.close()
 
     old, new, reused = asyncio.run(main())
-    assert (old.codec, new.codec, reused) == ("spline", "berrut", True)  # type: ignore[attr-defined]
+    assert (old.codec, new.codec, reused) == (  # type: ignore[attr-defined]
+        "berrut:systematic=true",
+        "berrut",
+        True,
+    )
     assert list(farm._coding) == [after]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from codedfarm import errors
+from codedfarm.errors import ConfigError
 from codedfarm.server.batcher import BatcherConfig
 from codedfarm.server.oip import infer_request
 from codedfarm.server.status import STATUS_BY_ERROR, answer_error, status_of
@@ -100,10 +101,26 @@ def test_a_codec_failing_inside_a_served_group_is_a_500_with_an_error_id(
     assert "unexpected array size" in caplog.text and "broken_encode" in caplog.text
 
 
-def test_settings_no_group_can_have_are_the_servers_error_not_the_clients(settings, caplog):
-    """-s 4 with a code whose default n for a lone row is 3: a 500 that says why, not 400."""
+def test_a_stragglers_budget_for_a_full_group_fits_a_lone_row():
+    """-s 4 at the default redundancy: a lone row gets its task and one parity (n=2), so
+    its group tolerates what its workers allow (1), not a 400 or 500 per request."""
+    from codedfarm.models.resolve import resolve_model
+    from codedfarm.server.farm import ServeConfig, group_settings
+    from codedfarm.settings import Settings
+
+    for codec in ("spline", "berrut:systematic=true", "mds", "replication", "uncoded"):
+        for rows in range(1, 9):
+            got = group_settings(Settings(), ServeConfig(codec=codec, s=4), resolve_model("linear"),
+                                 rows)  # fmt: skip
+            assert got.s < got.n and got.codec.min_results <= got.wait_for <= got.n
+
+
+def test_impossible_serve_settings_are_refused_when_configured():
     from codedfarm.server.farm import ServeConfig
 
-    response = _post_one_row(settings, ServeConfig(codec="spline", s=4, clients=1), caplog)
-    assert response.status_code == 500
-    assert "s must be < n" in response.json()["error"]
+    with pytest.raises(ConfigError, match="n must be >= the group size"):
+        ServeConfig(n=4)  # a full group of 8 rows cannot have fewer tasks than rows
+    with pytest.raises(ConfigError, match="s must be < n"):
+        ServeConfig(n=8, s=8)
+    with pytest.raises(ConfigError, match="redundancy must be >= 1"):
+        ServeConfig(redundancy=0.9)

@@ -173,6 +173,14 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     default=None,
     help="Decode once this many results are in (default n - s).",
 )
+@click.option(
+    "--wait-policy",
+    type=click.Choice(["own", "results"]),
+    default="own",
+    show_default=True,
+    help="own: also return as soon as every row's own result is in (systematic codes, "
+    "uncoded, replication: exact, nothing decoded); results: wait for --wait results.",
+)
 @click.option("--straggle", default=None, help="Straggler spec, e.g. fixed:S=4,delay=2.")
 @click.option(
     "--deadline",
@@ -225,6 +233,7 @@ def submit(
     s: int | None,
     redundancy: float | None,
     wait_for: int | None,
+    wait_policy: str,
     straggle: str | None,
     deadline: float | None,
     queues: tuple[str, ...],
@@ -260,6 +269,7 @@ def submit(
         s=s,
         redundancy=redundancy,
         wait_for=wait_for,
+        wait=wait_policy,
         straggle=straggle,
         deadline=deadline,
         queues=queues or None,
@@ -293,6 +303,8 @@ def _summary(record: Any, predictions: np.ndarray | None, out: Path | None) -> s
         + (f"@{record.model_version})" if record.model_version is not None else ")"),
         f"  k={record.k} n={record.n} s={record.s} wait_for={record.wait_for}; "
         f"results received {record.results_received}, used {len(record.workers_used)}",
+        f"  rows: {len(record.rows_own)} answered from their own result, "
+        f"{len(record.rows_decoded)} decoded",
         f"  timings ms: encode {t.encode * 1e3:.2f}  dispatch {t.dispatch * 1e3:.2f}  "
         f"wait {t.wait * 1e3:.1f}  decode {t.decode * 1e3:.2f}  "
         f"end-to-end {t.end_to_end * 1e3:.1f}",

@@ -178,12 +178,15 @@ def model_help(prefix: str = "Model") -> Callable[[], str]:
     return text
 
 
-def codec_help(prefix: str = "Codec spec", extra: tuple[str, ...] = ()) -> Callable[[], str]:
+def codec_help(
+    prefix: str = "Codec spec", extra: tuple[str, ...] = (), default: str | None = None
+) -> Callable[[], str]:
     def text() -> str:
         from codedfarm.codecs import DEFAULT_CODEC, available_codecs
 
         names = ", ".join([*available_codecs(), *extra])
-        lead = prefix.format(default=DEFAULT_CODEC)  # "{default}": the farm's default codec
+        # "{default}": the farm's default codec, or the command's own
+        lead = prefix.format(default=default or DEFAULT_CODEC)
         return f"{lead}: {names}; with parameters as in spline:lam_enc=0,lam_dec=auto."
 
     return text

@@ -43,7 +43,8 @@ __all__ = ["loadgen", "serve"]
 )  # fmt: skip
 @click.option(
     "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
-    help_fn=codec_help("Codec of models whose config.json sets none (default: {default})"),
+    help_fn=codec_help("Codec of models whose config.json sets none (default: {default}, "
+                       "see docs/serve.md)", default="berrut:systematic=true"),
 )  # fmt: skip
 @click.option("-n", "n", type=int, default=None,
               help="N of models whose config.json sets none (default: the codec's).")  # fmt: skip
@@ -52,7 +53,7 @@ __all__ = ["loadgen", "serve"]
 @redundancy_option(
     "Tasks per row for models whose config.json sets none: a group of r rows "
     "gets r + max(1, ceil((R-1) r)) tasks and tolerates losing all but r of "
-    "them (-n and -s, when given, win over it; default: none, the codec's N)."
+    "them (-n, when given, wins over it; default: 1.5 unless -n is given)."
 )
 @click.option("--deadline", type=float, default=None, cls=SettingOption, setting="deadline",
               read_env=False, help="Seconds per group, for models whose config.json sets none "

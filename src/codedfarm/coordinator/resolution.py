@@ -184,6 +184,9 @@ def resolve_batch(
     if fit_workers or redundancy is not None:
         n, s = plan.fit_workers(k, n, s)
     n = _check_int("n", n, 1, settings.max_workers)
+    if fit_workers and s_given is not None and n >= k:
+        # a budget set for a full group: a smaller one tolerates what its workers allow
+        s = min(s, n - plan.codec(k, n, 0).min_results)
     if s >= n:
         raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
     codec = plan.codec(k, n, s)

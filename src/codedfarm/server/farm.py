@@ -32,18 +32,27 @@ from codedfarm.server.batcher import BatcherConfig, CodingQueue, RowsReceiver
 from codedfarm.settings import Settings
 from codedfarm.stragglers import parse_straggler_spec
 
-__all__ = ["MODEL_CACHE_S", "Farm", "ServeConfig", "group_settings"]
+__all__ = ["MODEL_CACHE_S", "SERVE_CODEC", "SERVE_REDUNDANCY", "Farm", "ServeConfig",
+           "group_settings"]  # fmt: skip
 
 log = logging.getLogger("codedfarm.serve")
 
 MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
+SERVE_CODEC = "berrut:systematic=true"
+"""The server's codec when neither a model's config.json nor ``--codec`` names one:
+systematic (each row is answered from its own task, exactly, when it is in time; only a
+late row is decoded), ``space=auto`` (its default). Why: docs/serve.md, "The defaults"."""
+SERVE_REDUNDANCY = 1.5
+"""The server's redundancy budget when neither a model's config.json nor the flags set
+``n`` or ``redundancy``: a group of r rows costs r + max(1, ceil(r / 2)) tasks."""
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """What ``codedfarm serve`` runs with. ``codec``, ``n``, ``s``, ``redundancy``,
     ``wait_for`` and ``deadline``: the defaults of a model whose ``config.json`` sets none
-    (None: the farm's); ``n`` and ``s`` are a budget each codec fits itself into
+    (None: :data:`SERVE_CODEC` at :data:`SERVE_REDUNDANCY` unless ``n`` is given, the
+    farm's deadline); ``n`` and ``s`` are a budget each codec fits itself into
     (:meth:`~codedfarm.codecs.CodecPlan.fit_workers`). Validated at construction."""
 
     host: str = "127.0.0.1"
@@ -83,6 +92,14 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value!r}")
         if self.s is not None and self.s < 0:
             raise ConfigError(f"s must be >= 0, got {self.s}")
+        if self.n is not None and self.n < self.batcher.group_size:
+            raise ConfigError(
+                f"n must be >= the group size (one task per row at least), got "
+                f"n={self.n}, group size {self.batcher.group_size}"
+            )
+        if self.n is not None and self.s is not None and self.s >= self.n:
+            raise ConfigError(f"s must be < n (some workers must answer), got n={self.n}, "
+                              f"s={self.s}")  # fmt: skip
         if self.redundancy is not None and not self.redundancy >= 1:
             raise ConfigError(f"redundancy must be >= 1, got {self.redundancy}")
         if self.hedge_after is not None and not self.hedge_after > 0:
@@ -97,10 +114,13 @@ class ServeConfig:
     @property
     def batch_defaults(self) -> BatchDefaults:
         """The server-wide layer of a group's settings (under the model's config.json)."""
-        return BatchDefaults(codec=self.codec, n=self.n, s=self.s, wait_for=self.wait_for,
-                             deadline=self.deadline, queues=self.queues or None,
-                             straggle=self.straggle, redundancy=self.redundancy,
-                             hedge_after=self.hedge_after)  # fmt: skip
+        redundancy = self.redundancy
+        if redundancy is None and self.n is None:
+            redundancy = SERVE_REDUNDANCY
+        return BatchDefaults(codec=self.codec or SERVE_CODEC, n=self.n, s=self.s,
+                             wait_for=self.wait_for, deadline=self.deadline,
+                             queues=self.queues or None, straggle=self.straggle,
+                             redundancy=redundancy, hedge_after=self.hedge_after)  # fmt: skip
 
 
 def group_settings(

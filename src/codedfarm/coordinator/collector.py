@@ -89,7 +89,9 @@ class Collector:
         """Wait up to ``timeout`` s (less if a deadline comes first); handle what arrived."""
         self.flush_cleanup()
         now = self.clock()
-        nearest = min((b.reg.deadline for b in self._open.values()), default=now + timeout)
+        nearest = min((b.reg.deadline if b.late_tried or b.decode_at is None
+                       else min(b.decode_at, b.reg.deadline)
+                       for b in self._open.values()), default=now + timeout)  # fmt: skip
         # short blocking calls: redis-py's socket timeout (5 s by default) bounds one BLPOP
         wait = max(0.0, min(timeout, nearest - now, MAX_BLOCK_S))
         finished: list[BatchRecord] = []
@@ -201,7 +203,7 @@ class Collector:
         if dropped is not None:
             self._drop(dropped)
             return
-        if batch.policy_met():
+        if batch.policy_met(self.clock()):
             self._ready[batch.reg.batch] = False
         elif batch.all_answered() or batch.hopeless():
             # nobody else will answer, or too many failed to ever decode: decode like at the
@@ -212,8 +214,14 @@ class Collector:
 
     def _expire_deadlines(self) -> list[BatchRecord]:
         now = self.clock()
-        due = [b for b in self._open.values() if b.reg.deadline <= now]
+        late = [b for b in self._open.values() if not b.late_tried
+                and b.decode_at is not None and b.decode_at <= now < b.reg.deadline]  # fmt: skip
         records = []
+        for batch in late:  # missing own results are late now: decode their rows
+            batch.late_tried = True
+            if record := self._try_finish(batch, at_deadline=False):
+                records.append(record)
+        due = [b for b in self._open.values() if b.reg.deadline <= now]
         for batch in due:
             record = self._try_finish(batch, at_deadline=True)
             if record is None:  # still not decodable: give up
@@ -232,7 +240,7 @@ class Collector:
         workers, y, bad = batch.fetch(self.redis, sorted(batch.received))
         for _ in range(bad):
             self._drop("corrupt")
-        if y is None or (not at_deadline and not batch.policy_met()):
+        if y is None or (not at_deadline and not batch.policy_met(self.clock())):
             return None
         start = time.perf_counter()
         try:
@@ -380,7 +388,7 @@ class Collector:
             notice = Notice(reg.batch, index, True, "float32", list(reg.output_shape),
                             written_at=now)  # fmt: skip
             batch.accept(notice, now, now)
-        if batch.policy_met():
+        if batch.policy_met(now):
             batch.policy_met_at = batch.policy_met_at or now
             self._ready[reg.batch] = False
 

@@ -204,13 +204,15 @@ class Dispatcher:
         registration: BatchRegistration,
         inbox: str,
         tasks: Sequence[tuple[int, TaskFate | None]],
+        shift: int = 0,
     ) -> dict[str, list[bytes]]:
-        """Celery messages for (index, fate) pairs, grouped by queue (round-robin by index)."""
+        """Celery messages for (index, fate) pairs, grouped by queue (round-robin by index,
+        moved ``shift`` queues on)."""
         per_input = batch.coded[0].nbytes
         shape = list(batch.coded.shape[1:])
         by_queue: dict[str, list[bytes]] = {q: [] for q in batch.queues}
         for j, fate in tasks:
-            queue = batch.queues[j % len(batch.queues)]
+            queue = batch.queues[(j + shift) % len(batch.queues)]
             key, offset = registration.input_key, j * per_input
             if j >= batch.n:  # reference task i = j - n reads raw input i
                 key, offset = registration.reference_key, (j - batch.n) * per_input
@@ -272,10 +274,12 @@ class Dispatcher:
         return time.perf_counter() - start
 
     def redispatch(self, batch: PreparedBatch, inbox: str, indices: list[int]) -> int:
-        """Hedging: send another copy of tasks ``indices``; returns how many were sent."""
+        """Hedging: send another copy of tasks ``indices``; returns how many were sent. Each
+        copy goes to the queue after its first copy's (with several queues, another worker:
+        a copy sent where the first one waits behind a slow worker would wait there too)."""
         plan = batch.settings.hedge_plan
         tasks = [(j, plan[j] if plan is not None else TaskFate()) for j in indices]
-        by_queue = self._messages(batch, self.registration(batch), inbox, tasks)
+        by_queue = self._messages(batch, self.registration(batch), inbox, tasks, shift=1)
         pipe = self.redis.pipeline(transaction=False)
         self._push(pipe, by_queue, int(self.settings.key_ttl))
         pipe.execute()

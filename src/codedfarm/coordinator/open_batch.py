@@ -8,9 +8,13 @@ Wait policies (the registration's ``wait``):
   decode at all. A row's own result is the result of a task that computed that row
   unchanged (:attr:`~codedfarm.codecs.Codec.own_tasks`: a systematic code's first ``k``
   tasks, uncoded, a replica); it is the model's own prediction, exactly. A row whose own
-  task is late is decoded as soon as ``wait_for`` results are in. Rows whose own results
-  are in may be handed out before the batch finishes (:attr:`OpenBatch.on_rows`: the
-  server answers each request as soon as its rows are).
+  task is *late* is decoded once ``wait_for`` results are in. Late: not in within
+  :data:`LATE_AFTER` of the time the batch took to get ``wait_for`` results (an own result
+  a little behind a parity result, as when two workers take different tasks of one group,
+  is not a straggler, and waiting for it keeps the row exact; a 10x straggler is decoded
+  after 1.25x the batch's time instead). Exact codes (``mds``) decode at once: their decode
+  is exact. Rows whose own results are in may be handed out before the batch finishes
+  (:attr:`OpenBatch.on_rows`: the server answers each request as soon as its rows are).
 
 Codes without own tasks (non-systematic approximate codes, ``byzantine`` decodes, which
 must check every result first) behave under ``own`` exactly as under ``results``.
@@ -43,6 +47,12 @@ log = logging.getLogger(__name__)
 
 WAIT_POLICIES = ("own", "results")
 
+LATE_AFTER = 0.25
+"""How much longer than it took to get ``wait_for`` results an approximate code waits for
+a missing own result before decoding its row (a fraction of that time; docs/serve.md,
+"Early answers", for its calibration)."""
+MIN_LATE_S = 0.002  # the least wait for a missing own result, seconds
+
 RowsCallback = Callable[[list[int], np.ndarray], None]
 """Receives rows answered early: their indexes in ``[0, k)`` and their predictions
 ``(len(rows), *out_shape)`` float32 (each the row's own result, exactly)."""
@@ -67,6 +77,8 @@ class OpenBatch:
     own_in: dict[int, int] = field(default_factory=dict)  # row -> task of its own result
     on_rows: RowsCallback | None = None  # early rows' receiver (in-process)
     rows_told: set[int] = field(default_factory=set)  # rows handed to on_rows already
+    decode_at: float | None = None  # when missing own rows count as late (collector clock)
+    late_tried: bool = False  # the collector tried to decode at decode_at already
 
     @property
     def early(self) -> bool:
@@ -77,9 +89,15 @@ class OpenBatch:
     def every_row_own(self) -> bool:
         return len(self.own_in) == self.reg.k
 
-    def policy_met(self) -> bool:
-        """True once the batch may be answered before its deadline."""
-        return len(self.received) >= self.reg.wait_for or (self.early and self.every_row_own)
+    def policy_met(self, now: float) -> bool:
+        """True once the batch may be answered before its deadline (``now``: the collector's
+        clock): every row is its own result, or ``wait_for`` results are in and the missing
+        own results are late."""
+        if self.early and self.every_row_own:
+            return True
+        if len(self.received) < self.reg.wait_for:
+            return False
+        return self.decode_at is None or self.decode_at <= now
 
     def accept(self, notice: Notice, woke_at: float, now: float) -> str | None:
         """Take a notice for task ``notice.index``; returns why it was dropped, or None."""
@@ -102,7 +120,17 @@ class OpenBatch:
         row = self.codec.own_tasks[notice.index]
         if row is not None:
             self.own_in.setdefault(row, notice.index)
-        if self.policy_met_at is None and self.policy_met():
+        if (
+            self.decode_at is None
+            and self.early
+            and not self.codec.exact
+            and len(self.received) >= self.reg.wait_for
+            and not self.every_row_own
+        ):
+            # enough to decode, but an own result is missing: give it a moment (LATE_AFTER)
+            took = max(0.0, now - self.reg.submitted_at)
+            self.decode_at = now + max(MIN_LATE_S, LATE_AFTER * took)  # fmt: skip
+        if self.policy_met_at is None and self.policy_met(now):
             self.needed_written_at = notice.written_at
             self.policy_met_at = now
             self.critical = (notice, woke_at)

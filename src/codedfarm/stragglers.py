@@ -7,6 +7,9 @@ Spec strings (combine several with ``+``; delays add up, failures OR)::
     exp:shift=0.05,rate=20       every task sleeps shift + Exp(rate)   (Lee et al.)
     pareto:scale=0.01,alpha=1.5  every task sleeps a Pareto(alpha) time with minimum `scale`
     fail:p=0.05                  every task dies without a result with probability p
+    late:p=0.05,delay=0.2        every task, independently with probability p, sleeps
+                                 `delay` seconds (a fraction of late tasks, not a fixed
+                                 number per batch: unlike ``fixed``, also a worker's spec)
 
 Delays are slept inside the task, never via Celery countdown/ETA. A worker may also be
 persistently slow (``codedfarm worker --slowdown 3``), which multiplies its compute time.
@@ -64,6 +67,10 @@ class StragglerModel:
         if self.kind == "fail":
             fails = rng.random(n) < self.param("p")
             return [TaskFate(0.0, bool(f)) for f in fails]
+        if self.kind == "late":
+            late = rng.random(n) < self.param("p")
+            delay = self.param("delay")
+            return [TaskFate(delay if flag else 0.0) for flag in late]
         raise AssertionError(self.kind)  # parse_straggler_spec admits no other kind
 
     def __str__(self) -> str:
@@ -78,6 +85,7 @@ _KINDS: dict[str, tuple[str, ...]] = {
     "exp": ("shift", "rate"),
     "pareto": ("scale", "alpha"),
     "fail": ("p",),
+    "late": ("p", "delay"),
 }
 
 
@@ -146,8 +154,8 @@ def _model(term: str, spec: str) -> StragglerModel:
         raise StragglerSpecError("exp: rate must be > 0")
     if kind == "pareto" and values["alpha"] <= 0:
         raise StragglerSpecError("pareto: alpha must be > 0")
-    if kind == "fail" and values["p"] > 1:
-        raise StragglerSpecError(f"fail: p must be a probability in [0, 1], got {values['p']:g}")
+    if kind in ("fail", "late") and values["p"] > 1:
+        raise StragglerSpecError(f"{kind}: p must be a probability in [0, 1], got {values['p']:g}")
     return StragglerModel(kind, tuple((k, values[k]) for k in wanted))
 
 

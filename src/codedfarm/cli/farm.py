@@ -66,7 +66,7 @@ __all__ = ["collector", "submit", "worker"]
     "--straggle",
     default="none",
     help="Default straggler spec for tasks whose batch gives none: none, exp:shift=S,rate=R, "
-    "pareto:scale=S,alpha=A, fail:p=P, joined with +.",
+    "pareto:scale=S,alpha=A, fail:p=P, late:p=P,delay=D, joined with +.",
 )
 @click.option(
     "--corrupt",

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from codedfarm.cli.options import (
     split_commas,
 )
 from codedfarm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from codedfarm.evaluation.runner import EvalConfig
 
 __all__ = ["compare", "evaluate"]
 
@@ -104,18 +107,24 @@ def compare(
     default=None,
     help="Data set folder (imagenet: an ImageFolder).",
 )
-@click.option("-k", type=int, default=None, help="Inputs per batch (default 20).")
+@click.option(
+    "-k", "k", multiple=True, callback=split_commas, metavar="K[,K...]",
+    help="Inputs per batch (default 20); with --decoded-rows the group sizes K (repeatable; "
+    "default 8).",
+)  # fmt: skip
 @click.option("-n", type=int, default=None, help="Workers (default 100).")
 @click.option(
     "-s", "--stragglers", "stragglers", multiple=True, callback=split_commas, metavar="S[,S...]",
     help="Straggler counts S (repeatable; default 0,10,...,60).",
 )  # fmt: skip
 @click.option(
-    "--batches", type=int, default=None, help="Held-out batches per model (default 12; quick 3)."
-)
+    "--batches", type=int, default=None,
+    help="Held-out batches per model (default 12; quick 3); with --decoded-rows per model and K.",
+)  # fmt: skip
 @click.option(
     "--patterns", type=int, default=None,
-    help="Straggler patterns per batch and S (default 8; quick 3).",
+    help="Straggler patterns per batch and S (default 8; quick 3); with --decoded-rows the "
+    "draws per batch of each number of rows or tasks lost.",
 )  # fmt: skip
 @click.option(
     "--output-space", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
@@ -129,6 +138,21 @@ def compare(
     "--byzantine", type=click.IntRange(min=1), default=None,
     help="A the byzantine decoder is built for in that table (default 2).",
 )  # fmt: skip
+@click.option(
+    "--decoded-rows", is_flag=True,
+    help="Instead of the fidelity suite: top-1 accuracy of decoded rows against the "
+    "redundancy budget R (systematic codes; rows lost, and 1/5/10% stragglers); default "
+    "models lenet5, repvgg (docs/redundancy.md).",
+)  # fmt: skip
+@click.option(
+    "--redundancy", "redundancy", multiple=True, callback=split_commas, metavar="R[,R...]",
+    help="Redundancy budgets R of --decoded-rows, tasks per row as the server's --redundancy "
+    "(repeatable; default 1.25,1.5,2); implies --decoded-rows.",
+)  # fmt: skip
+@codecs_option(codec_help(
+    "Codecs of --decoded-rows (repeatable; default berrut:systematic=true, "
+    "spline:systematic=true)"
+))  # fmt: skip
 @click.option("--quick", is_flag=True, help="A small run: LeNet5, K=8, N=40.")
 @click.option("--seed", type=int, default=0, help="Seed of the batches and straggler draws.")
 @click.option(
@@ -141,7 +165,7 @@ def evaluate(
     models: tuple[str, ...],
     dataset: str,
     data_dir: Path | None,
-    k: int | None,
+    k: tuple[str, ...],
     n: int | None,
     stragglers: tuple[str, ...],
     batches: int | None,
@@ -149,6 +173,9 @@ def evaluate(
     output_space: str,
     corrupt: str | None,
     byzantine: int | None,
+    decoded_rows: bool,
+    redundancy: tuple[str, ...],
+    codecs: tuple[str, ...],
     quick: bool,
     seed: int,
     out_dir: Path,
@@ -158,6 +185,11 @@ def evaluate(
     convergence in N, and coded-sample pictures. Needs no Redis.
 
     Writes results.json, fidelity.csv, table.md (NeRCC's Table 1) and PNG plots to --out-dir.
+
+    With --decoded-rows (or --redundancy): instead, top-1 agreement and accuracy of the rows
+    a systematic code decodes, per model, codec, group size K (-k) and redundancy R, with
+    one or two rows' own results lost and with 1/5/10% of tasks straggling, beside the
+    published ApproxIFER and ParM figures (results.json, decoded_rows.csv, table.md).
     """
     from codedfarm.evaluation.runner import EvalConfig, run_evaluation
     from codedfarm.models.registry import get_model_spec
@@ -167,20 +199,37 @@ def evaluate(
     changes: dict[str, Any] = {
         "dataset": dataset, "data_dir": data_dir, "seed": seed, "output_space": output_space
     }  # fmt: skip
-    if corrupt is not None:
-        changes["corrupt"] = _ints(tuple(corrupt.split(",")), "--wrong-results")
-    if byzantine is not None:
-        changes["byzantine"] = byzantine
-    if models:
-        changes["models"] = models
-    for name, value in (("k", k), ("n", n), ("batches", batches), ("patterns", patterns)):
+    ks = _ints(k, "-k")
+    if decoded_rows or redundancy:
+        fidelity_only = {"-n": n, "-s/--stragglers": stragglers, "--wrong-results": corrupt,
+                         "--byzantine": byzantine}  # fmt: skip
+        _decoded_rows_changes(changes, quick, models, ks, redundancy, codecs, fidelity_only)
+    else:
+        if codecs:
+            raise ConfigError("--codec applies to --decoded-rows (the fidelity suite runs its own "
+                              "list of codecs)")  # fmt: skip
+        if len(ks) > 1:
+            raise ConfigError(f"-k takes one value except with --decoded-rows, got {', '.join(k)}")
+        if corrupt is not None:
+            changes["corrupt"] = _ints(tuple(corrupt.split(",")), "--wrong-results")
+        if byzantine is not None:
+            changes["byzantine"] = byzantine
+        if models:
+            changes["models"] = models
+        for name, value in (("k", ks[0] if ks else None), ("n", n)):
+            if value is not None:
+                changes[name] = value
+        if stragglers:
+            changes["stragglers"] = _ints(stragglers, "-s/--stragglers")
+    for name, value in (("batches", batches), ("patterns", patterns)):
         if value is not None:
             changes[name] = value
-    if stragglers:
-        changes["stragglers"] = _ints(stragglers, "-s/--stragglers")
     config = dataclasses.replace(config, **changes)
     for name in config.models:
         get_model_spec(name)
+    if config.decoded_rows:
+        _run_decoded_rows(config, out_dir, as_json)
+        return
     per_model = config.tune_batches * len(config.lam_enc) + config.batches * 10
     units = len(config.models) * (per_model + config.robust_batches * 3)
     with click.progressbar(length=units, label="evaluating", file=sys.stderr) as bar:
@@ -209,4 +258,70 @@ def evaluate(
     slope = result["summary"]["noiseless_spline_slope"]
     click.echo(f"noiseless smooth-function slope of log MSE vs log N (spline): {slope:.2f} "
                "(target <= -2.5)")  # fmt: skip
+    click.echo(f"results in {out_dir}/ ({result['seconds']} s)")
+
+
+def _floats(values: tuple[str, ...], option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError as exc:
+        raise ConfigError(f"{option} takes numbers, got {', '.join(values)}") from exc
+
+
+def _decoded_rows_changes(
+    changes: dict[str, Any],
+    quick: bool,
+    models: tuple[str, ...],
+    ks: tuple[int, ...],
+    redundancy: tuple[str, ...],
+    codecs: tuple[str, ...],
+    fidelity_only: dict[str, Any],
+) -> None:
+    """``eval --decoded-rows``'s settings into ``changes``. The fidelity suite's own options
+    (``fidelity_only``: option -> value given) are refused, one line and exit 2, rather
+    than ignored."""
+    from codedfarm.evaluation.redundancy import DEFAULT_MODELS
+
+    given = [option for option, value in fidelity_only.items() if value not in (None, ())]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: an option of the fidelity suite, not of "
+                          "--decoded-rows")  # fmt: skip
+    changes["decoded_rows"] = True
+    if models or not quick:  # --quick keeps its one model
+        changes["models"] = models or DEFAULT_MODELS
+    if ks:
+        changes["group_sizes"] = ks
+    if redundancy:
+        changes["redundancy"] = _floats(redundancy, "--redundancy")
+    if codecs:
+        changes["redundancy_codecs"] = codecs
+
+
+def _run_decoded_rows(config: EvalConfig, out_dir: Path, as_json: bool) -> None:
+    from codedfarm.evaluation.redundancy import TARGET_AGREEMENT, TARGET_RATE, run_decoded_rows
+    from codedfarm.settings import Settings
+
+    units = (len(config.models) * len(config.group_sizes) * len(config.redundancy)
+             * len(config.redundancy_codecs) * config.batches)  # fmt: skip
+    with click.progressbar(length=units, label="decoded rows", file=sys.stderr) as bar:
+        result = run_decoded_rows(
+            config, out_dir, Settings.from_env().cache_dir,
+            echo=lambda line: click.echo("\n" + line, err=True), progress=bar.update,
+        )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(result["summary"], indent=2, default=float))
+        return
+    click.echo((out_dir / "table.md").read_text())
+    for m in result["summary"]["meets"]:
+        at = ", ".join(f"R={r}: {a:.4f}" for r, a in m["agreement"].items())
+        verdict = (f"from R={m['smallest_redundancy']:g}" if m["smallest_redundancy"] is not None
+                   else "at no R measured")  # fmt: skip
+        top = max(config.straggle_rates)
+        rates = ", ".join(f"R={r}: " + ("none" if p is None else f"{'>=' * (p >= top)}{p:.1%}")
+                          for r, p in m["max_rate"].items())  # fmt: skip
+        click.echo(
+            f"{m['model']} K={m['k']} {m['codec']}: overall agreement >= {TARGET_AGREEMENT:g} "
+            f"at {TARGET_RATE:.0%} stragglers {verdict} ({at}); met up to straggle rate "
+            f"{rates}"
+        )
     click.echo(f"results in {out_dir}/ ({result['seconds']} s)")

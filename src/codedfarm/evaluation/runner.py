@@ -18,6 +18,14 @@ from codedfarm.evaluation import plots
 from codedfarm.evaluation.compare import toy_model
 from codedfarm.evaluation.convergence import ConvergenceCurve, convergence
 from codedfarm.evaluation.fidelity import FidelityRow, Model, batches, build_codec, measure_fidelity
+from codedfarm.evaluation.loading import load_eval_model
+from codedfarm.evaluation.redundancy import (
+    DEFAULT_CODECS,
+    DEFAULT_GROUP_SIZES,
+    DEFAULT_REDUNDANCY,
+    STRAGGLE_RATES,
+    check_settings,
+)
 from codedfarm.evaluation.reporting import ratio_table, robustness_table
 from codedfarm.evaluation.robustness import RobustnessRow, measure_robustness
 from codedfarm.evaluation.tuning import DEFAULT_LAM_DEC, DEFAULT_LAM_ENC, LambdaGrid, grid_search
@@ -56,6 +64,12 @@ class EvalConfig:
     robust_patterns: int = 8  # straggler and corruption draws per batch there
     corrupt: tuple[int, ...] = (0, 1, 2)  # corrupt results A
     byzantine: int = 2
+    # decoded rows against redundancy (run_decoded_rows; batches and patterns as above)
+    decoded_rows: bool = False  # run that report instead of the fidelity suite
+    redundancy: tuple[float, ...] = DEFAULT_REDUNDANCY  # R: n = K + max(1, ceil((R-1) K))
+    group_sizes: tuple[int, ...] = DEFAULT_GROUP_SIZES  # K
+    redundancy_codecs: tuple[str, ...] = DEFAULT_CODECS
+    straggle_rates: tuple[float, ...] = STRAGGLE_RATES  # each task lost with probability p
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -104,43 +118,22 @@ class EvalConfig:
             raise ConfigError(f"byzantine must be in [1, {(n - s - 1) // 2}] (n={n}, S={s})")
         if any(not 0 <= a <= n - s - 1 for a in self.corrupt):
             raise ConfigError(f"corrupt results A must be in [0, {n - s - 1}], got {self.corrupt}")
+        if not isinstance(self.decoded_rows, bool):
+            raise ConfigError(f"decoded_rows must be true or false, got {self.decoded_rows!r}")
+        checked = check_settings(self.redundancy, self.group_sizes, self.redundancy_codecs,
+                                 self.straggle_rates)  # fmt: skip
+        for name, value in zip(("redundancy", "group_sizes", "redundancy_codecs",
+                                "straggle_rates"), checked, strict=True):  # fmt: skip
+            object.__setattr__(self, name, value)
         if self.output_space not in OUTPUT_SPACES:
             raise ConfigError(
                 f"output space must be one of {', '.join(OUTPUT_SPACES)}, got {self.output_space!r}"
             )
 
 
-def _numpy_model(module: Any, output_space: str = "logits") -> Model:
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            outs = [module(torch.from_numpy(np.ascontiguousarray(c))) for c in np.split(
-                x, range(256, len(x), 256))]  # fmt: skip
-            out = torch.cat(outs).float()
-            return (out.softmax(-1) if output_space == "probs" else out).numpy()
-
-    return run
-
-
 def _load(name: str, config: EvalConfig, cache_dir: Path) -> tuple[Model, Any, dict[str, Any]]:
-    from codedfarm.models.datasets import load_dataset
-    from codedfarm.models.registry import get_model_spec, load_model
-    from codedfarm.models.training import TRAINABLE, training_metadata
-
-    spec = get_model_spec(name)
-    if name in TRAINABLE:
-        meta = training_metadata(name, cache_dir, config.dataset)
-        from codedfarm.models.training import trained_model
-
-        module = trained_model(name, cache_dir, config.dataset)
-    else:
-        module, meta = load_model(name, cache_dir), {"model": name}
-    shape = spec.input_shape
-    if len(shape) != 3:
-        raise ConfigError(f"model {name} does not take images")
-    data = load_dataset(config.dataset, shape, cache_dir, data_dir=config.data_dir)
-    return _numpy_model(module, config.output_space), data, meta
+    return load_eval_model(name, cache_dir, dataset=config.dataset, data_dir=config.data_dir,
+                           output_space=config.output_space)  # fmt: skip
 
 
 def run_evaluation(

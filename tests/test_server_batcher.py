@@ -327,7 +327,7 @@ def test_a_changed_config_json_gets_a_new_coding_queue_and_the_idle_old_one_clos
 
     old, new, reused = asyncio.run(main())
     assert (old.codec, new.codec, reused) == (  # type: ignore[attr-defined]
-        "berrut:systematic=true",
+        "spline:systematic=true",
         "berrut",
         True,
     )
@@ -407,3 +407,21 @@ def test_a_failed_group_fails_only_the_requests_not_answered_yet():
     first, second = run(main())
     np.testing.assert_array_equal(first, expected(rows(0, 1)))
     assert isinstance(second, CodedFarmError)
+
+
+def test_the_serve_defaults_are_one_systematic_code_at_a_redundancy_of_one_and_a_half():
+    """No flags: the codec and budget docs/serve.md justifies; --help names the same codec;
+    -n (the same layer) wins over the default budget."""
+    from click.testing import CliRunner
+
+    from codedfarm.cli import cli
+    from codedfarm.codecs import plan_codec
+    from codedfarm.server.farm import SERVE_CODEC, SERVE_REDUNDANCY, ServeConfig
+
+    defaults = ServeConfig().batch_defaults
+    assert (defaults.codec, defaults.redundancy, defaults.n) == (SERVE_CODEC, 1.5, None)
+    assert plan_codec(SERVE_CODEC).codec(8, 12, 4).systematic and SERVE_REDUNDANCY <= 1.5
+    assert ServeConfig(n=24).batch_defaults.redundancy is None
+    assert ServeConfig(codec="uncoded").batch_defaults.codec == "uncoded"
+    help_text = " ".join(CliRunner().invoke(cli, ["serve", "--help"]).output.split())
+    assert f"default: {SERVE_CODEC}" in help_text

@@ -44,7 +44,7 @@ __all__ = ["loadgen", "serve"]
 @click.option(
     "--codec", default=None, metavar="SPEC", cls=DynamicHelpOption,
     help_fn=codec_help("Codec of models whose config.json sets none (default: {default}, "
-                       "see docs/serve.md)", default="berrut:systematic=true"),
+                       "see docs/serve.md)", default="spline:systematic=true"),
 )  # fmt: skip
 @click.option("-n", "n", type=int, default=None,
               help="N of models whose config.json sets none (default: the codec's).")  # fmt: skip

@@ -38,7 +38,7 @@ __all__ = ["MODEL_CACHE_S", "SERVE_CODEC", "SERVE_REDUNDANCY", "Farm", "ServeCon
 log = logging.getLogger("codedfarm.serve")
 
 MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
-SERVE_CODEC = "berrut:systematic=true"
+SERVE_CODEC = "spline:systematic=true"
 """The server's codec when neither a model's config.json nor ``--codec`` names one:
 systematic (each row is answered from its own task, exactly, when it is in time; only a
 late row is decoded), ``space=auto`` (its default). Why: docs/serve.md, "The defaults"."""

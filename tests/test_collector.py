@@ -352,3 +352,31 @@ def test_an_own_result_a_little_behind_the_parity_keeps_its_row_exact(
     now[0] += 0.4 * LATE_AFTER * 1.1  # past it: row 3 is late and decoded
     (record,) = collector.poll(0.05)
     assert record.rows_own == [0, 1, 2] and record.rows_decoded == [3]
+
+
+def test_redundant_tasks_wait_at_a_lower_priority_under_wait_own(settings, redis_client):
+    """Parity tasks (and extra copies) go to kombu's priority-3 list of their queue, so a
+    worker takes every first-copy task before them; every task of a code that is not
+    systematic, or under wait="results", stays at priority 0."""
+    from codedfarm.coordinator.dispatch import REDUNDANT_PRIORITY, redundant_tasks
+    from codedfarm.protocol import priority_list
+
+    def lists(codec: str, wait: str, **spec) -> dict[str, int]:
+        redis_client.delete("q", priority_list("q", REDUNDANT_PRIORITY))
+        dispatcher = Dispatcher(settings, redis_client)
+        x = np.zeros((4, 1, 32, 32), np.float32)
+        prepared = dispatcher.prepare(x, BatchSpec(model="linear", codec=codec, wait=wait,
+                                                   queues=("q",), **spec))  # fmt: skip
+        dispatcher.dispatch(prepared, Keys(settings.key_prefix).inbox("test"))
+        low = priority_list("q", REDUNDANT_PRIORITY)
+        return {"q": redis_client.llen("q"), low: redis_client.llen(low)}
+
+    low = priority_list("q", REDUNDANT_PRIORITY)
+    assert lists(SYSTEMATIC, "own", redundancy=1.5) == {"q": 4, low: 2}
+    assert lists(SYSTEMATIC, "results", redundancy=1.5) == {"q": 6, low: 0}
+    assert lists("spline", "own", n=12) == {"q": 12, low: 0}
+    assert lists("replication", "own", n=8) == {"q": 4, low: 4}
+    assert lists("uncoded", "own") == {"q": 4, low: 0}
+    from codedfarm.codecs import plan_codec
+
+    assert redundant_tasks(plan_codec("mds").codec(4, 6, 2)) == frozenset({4, 5})

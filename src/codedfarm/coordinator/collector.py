@@ -131,7 +131,7 @@ class Collector:
         state = self._open.get(batch)
         if state is not None and on_rows is not None:
             state.on_rows = on_rows
-            if state.own_in:
+            if state.own_in and state.early:
                 self._early_rows.add(batch)
         while batch not in self._replies and time.monotonic() < end:
             self.poll(end - time.monotonic())

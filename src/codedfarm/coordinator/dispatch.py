@@ -18,11 +18,39 @@ from codedfarm.codecs import Codec, CodecPlan
 from codedfarm.coordinator.resolution import BatchSettings, BatchSpec, resolve_batch
 from codedfarm.errors import InputError, InputWarning
 from codedfarm.models.resolve import ResolvedModel, resolve_model
-from codedfarm.protocol import INFER_TASK, BatchRegistration, Keys, TaskMessage, task_envelope
+from codedfarm.protocol import (
+    INFER_TASK,
+    BatchRegistration,
+    Keys,
+    TaskMessage,
+    priority_list,
+    task_envelope,
+)
 from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate
 
-__all__ = ["BatchSpec", "Dispatcher", "PreparedBatch"]
+__all__ = ["REDUNDANT_PRIORITY", "BatchSpec", "Dispatcher", "PreparedBatch", "redundant_tasks"]
+
+REDUNDANT_PRIORITY = 3
+"""kombu priority of a batch's redundant tasks (parity, extra copies) under ``wait="own"``:
+a worker takes every waiting first-copy task before them, so under load they run in spare
+time, and those whose batch is answered by then are skipped (docs/serve.md)."""
+
+
+def redundant_tasks(codec: Codec) -> frozenset[int]:
+    """Tasks of ``codec`` that only stand in for others: every task but the first to carry
+    each row unchanged, when some do (systematic codes, replication); none otherwise (every
+    result of a code that is not systematic is needed alike)."""
+    seen: set[int] = set()
+    redundant: set[int] = set()
+    if all(row is None for row in codec.own_tasks):
+        return frozenset()
+    for task, row in enumerate(codec.own_tasks):
+        if row is None or row in seen:
+            redundant.add(task)
+        else:
+            seen.add(row)
+    return frozenset(redundant)
 
 
 @dataclass(frozen=True)
@@ -205,14 +233,17 @@ class Dispatcher:
         inbox: str,
         tasks: Sequence[tuple[int, TaskFate | None]],
         shift: int = 0,
+        redundant: frozenset[int] = frozenset(),
     ) -> dict[str, list[bytes]]:
-        """Celery messages for (index, fate) pairs, grouped by queue (round-robin by index,
-        moved ``shift`` queues on)."""
+        """Celery messages for (index, fate) pairs, grouped by the Redis list they go to:
+        their queue (round-robin by index, moved ``shift`` queues on), at priority
+        :data:`REDUNDANT_PRIORITY` for the tasks in ``redundant``."""
         per_input = batch.coded[0].nbytes
         shape = list(batch.coded.shape[1:])
-        by_queue: dict[str, list[bytes]] = {q: [] for q in batch.queues}
+        by_queue: dict[str, list[bytes]] = {}
         for j, fate in tasks:
             queue = batch.queues[(j + shift) % len(batch.queues)]
+            priority = REDUNDANT_PRIORITY if j in redundant else 0
             key, offset = registration.input_key, j * per_input
             if j >= batch.n:  # reference task i = j - n reads raw input i
                 key, offset = registration.reference_key, (j - batch.n) * per_input
@@ -233,7 +264,8 @@ class Dispatcher:
                 fail=False if fate is None else fate.fail,
                 queue=queue,
             )
-            by_queue[queue].append(task_envelope(INFER_TASK, message.to_dict(), queue))
+            envelope = task_envelope(INFER_TASK, message.to_dict(), queue, priority)
+            by_queue.setdefault(priority_list(queue, priority), []).append(envelope)
         return by_queue
 
     def dispatch(
@@ -258,7 +290,8 @@ class Dispatcher:
             (j, None if batch.fates is None else (batch.fates[j] if j < batch.n else TaskFate()))
             for j in range(batch.n + extra)
         ]
-        by_queue = self._messages(batch, registration, inbox, tasks)
+        redundant = redundant_tasks(batch.codec) if batch.settings.wait == "own" else frozenset()
+        by_queue = self._messages(batch, registration, inbox, tasks, redundant=redundant)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(registration.input_key, batch.coded.data.cast("B"), ex=ttl)  # no copy
         if batch.reference is not None:

@@ -10,7 +10,7 @@ import redis
 
 from codedfarm.errors import CollectorUnavailableError, NoWorkerError, RedisUnavailableError
 from codedfarm.heartbeat import LIVENESS_S, live_counts
-from codedfarm.protocol import Keys
+from codedfarm.protocol import Keys, queue_keys
 
 __all__ = ["FarmCheck", "queue_depths"]
 
@@ -67,10 +67,13 @@ class FarmCheck:
 
 
 def queue_depths(client: redis.Redis, queues: Sequence[str] | set[str]) -> dict[str, int]:
-    """Tasks waiting in each worker queue (the Redis list named after it), one round trip."""
+    """Tasks waiting in each worker queue (the Redis lists of its priorities: named after
+    it, and kombu's priority lists, where redundant tasks wait), one round trip."""
     names = sorted(queues)
     with client.pipeline(transaction=False) as pipe:
         for queue in names:
-            pipe.llen(queue)
-        depths = pipe.execute()
-    return dict(zip(names, (int(d) for d in depths), strict=True))
+            for key in queue_keys([queue]):
+                pipe.llen(key)
+        depths = [int(d) for d in pipe.execute()]
+    per = len(queue_keys(["q"]))
+    return {q: sum(depths[i * per : (i + 1) * per]) for i, q in enumerate(names)}

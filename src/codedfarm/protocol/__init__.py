@@ -7,6 +7,7 @@ sides (coordinator and worker) build on.
 from codedfarm.protocol.celery_wire import (
     INFER_TASK,
     Envelope,
+    priority_list,
     queue_keys,
     read_envelope,
     task_envelope,
@@ -50,6 +51,7 @@ __all__ = [
     "as_bytes",
     "pack_frame",
     "parse_inbox_message",
+    "priority_list",
     "queue_keys",
     "read_envelope",
     "read_reply_frame",

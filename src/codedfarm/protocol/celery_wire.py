@@ -34,7 +34,14 @@ import orjson
 from codedfarm.errors import MessageRefusedError, ProtocolError
 from codedfarm.protocol.messages import TaskMessage
 
-__all__ = ["INFER_TASK", "Envelope", "queue_keys", "read_envelope", "task_envelope"]
+__all__ = [
+    "INFER_TASK",
+    "Envelope",
+    "priority_list",
+    "queue_keys",
+    "read_envelope",
+    "task_envelope",
+]
 
 INFER_TASK = "codedfarm.infer"
 """The name of the farm's one task: run the model on one coded input."""
@@ -42,6 +49,11 @@ INFER_TASK = "codedfarm.infer"
 # kombu's Redis transport keeps priority levels 3, 6 and 9 of queue Q in lists "Q\x06\x16P"
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+def priority_list(queue: str, priority: int) -> str:
+    """The Redis list kombu keeps ``queue``'s messages of ``priority`` in (0: ``queue``)."""
+    return queue if priority == 0 else f"{queue}{PRIORITY_SEP}{priority}"
 
 
 def queue_keys(queues: Sequence[str]) -> list[str]:
@@ -62,14 +74,15 @@ def _random_ids() -> tuple[bytes, bytes]:
     return a, b
 
 
-def task_envelope(task: str, kwargs: dict[str, Any], queue: str) -> bytes:
-    """One message for task ``task`` with ``kwargs``, routed to ``queue`` (JSON, never pickle).
+def task_envelope(task: str, kwargs: dict[str, Any], queue: str, priority: int = 0) -> bytes:
+    """One message for task ``task`` with ``kwargs``, routed to ``queue`` (JSON, never pickle),
+    of kombu priority ``priority`` (0 first; it goes to :func:`priority_list`).
 
     The dispatcher sends thousands a second: the message is cut from a per-(task, queue)
     skeleton, filling in the body and fresh ids (what Celery's ``send_task`` would write)."""
     body = base64.b64encode(orjson.dumps([[], kwargs, _EMBED]))
     task_id, tag = _random_ids()
-    s = _skeleton(task, queue)
+    s = _skeleton(task, queue, priority)
     return b"".join((s[0], body, s[1], task_id, s[2], task_id, s[3], task_id, s[4], tag, s[5]))
 
 
@@ -77,7 +90,7 @@ _MARKS = {"body": "@@BODY@@", "id": "@@ID@@", "tag": "@@TAG@@"}
 
 
 @functools.lru_cache(maxsize=256)
-def _skeleton(task: str, queue: str) -> tuple[bytes, ...]:
+def _skeleton(task: str, queue: str, priority: int = 0) -> tuple[bytes, ...]:
     """The message of ``task`` on ``queue`` as JSON, cut where the body, the task id (three
     times: id, root id, correlation id) and the delivery tag go."""
     task_id = _MARKS["id"]
@@ -111,7 +124,7 @@ def _skeleton(task: str, queue: str) -> tuple[bytes, ...]:
             "reply_to": "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
+            "priority": priority,
             "body_encoding": "base64",
             "delivery_tag": _MARKS["tag"],
         },

@@ -327,9 +327,8 @@ def test_an_own_result_a_little_behind_the_parity_keeps_its_row_exact(
     settings, redis_client, worker
 ):
     """wait_for results are in but row 3's own result is missing: the collector gives it
-    LATE_AFTER of the batch's time before decoding (a clock it is handed, so no sleeping)."""
-    from codedfarm.coordinator.open_batch import LATE_AFTER
-
+    late_after (CODEDFARM_LATE_AFTER) of the batch's time before decoding (a clock it is
+    handed, so no sleeping)."""
     now = [time.time()]
     prepared, inbox, _ = start_systematic(settings, redis_client)
     collector = Collector(redis_client, inbox, clock=lambda: now[0])
@@ -337,7 +336,7 @@ def test_an_own_result_a_little_behind_the_parity_keeps_its_row_exact(
         report(worker, prepared, inbox, i)
     now[0] = prepared.submitted_at + 0.4  # the batch took 0.4 s to get wait_for results
     assert collector.poll(0.05) == []
-    now[0] += 0.4 * LATE_AFTER * 0.5  # within the grace: still waiting for row 3
+    now[0] += 0.4 * settings.late_after * 0.5  # within the grace: still waiting for row 3
     assert collector.poll(0.05) == []
     report(worker, prepared, inbox, 3)
     (record,) = drain(collector)
@@ -349,7 +348,7 @@ def test_an_own_result_a_little_behind_the_parity_keeps_its_row_exact(
         report(worker, prepared, inbox, i)
     now[0] = prepared.submitted_at + 0.4
     assert collector.poll(0.05) == []
-    now[0] += 0.4 * LATE_AFTER * 1.1  # past it: row 3 is late and decoded
+    now[0] += 0.4 * settings.late_after * 1.1  # past it: row 3 is late and decoded
     (record,) = collector.poll(0.05)
     assert record.rows_own == [0, 1, 2] and record.rows_decoded == [3]
 

@@ -134,6 +134,8 @@ class Settings:
     model_repository: Path | None = None  # a Triton-style folder of the user's models
     fidelity_sample: float = 0.0  # fraction of batches also computed uncoded (decode MSE)
     visibility_timeout: float = 0.0  # unacked tasks of dead workers return after this; 0: key_ttl
+    late_after: float = 1.0  # a missing own result is late after this fraction of the time its
+    # batch took to get enough results to decode (then its row is decoded; docs/serve.md)
 
     def __post_init__(self) -> None:
         def what(name: str) -> str:
@@ -161,6 +163,7 @@ class Settings:
             put("model_repository", _path(self.model_repository, what("model_repository")))
         put("fidelity_sample", check_float(
             self.fidelity_sample, what("fidelity_sample"), minimum=0, maximum=1))  # fmt: skip
+        put("late_after", check_float(self.late_after, what("late_after"), minimum=0))
         put("visibility_timeout", check_float(
             self.visibility_timeout, what("visibility_timeout"), minimum=0, unit="seconds"
         ))  # fmt: skip

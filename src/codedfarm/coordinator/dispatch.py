@@ -212,6 +212,7 @@ class Dispatcher:
             s=batch.s,
             wait_for=batch.wait_for,
             wait=batch.settings.wait,
+            late_after=self.settings.late_after,
             deadline=batch.submitted_at + batch.deadline_s,
             model=batch.model.name,
             model_version=batch.model.version,

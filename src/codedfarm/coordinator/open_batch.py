@@ -8,13 +8,14 @@ Wait policies (the registration's ``wait``):
   decode at all. A row's own result is the result of a task that computed that row
   unchanged (:attr:`~codedfarm.codecs.Codec.own_tasks`: a systematic code's first ``k``
   tasks, uncoded, a replica); it is the model's own prediction, exactly. A row whose own
-  task is *late* is decoded once ``wait_for`` results are in. Late: not in within
-  :data:`LATE_AFTER` of the time the batch took to get ``wait_for`` results (an own result
-  a little behind a parity result, as when two workers take different tasks of one group,
-  is not a straggler, and waiting for it keeps the row exact; a 10x straggler is decoded
-  after 1.25x the batch's time instead). Exact codes (``mds``) decode at once: their decode
-  is exact. Rows whose own results are in may be handed out before the batch finishes
-  (:attr:`OpenBatch.on_rows`: the server answers each request as soon as its rows are).
+  task is *late* is decoded once ``wait_for`` results are in. Late: not in within the
+  registration's ``late_after`` (``CODEDFARM_LATE_AFTER``) times the time the batch took
+  to get ``wait_for`` results (an own result a little behind a parity result, as when the
+  workers' queues differ in length, is no straggler, and waiting for it keeps the row
+  exact; a 10x straggler is decoded after (1 + late_after)x the batch's time instead).
+  Exact codes (``mds``) decode at once: their decode is exact. Rows whose own results are
+  in may be handed out before the batch finishes (:attr:`OpenBatch.on_rows`: the server
+  answers each request as soon as its rows are).
 
 Codes without own tasks (non-systematic approximate codes, ``byzantine`` decodes, which
 must check every result first) behave under ``own`` exactly as under ``results``.
@@ -47,10 +48,6 @@ log = logging.getLogger(__name__)
 
 WAIT_POLICIES = ("own", "results")
 
-LATE_AFTER = 0.25
-"""How much longer than it took to get ``wait_for`` results an approximate code waits for
-a missing own result before decoding its row (a fraction of that time; docs/serve.md,
-"Early answers", for its calibration)."""
 MIN_LATE_S = 0.002  # the least wait for a missing own result, seconds
 
 RowsCallback = Callable[[list[int], np.ndarray], None]
@@ -127,9 +124,9 @@ class OpenBatch:
             and len(self.received) >= self.reg.wait_for
             and not self.every_row_own
         ):
-            # enough to decode, but an own result is missing: give it a moment (LATE_AFTER)
+            # enough to decode, but an own result is missing: give it a moment (late_after)
             took = max(0.0, now - self.reg.submitted_at)
-            self.decode_at = now + max(MIN_LATE_S, LATE_AFTER * took)  # fmt: skip
+            self.decode_at = now + max(MIN_LATE_S, self.reg.late_after * took)  # fmt: skip
         if self.policy_met_at is None and self.policy_met(now):
             self.needed_written_at = notice.written_at
             self.policy_met_at = now

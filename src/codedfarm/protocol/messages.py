@@ -154,6 +154,8 @@ class BatchRegistration:
     model_version: int | None = None  # a repository model's version (None: a zoo model)
     output_shape: list[int] = field(default_factory=list)  # one result's shape, if known
     wait: str = "results"  # "own": also finish once every row's own result is in
+    late_after: float = 1.0  # "own": a missing own result is late after this fraction of the
+    # time the batch took to get wait_for results (coordinator/open_batch.py)
     kind: str = "batch"
 
     def to_json(self) -> bytes:

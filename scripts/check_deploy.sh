@@ -212,6 +212,8 @@ OTHERS = {
     "codedfarm_batches_total", "codedfarm_results_dropped_total", "codedfarm_results_rejected_total",
     "codedfarm_batches_in_flight", "codedfarm_queue_depth", "codedfarm_worker_tasks_total",
     "codedfarm_server_requests_in_flight", "codedfarm_server_rejected_total",
+    "codedfarm_server_rows_total", "codedfarm_decoded_rows_checked_total",
+    "codedfarm_decoded_rows_agreed_total",
 }
 ALLOWED = OTHERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 

@@ -212,6 +212,7 @@ def server_exposition() -> str:
     metrics.group("lenet5", 8, 0.004)
     metrics.in_flight.labels("lenet5").set(0)
     metrics.rejected.labels("lenet5", "queue_full").inc()
+    metrics.rows_answered.labels("lenet5", "own").inc()
     return metrics.exposition().decode()
 
 

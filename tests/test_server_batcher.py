@@ -218,6 +218,15 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
     assert len(sent[1]) == 4 and flushed.acquire(timeout=5)
     # group i draws its stragglers with seed + i: the same seed, the same draw
     assert specs[0].slowed == farm.group_settings(model, 3, 10).slowed
+    # each group starts its round-robin one queue on (lone rows spread over the workers)
+    farm = Farm(Settings(), ServeConfig(batcher=BatcherConfig(group_size=4), clients=1,
+                                        queues=("a", "b", "c")))  # fmt: skip
+    specs.clear()
+    for _ in range(4):
+        farm._submit(model, rows(0, 1), None)
+        assert flushed.acquire(timeout=5)
+    assert [spec.queues for spec in specs] == [("a", "b", "c"), ("b", "c", "a"),
+                                               ("c", "a", "b"), ("a", "b", "c")]  # fmt: skip
 
 
 @pytest.mark.parametrize(

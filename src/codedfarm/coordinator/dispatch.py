@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -32,7 +31,6 @@ from codedfarm.stragglers import TaskFate
 
 __all__ = ["REDUNDANT_PRIORITY", "BatchSpec", "Dispatcher", "PreparedBatch", "redundant_tasks"]
 
-_HEX8 = re.compile("[0-9a-f]{8}")
 REDUNDANT_PRIORITY = 3
 """kombu priority of a batch's redundant tasks (parity, extra copies) under ``wait="own"``:
 a worker takes every waiting first-copy task before them, so under load they run in spare
@@ -239,18 +237,14 @@ class Dispatcher:
         redundant: frozenset[int] = frozenset(),
     ) -> dict[str, list[bytes]]:
         """Celery messages for (index, fate) pairs, grouped by the Redis list they go to:
-        their queue (round-robin by index from the batch's own first queue, moved ``shift``
-        queues on), at priority :data:`REDUNDANT_PRIORITY` for the tasks in ``redundant``.
-
-        The first queue is drawn from the batch id: a batch of one row (a lone request)
-        would otherwise always go to the first queue, and its worker carry every small
-        batch while the others idle (measured: docs/serve.md, "Cost with real compute")."""
+        their queue (round-robin by index: task j on ``queues[(j + shift) % len]``, so a
+        list of queues places tasks), at priority :data:`REDUNDANT_PRIORITY` for the tasks
+        in ``redundant``."""
         per_input = batch.coded[0].nbytes
         shape = list(batch.coded.shape[1:])
         by_queue: dict[str, list[bytes]] = {}
-        first = int(batch.batch[:8], 16) if _HEX8.fullmatch(batch.batch[:8]) else 0
         for j, fate in tasks:
-            queue = batch.queues[(first + j + shift) % len(batch.queues)]
+            queue = batch.queues[(j + shift) % len(batch.queues)]
             priority = REDUNDANT_PRIORITY if j in redundant else 0
             key, offset = registration.input_key, j * per_input
             if j >= batch.n:  # reference task i = j - n reads raw input i

@@ -16,7 +16,7 @@ import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -163,6 +163,7 @@ class Farm:
         self._coding: dict[ResolvedModel, _Coding] = {}
         self._closing: set[asyncio.Task[None]] = set()  # old coding queues being closed
         self._groups_sent = itertools.count()  # numbers the groups' straggler draws
+        self._queue_turns = itertools.count()  # where each group's round-robin starts
         self.metrics = ServerMetrics()
 
     def group_settings(self, model: ResolvedModel, rows: int, seed: int | None = None) -> (
@@ -239,6 +240,12 @@ class Farm:
         on_rows: Callable[[list[int], np.ndarray], None] | None = None,
     ) -> np.ndarray:
         settings = self.group_settings(model, len(x), seed)
+        if len(settings.queues) > 1:
+            # each group starts its round-robin one queue on: groups of one row would
+            # otherwise all go to the first queue, its worker carrying every small group
+            # while the others idle (docs/serve.md, "The defaults")
+            turn = next(self._queue_turns) % len(settings.queues)
+            settings = replace(settings, queues=settings.queues[turn:] + settings.queues[:turn])
         client = self._clients.get()
         try:
             result = client.submit(x, settings, on_rows=on_rows)

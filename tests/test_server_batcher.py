@@ -194,7 +194,9 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
         def submit(self, x: np.ndarray, spec: object, on_rows: Any = None) -> SimpleNamespace:
             sent.append(x.copy())
             specs.append(spec)
-            record = SimpleNamespace(rows_own=list(range(len(x))), rows_decoded=[])
+            record = SimpleNamespace(rows_own=list(range(len(x))), rows_decoded=[],
+                                     outcome="decoded",
+                                     timings=SimpleNamespace(end_to_end=0.01))  # fmt: skip
             return SimpleNamespace(predictions=expected(x), outcome="decoded", record=record)
 
         def flush_cleanup(self) -> None:

@@ -8,11 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from codedfarm.errors import InputError
+from codedfarm.models.catalog import ModelInfo
 from codedfarm.server.oip import (
+    index_request,
     infer_request,
     infer_response,
     model_metadata,
     parse_infer_request,
+    repository_index,
 )
 
 SHAPE = (1, 2, 2)
@@ -70,12 +73,13 @@ def test_bad_requests_are_input_errors_that_name_the_problem(request_body, messa
 def test_response_and_metadata_follow_the_protocol():
     y = np.arange(6, dtype=np.float32).reshape(2, 3)
     response, tail = infer_response("lenet5", None, "r9", y, "output__0")
-    assert tail == b"" and response == {
-        "model_name": "lenet5", "model_version": "1", "id": "r9",
+    assert tail == b"" and response == {  # a zoo model has no version: none is reported
+        "model_name": "lenet5", "id": "r9",
         "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [2, 3],
                      "data": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}],
     }  # fmt: skip
-    assert "id" not in infer_response("m", 3, None, y, "output__0")[0]
+    versioned = infer_response("m", 3, None, y, "output__0")[0]
+    assert "id" not in versioned and versioned["model_version"] == "3"
     binary, raw = infer_response("m", 3, None, y, "output__0", binary=True)
     assert (
         binary["outputs"][0]["parameters"] == {"binary_data_size": 24}
@@ -101,6 +105,7 @@ def test_binary_tensor_data_is_read_after_the_json_header():
         parse_infer_request({"inputs": [tensor]}, SHAPE, nan)
     meta = model_metadata("mymodel", [1, 2], (1, 32, 32), (10,))
     assert meta["versions"] == ["1", "2"]
+    assert "versions" not in model_metadata("lenet5", [], (1, 32, 32), (10,))  # a zoo model
     assert meta["inputs"] == [{"name": "input__0", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
     assert meta["outputs"][0]["shape"] == [-1, 10]
 
@@ -110,3 +115,42 @@ def test_a_request_built_by_infer_request_parses_back_to_its_inputs():
     parsed = parse_infer_request(infer_request(x, "r2"), SHAPE)
     np.testing.assert_array_equal(parsed.x, x)
     assert parsed.id == "r2" and not parsed.binary_output
+
+
+def _info(name: str, source: str, versions: tuple[int, ...], ready: bool, status: str):
+    return ModelInfo(name, source, "", versions, (1,), (1,), "", ready, status)
+
+
+def test_the_repository_index_has_an_entry_per_version_and_none_for_the_zoo():
+    """Triton's model repository index: a version only where there is one; a zoo model is
+    servable by name whatever the server's own cache holds (its weights are the workers')."""
+    models = [
+        _info("affine", "repository", (1, 3), True, "ready (highest version 3)"),
+        _info("empty", "repository", (), False, "no version yet: codedfarm models add ..."),
+        _info("lenet5", "zoo", (), False, "not prepared: run `codedfarm models prepare`"),
+    ]
+    index = repository_index(models)
+    assert index == [
+        {"name": "affine", "version": "1", "state": "READY", "reason": ""},
+        {"name": "affine", "version": "3", "state": "READY", "reason": ""},
+        {"name": "empty", "state": "UNAVAILABLE",
+         "reason": "no version yet: codedfarm models add ..."},
+        {"name": "lenet5", "state": "READY", "reason": ""},
+    ]  # fmt: skip
+    assert repository_index(models, ready=True) == [index[0], index[1], index[3]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ready"), [(b"", False), (b"  ", False), (b"{}", False), (b'{"ready": true}', True)]
+)
+def test_an_index_request_may_be_empty_or_ask_for_ready_models_only(raw, ready):
+    assert index_request(raw) is ready
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"{", "not JSON"), (b"[]", "JSON object"), (b'{"ready": 1}', "'ready' must be true")],
+)
+def test_a_bad_index_request_is_an_input_error(raw, message):
+    with pytest.raises(InputError, match=message):
+        index_request(raw)

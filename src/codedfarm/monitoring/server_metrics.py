@@ -3,8 +3,10 @@
 Per request: latency by model, codec and outcome (``ok``, ``bad_request``, ``not_found``,
 ``too_large``, ``unavailable``, ``timeout``, ``disconnected``, ``error``); per coding
 group: its rows, how long its oldest row waited, and how its rows were answered (from
-their own results, exactly, or decoded); and requests in flight, refusals and
-clients that left, by model. No label carries a request id.
+their own results, exactly, or decoded) and, for a decoded one, its time in the farm; and
+requests in flight, refusals, clients that left and the last request's time, by model. No
+label carries a request id. The statistics extension (``GET /v2/models/{name}/stats``,
+:mod:`codedfarm.server.statistics`) is read from these same metrics.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from codedfarm.monitoring.build_info import register_build_info
 from codedfarm.monitoring.metrics import LATENCY_BUCKETS, STAGE_BUCKETS
 from codedfarm.protocol import BatchRecord
 
-__all__ = ["ServerMetrics"]
+__all__ = ["DECODED", "ServerMetrics"]
 
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+DECODED = ("decoded", "deadline_decoded")
+"""The outcomes of a coding group that was answered (its rows have predictions)."""
 
 
 class ServerMetrics:
@@ -82,13 +86,36 @@ class ServerMetrics:
             ["model", "path"],
             registry=self.registry,
         )
+        self.group_seconds = Histogram(
+            "codedfarm_server_group_seconds",
+            "Time a decoded coding group took in the farm, from its submission to its "
+            "predictions (encode, dispatch, the workers, decode).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.last_request = Gauge(
+            "codedfarm_server_last_request_timestamp_seconds",
+            "When the model's last infer request was answered (Unix time).",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def request(self, model: str, codec: str, outcome: str, seconds: float) -> None:
+        """An infer request answered after ``seconds`` (``model`` "unknown": no such model)."""
+        self.latency.labels(model, codec, outcome).observe(seconds)
+        if model != "unknown":
+            self.last_request.labels(model).set_to_current_time()
 
     def rows(self, model: str, record: BatchRecord) -> None:
-        """Count a finished group's rows by path (nothing for a group that failed)."""
+        """Count a finished group's rows by path (nothing for a group that failed) and, for a
+        decoded group, its time in the farm (the record's end to end)."""
         if record.rows_own:
             self.rows_answered.labels(model, "own").inc(len(record.rows_own))
         if record.rows_decoded:
             self.rows_answered.labels(model, "decoded").inc(len(record.rows_decoded))
+        if record.outcome in DECODED:
+            self.group_seconds.labels(model).observe(record.timings.end_to_end)
 
     def group(self, model: str, rows: int, delay: float) -> None:
         self.group_rows.labels(model).observe(rows)

@@ -12,7 +12,13 @@ This module is the thin HTTP boundary: the route handlers below read the server'
 take, 413 for a body over the limit, 404 for an unknown model or version, 503 when the
 farm is not ready or the model's queue is full, 504 when the deadline passes without a
 decode, 500 otherwise, with an error id); the body is ``{"error": "..."}`` as the
-protocol says.
+protocol says, on every route: a path the server does not have (404) and a method its path
+does not take (405) too, instead of Starlette's plain text.
+
+Besides the core protocol it implements three of Triton's extensions, listed by ``GET /v2``
+(:data:`EXTENSIONS`): binary tensor data (:mod:`.oip`), the model repository's index
+(``POST /v2/repository/index``; load and unload are not offered: the repository is read at
+every lookup, so a new version is served at once) and statistics (:mod:`.statistics`).
 """
 
 from __future__ import annotations
@@ -23,37 +29,46 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from codedfarm.errors import FarmUnavailableError, QueueFullError
+from codedfarm.models.catalog import describe_models
 from codedfarm.models.resolve import ResolvedModel
 from codedfarm.redis_conn import connect
 from codedfarm.server.farm import Farm, ServeConfig
 from codedfarm.server.oip import (
+    index_request,
     infer_response,
     model_metadata,
     parse_infer_request,
+    read_body,
     read_infer_body,
+    repository_index,
 )
-from codedfarm.server.status import OUTCOME_BY_STATUS, answer_error
+from codedfarm.server.statistics import models_served, statistics_response
+from codedfarm.server.status import OUTCOME_BY_STATUS, UNSUPPORTED, answer_error, answer_http
 from codedfarm.settings import Settings
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["ServeConfig", "create_app", "serve"]
+__all__ = ["EXTENSIONS", "ServeConfig", "create_app", "serve"]
 
 log = logging.getLogger("codedfarm.serve")
 
 Handler = Callable[["Request"], Awaitable["Response"]]
 
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
+"""The protocol extensions the server implements, by Triton's names (``GET /v2``)."""
+INDEX_BODY_LIMIT = 1 << 16  # bytes: a repository index request is {"ready": true} at most
 
-def _json(body: Any, status: int = 200) -> Response:
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     from starlette.responses import Response
 
-    return Response(json.dumps(body), status, media_type="application/json")
+    return Response(json.dumps(body), status, headers=headers, media_type="application/json")
 
 
 def _farm(request: Request) -> Farm:
@@ -98,7 +113,8 @@ async def ready(request: Request) -> Response:
 async def server_metadata(request: Request) -> Response:
     from importlib.metadata import version
 
-    return _json({"name": "codedfarm", "version": version("codedfarm"), "extensions": []})
+    return _json({"name": "codedfarm", "version": version("codedfarm"),
+                  "extensions": list(EXTENSIONS)})  # fmt: skip
 
 
 async def _model(request: Request) -> ResolvedModel:
@@ -181,12 +197,58 @@ async def infer(request: Request) -> Response:
     outcome = OUTCOME_BY_STATUS.get(response.status_code, "error")
     if response.status_code == 499:
         outcome = "disconnected"
-    farm.metrics.latency.labels(labels["model"], labels["codec"], outcome).observe(
-        time.perf_counter() - start
-    )
+    farm.metrics.request(labels["model"], labels["codec"], outcome, time.perf_counter() - start)
     return response
 
 
+@answering_errors
+async def index(request: Request) -> Response:
+    """The model repository extension's index: the repository's models, then the zoo's."""
+    farm = _farm(request)
+    raw = await read_body(request.stream(), content_length=request.headers.get("content-length"),
+                          limit=INDEX_BODY_LIMIT)  # fmt: skip
+    ready = index_request(raw)
+    models = await farm.blocking(describe_models, farm.settings.cache_dir,
+                                 farm.settings.model_repository)  # fmt: skip
+    return _json(repository_index(models, ready))
+
+
+async def load_or_unload(request: Request) -> Response:
+    from starlette.exceptions import HTTPException
+
+    raise HTTPException(UNSUPPORTED, (
+        "models are not loaded or unloaded through the server: the model repository is read "
+        "at every lookup (a new version is served at once), and workers load a model on its "
+        "first task or at start (codedfarm worker --preload)"))  # fmt: skip
+
+
+@answering_errors
+async def model_stats(request: Request) -> Response:
+    """The statistics extension for one model (all its versions: see :mod:`.statistics`)."""
+    model = await _model(request)  # an unknown model or version: 404
+    return _json(statistics_response(_farm(request).metrics, [model.name]))
+
+
+@answering_errors
+async def all_stats(request: Request) -> Response:
+    """The statistics extension for every model this server has been asked for."""
+    metrics = _farm(request).metrics
+    return _json(statistics_response(metrics, models_served(metrics)))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """A request no route handler answered (Starlette raised it: 404, 405) or a route of a
+    listed extension that is not offered (501): the protocol's JSON error, not plain text."""
+    from starlette.exceptions import HTTPException
+
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    answer = answer_http(exc.status_code, request.method, request.url.path,
+                         allow=headers.get("Allow", ""), detail=exc.detail)  # fmt: skip
+    return _json(answer.body, answer.status, headers)
+
+
+@answering_errors
 async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.responses import Response
@@ -197,6 +259,7 @@ async def metrics(request: Request) -> Response:
 def create_app(settings: Settings, config: ServeConfig) -> Any:
     """The ASGI application (Starlette) serving ``settings``' farm."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.routing import Route
 
     @contextlib.asynccontextmanager
@@ -221,12 +284,18 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
         Route("/livez", live),  # the probes' names on every codedfarm process
         Route("/readyz", ready),
         Route("/v2", server_metadata),
+        Route("/v2/repository/index", index, methods=["POST"]),
+        *(Route(f"/v2/repository/models/{{name}}/{verb}", load_or_unload, methods=["POST"])
+          for verb in ("load", "unload")),
+        Route("/v2/models/stats", all_stats),  # before the model named "stats"
         *(Route(base, metadata) for base in (models, versioned)),
         *(Route(f"{base}/ready", model_ready) for base in (models, versioned)),
         *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (models, versioned)),
+        *(Route(f"{base}/stats", model_stats) for base in (models, versioned)),
         Route("/metrics", metrics),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    ]  # fmt: skip
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error})  # fmt: skip
 
 
 def serve(settings: Settings, config: ServeConfig) -> None:

@@ -5,7 +5,8 @@ becomes one float32 array ``(B, *input_shape)`` for a model that takes ``input_s
 ``data`` may be flat (row-major) or nested as ``shape``, or the tensor's raw bytes may
 follow the JSON (the binary tensor data extension: ``Inference-Header-Content-Length``
 gives the JSON's length, ``parameters.binary_data_size`` each tensor's bytes), which is
-what Triton's clients send by default; outputs come back the same way when asked.
+what Triton's clients send by default; outputs come back the same way when asked. The
+model repository extension's index is written here too (:func:`repository_index`).
 ``FP32`` is served as is; ``FP64``, ``FP16`` and the integer types are converted to float32
 (the farm's models take float32).
 Anything else is an :class:`~codedfarm.errors.InputError` that names the field, which the
@@ -17,23 +18,27 @@ Reference: https://kserve.github.io/website/latest/modelserving/data_plane/v2_pr
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from codedfarm.errors import InputError, PayloadTooLargeError
+from codedfarm.models.catalog import ModelInfo
 from codedfarm.protocol.tensors import tensor_from_bytes, tensor_from_data
 
 __all__ = [
     "CONVERTIBLE",
     "InferRequest",
+    "index_request",
     "infer_request",
     "infer_response",
     "model_metadata",
     "parse_infer_request",
+    "read_body",
     "read_infer_body",
+    "repository_index",
 ]
 
 CONVERTIBLE = {
@@ -159,11 +164,10 @@ def infer_response(
         output["parameters"] = {"binary_data_size": len(raw)}
     else:
         output["data"] = y.ravel().tolist()
-    response: dict[str, Any] = {
-        "model_name": model,
-        "model_version": "1" if version is None else str(version),
-        "outputs": [output],
-    }
+    response: dict[str, Any] = {"model_name": model}
+    if version is not None:  # a repository model's; a zoo model has none (optional field)
+        response["model_version"] = str(version)
+    response["outputs"] = [output]
     if request_id is not None:
         response["id"] = request_id
     return response, raw
@@ -175,14 +179,68 @@ def model_metadata(
     input_shape: Sequence[int],
     output_shape: Sequence[int],
 ) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: one FP32 input and output, ``-1`` for the batch dimension."""
-    return {
-        "name": model,
-        "versions": [str(v) for v in versions] or ["1"],
-        "platform": "pytorch_torchscript",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, *output_shape]}],
-    }
+    """``GET /v2/models/{name}``: one FP32 input and output, ``-1`` for the batch dimension;
+    ``versions`` (optional in the protocol) only for a repository model: a zoo model has none."""
+    meta: dict[str, Any] = {"name": model}
+    if versions:
+        meta["versions"] = [str(v) for v in versions]
+    meta["platform"] = "pytorch_torchscript"
+    meta["inputs"] = [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}]
+    meta["outputs"] = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, *output_shape]}]
+    return meta
+
+
+def index_request(raw: bytes) -> bool:
+    """``POST /v2/repository/index``'s body (the model repository extension): empty, as
+    Triton's clients send it, or ``{"ready": bool}`` (optional; default false). Returns
+    ``ready``: list only the models ready for inference."""
+    if not raw.strip():
+        return False
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InputError(f"'ready' must be true or false, got {ready!r}")
+    return ready
+
+
+def repository_index(models: Iterable[ModelInfo], ready: bool = False) -> list[dict[str, str]]:
+    """The model repository extension's index of ``models`` (as ``codedfarm models`` lists
+    them): a repository model's every version ``READY``; a repository model without a
+    version or with a broken ``config.json`` ``UNAVAILABLE``, its status the reason; a zoo
+    model ``READY`` without a version (it has none; its weights are the workers', which the
+    server cannot see). ``ready``: only the ``READY`` ones."""
+    entries: list[dict[str, str]] = []
+    for info in models:
+        if info.source == "zoo":
+            entries.append({"name": info.name, "state": "READY", "reason": ""})
+        elif info.versions:
+            entries += [{"name": info.name, "version": str(v), "state": "READY", "reason": ""}
+                        for v in info.versions]  # fmt: skip
+        else:
+            entries.append({"name": info.name, "state": "UNAVAILABLE", "reason": info.status})
+    return [e for e in entries if e["state"] == "READY"] if ready else entries
+
+
+async def read_body(chunks: AsyncIterator[bytes], *, content_length: str | None, limit: int) -> (
+    bytes
+):  # fmt: skip
+    """A request's body, at most ``limit`` bytes: refused from its ``Content-Length`` when it
+    has one, else as soon as the chunks read pass it (a chunked body), with
+    :class:`PayloadTooLargeError`."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise PayloadTooLargeError(f"the body is {content_length} bytes, over the limit of {limit}")
+    parts, seen = [], 0
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def read_infer_body(
@@ -198,15 +256,7 @@ async def read_infer_body(
     over the limit is refused from its header when it has one, else as soon as the chunks
     read pass it (a chunked body): :class:`PayloadTooLargeError`; a bad header or a body that
     is not JSON: :class:`InputError`."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise PayloadTooLargeError(f"the body is {content_length} bytes, over the limit of {limit}")
-    parts, seen = [], 0
-    async for chunk in chunks:
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
-        parts.append(chunk)
-    raw = b"".join(parts)
+    raw = await read_body(chunks, content_length=content_length, limit=limit)
     json_size = len(raw)
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(raw):

@@ -6,6 +6,10 @@ own failure, 500; so is any other exception, which is logged once with its trace
 an error id that the client's body names (``{"error": ..., "error_id": ...}``), so a
 report can be matched to the log. Nothing else maps to 400: a client error is an
 :class:`~codedfarm.errors.InputError`, raised where the request is read.
+
+A request no route takes is answered here too, in the same JSON (:func:`answer_http`): 404
+for a path the server does not have, 405 for a method its path does not take, and
+:data:`UNSUPPORTED` for a route of a listed extension that the farm does not offer.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from codedfarm.errors import (
     UnknownModelError,
 )
 
-__all__ = ["OUTCOME_BY_STATUS", "STATUS_BY_ERROR", "ErrorAnswer", "answer_error", "status_of"]
+__all__ = ["OUTCOME_BY_STATUS", "STATUS_BY_ERROR", "UNSUPPORTED", "ErrorAnswer", "answer_error",
+           "answer_http", "status_of"]  # fmt: skip
 
 log = logging.getLogger("codedfarm.serve")
 
@@ -42,6 +47,10 @@ STATUS_BY_ERROR: tuple[tuple[type[CodedFarmError], int], ...] = (
 OUTCOME_BY_STATUS = {200: "ok", 400: "bad_request", 404: "not_found", 413: "too_large",
                      503: "unavailable", 504: "timeout"}  # fmt: skip
 """The ``outcome`` label of ``codedfarm_server_request_seconds`` (else ``error``)."""
+
+UNSUPPORTED = 501
+"""A route of a listed extension that the farm does not offer (the model repository's load
+and unload): Triton answers its UNSUPPORTED error with 501 too."""
 
 _ERROR_ID = "_codedfarm_error_id"  # set on an exception once it has been logged
 
@@ -79,3 +88,19 @@ def answer_error(exc: BaseException) -> ErrorAnswer:
             log.error("error %s: unexpected %s", error_id, type(exc).__name__, exc_info=exc)
     message = str(exc) if isinstance(exc, CodedFarmError) else "internal server error"
     return ErrorAnswer(500, {"error": f"{message} (error id {error_id})", "error_id": error_id})
+
+
+def answer_http(status: int, method: str, path: str, allow: str = "", detail: str = "") -> (
+    ErrorAnswer
+):  # fmt: skip
+    """The answer to a request that no route handler answered (Starlette's routing raised
+    ``status``): 404, no such path; 405, ``method`` is not one of ``allow``; any other status
+    (:data:`UNSUPPORTED`) carries its ``detail``. Never logged: they are the client's."""
+    if status == 404:
+        message = (f"no route {method} {path}: the server answers the Open Inference "
+                   "Protocol under /v2 (docs/serve.md, 'The protocol') and /metrics")  # fmt: skip
+    elif status == 405:
+        message = f"method {method} is not allowed on {path}; allowed: {allow or 'none'}"
+    else:
+        message = detail or f"{method} {path}: status {status}"
+    return ErrorAnswer(status, {"error": message})

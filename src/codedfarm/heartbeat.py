@@ -4,7 +4,9 @@ Each live process keeps its name in a sorted set scored by the time of its last 
 (``P:live:queue:Q`` for the workers of queue Q, ``P:live:collectors`` for collector
 services), refreshed every ``BEAT_S`` seconds; a member older than ``LIVENESS_S`` is gone.
 Clients read the sets before they write a batch, so a batch for a queue nobody serves, or
-for a collector that does not run, is refused at once instead of timing out.
+for a collector that does not run, is refused at once instead of timing out. A beat is a
+thread; given a ``healthy`` check it beats only while the process's real work goes on (a
+worker's engine loop still turns), so a stuck process drops out of the sets.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Heartbeat:
         interval: float = BEAT_S,
         expire: Sequence[str] = (),
         expire_s: int = 0,
+        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._client = client
         self.keys = list(keys)
@@ -45,6 +48,8 @@ class Heartbeat:
         self.interval = interval
         self.expire = list(expire)  # other keys whose TTL each beat renews to ``expire_s``
         self.expire_s = expire_s
+        self.healthy = healthy  # False: skip the beat (the process's real work is stuck)
+        self._skipping = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -81,6 +86,12 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if self.healthy is not None and not self.healthy():
+                if not self._skipping:
+                    log.warning("%s: not beating while its work is stuck", self.member)
+                self._skipping = True
+                continue
+            self._skipping = False
             self.beat()
 
 

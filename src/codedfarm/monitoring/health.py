@@ -2,7 +2,10 @@
 
 Kubernetes probes, compose healthchecks and the Dockerfile's ``HEALTHCHECK`` ask these:
 
-- ``/livez``: 200 while the process serves HTTP (a wedged process stops answering).
+- ``/livez``: 200 while the process serves HTTP (a wedged process stops answering) and its
+  liveness check, where it has one, passes; else 503 with a JSON object whose ``reason``
+  says why. A worker's check is its engine's loop (answered by the supervisor, which reads
+  the engine's progress stamps: :mod:`codedfarm.worker.liveness` states the rule).
 - ``/readyz``: 200 when the process can do its work, else 503 with the reason as plain
   text. A worker is ready when Redis answers and its own heartbeat is fresh in the live set
   of every queue it serves: the engine writes it only once its models are loaded and it is
@@ -16,6 +19,7 @@ metrics port already ran it, and a probe needs no more than that.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,10 +32,13 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from codedfarm.settings import Settings
 
-__all__ = ["Readiness", "probe_redis", "redis_ready", "serve_health_and_metrics", "worker_ready"]
+__all__ = ["Liveness", "Readiness", "probe_redis", "redis_ready", "serve_health_and_metrics",
+           "worker_ready"]  # fmt: skip
 
 Readiness = Callable[[], str | None]
 """None when ready, else why not (one line)."""
+Liveness = Callable[[], dict[str, object] | None]
+"""None when live, else why not: the JSON fields of the 503 (``reason`` at least)."""
 
 PROBE_TIMEOUT_S = 2.0
 """Seconds a readiness check may wait for Redis (probes time out at a few seconds)."""
@@ -47,9 +54,11 @@ def serve_health_and_metrics(
     addr: str,
     ready: Readiness,
     registry: CollectorRegistry | None = None,
+    live: Liveness | None = None,
 ) -> ThreadingWSGIServer:
-    """Serve ``/livez``, ``/readyz`` and ``/metrics`` (of ``registry``; None: the default
-    one) from a daemon thread. A port in use is a :class:`~codedfarm.errors.ConfigError`."""
+    """Serve ``/livez`` (``live``; None: live while it answers), ``/readyz`` and ``/metrics``
+    (of ``registry``; None: the default one) from a daemon thread. A port in use is a
+    :class:`~codedfarm.errors.ConfigError`."""
     from prometheus_client import REGISTRY
 
     from codedfarm.monitoring.metrics import port_error
@@ -59,8 +68,15 @@ def serve_health_and_metrics(
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/livez":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ok\n"]
+            try:
+                why = None if live is None else live()
+            except Exception as exc:  # a probe answers, whatever went wrong
+                why = {"status": "error", "reason": f"liveness check failed: {exc}"}
+            if why is None:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [json.dumps(why).encode() + b"\n"]
         if path == "/readyz":
             try:
                 reason = ready()

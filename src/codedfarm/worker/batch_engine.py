@@ -55,6 +55,7 @@ from codedfarm.worker.core import (
     predict,
     task_fate,
 )
+from codedfarm.worker.liveness import engine_progress
 from codedfarm.worker.state import WorkerState, worker_hooks
 from codedfarm.worker.wake_alarm import WakeAlarm
 
@@ -154,8 +155,11 @@ class BatchEngine:
 
     # ----- the loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set, then put straggling tasks back on their queues."""
+        """Serve until ``stop`` is set, then put straggling tasks back on their queues.
+        Every turn of the loop is stamped (:mod:`codedfarm.worker.liveness`)."""
+        progress = engine_progress()
         while not stop.is_set():
+            progress.turn()
             try:
                 self.step()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -276,8 +280,14 @@ class BatchEngine:
             if self.events.enabled:
                 for task in live:
                     self.events.send("task-started", uuid=task.task_id)
-            self._read_inputs(live)  # those received before a Redis reconnect, if any
-            statuses = self._run_models(live, [t.data or b"" for t in live], report)
+            # the forward passes may hold the loop as long as the tasks' batches live
+            wall = time.time()
+            engine_progress().busy(max(t.msg.ttl - (wall - t.received_at) for t in live))
+            try:
+                self._read_inputs(live)  # those received before a Redis reconnect, if any
+                statuses = self._run_models(live, [t.data or b"" for t in live], report)
+            finally:
+                engine_progress().idle()
         else:
             statuses = []
         report.tags += [t.tag for t in live]

@@ -31,6 +31,7 @@ from codedfarm.worker.core import (
     stop_heartbeat,
     task_fate,
 )
+from codedfarm.worker.liveness import engine_progress
 from codedfarm.worker.state import WorkerState, state, worker_hooks
 
 __all__ = ["make_celery", "run_inference"]
@@ -82,8 +83,46 @@ def make_celery(settings: Settings) -> Celery:
         broker_pool_limit=10,
     )
     app.task(name=INFER_TASK, throws=(InjectedFailure,), ignore_result=True)(run_inference)
+    app.steps["consumer"].add(_loop_stamps_step())
     _connect_signals()
     return app
+
+
+STAMP_S = 1.0
+"""How often the consumer's event loop stamps the engine's progress."""
+
+
+def _loop_stamps_step() -> type:
+    """A consumer bootstep that stamps the engine's progress (:mod:`~codedfarm.worker.
+    liveness`) from the consumer's event loop timer while the consumer runs: a blocked loop
+    stops stamping; a consumer that reconnects to its broker is not judged meanwhile."""
+    from celery import bootsteps
+
+    class LoopStamps(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.tref: Any = None
+
+        def start(self, c: Any) -> None:
+            timer = getattr(c, "timer", None)
+            if timer is None:
+                return
+            progress = engine_progress()
+            progress.turn()
+            self.tref = timer.call_repeatedly(STAMP_S, progress.turn)
+
+        def stop(self, c: Any) -> None:
+            if self.tref is not None:
+                self.tref.cancel()
+                self.tref = None
+            engine_progress().reset()
+
+        def shutdown(self, c: Any) -> None:
+            self.stop(c)
+
+    return LoopStamps
 
 
 _signals_connected = False
@@ -150,12 +189,16 @@ def run_inference(**kwargs: Any) -> str:
     received_at = time.time()
     fate = task_fate(msg, worker)
     status = "error"
+    # a task run inside the event loop (--pool solo) holds it for its delay and forward pass
+    progress = engine_progress()
+    progress.busy(fate.delay + msg.ttl)
     try:
         status = _run(worker, msg, fate, received_at)
     except InjectedFailure:
         status = "failed"
         raise
     finally:
+        progress.idle()
         worker_hooks().observe(
             msg.queue, msg.model, status, time.perf_counter() - start, fate.delay
         )

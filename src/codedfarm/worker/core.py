@@ -208,6 +208,7 @@ _heartbeat: Heartbeat | None = None
 def start_heartbeat(worker: WorkerState, queues: Sequence[str], name: str) -> None:
     """Announce this worker as live on ``queues`` (clients refuse queues nobody serves)."""
     from codedfarm.worker.kombu_guards import kombu_keys
+    from codedfarm.worker.liveness import engine_progress
 
     global _heartbeat
     keys = Keys(worker.settings.key_prefix)
@@ -216,6 +217,7 @@ def start_heartbeat(worker: WorkerState, queues: Sequence[str], name: str) -> No
         lambda: worker.redis, [keys.live_workers(q) for q in queues], name,
         expire=kombu_keys(tuple(queues)),
         expire_s=int(2 * max(settings.key_ttl, settings.visibility_timeout)),
+        healthy=engine_progress().fresh,  # a hung engine loop stops the beats
     )  # fmt: skip
     _heartbeat.start()
 

@@ -1,5 +1,6 @@
 """Start a worker process: check the options and the machine, then run the chosen engine
-under the supervisor (``codedfarm worker`` delegates here)."""
+under the supervisor (``codedfarm worker`` delegates here), which watches the engine's loop
+(:mod:`codedfarm.worker.liveness`) and answers ``/livez`` for it."""
 
 from __future__ import annotations
 
@@ -72,12 +73,16 @@ def _exit_with(code: int | None) -> None:
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Validate, set up metrics, connect, then serve until told to stop; returns the exit
     status. Raises :class:`~codedfarm.errors.CodedFarmError` before anything starts."""
+    from codedfarm.worker.liveness import EngineWatch, install_progress, liveness_timeout
+
+    watch = EngineWatch(liveness_timeout())  # CODEDFARM_WORKER_LIVENESS_TIMEOUT
     options.validate().check_models(settings.model_repository)
     check_device(options.device)
     from codedfarm.redis_conn import connect
     from codedfarm.worker.state import configure, install_worker_hooks, state, worker_hooks
 
     connect(settings).close()
+    install_progress(watch.progress)  # before the fork: the engine stamps, the supervisor reads
     if options.metrics_port:
         # before prometheus_client is imported: pool children write sample files there
         from codedfarm.monitoring.multiproc import prepare_multiprocess_dir
@@ -95,7 +100,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
         live = [keys.live_workers(q) for q in options.queues]
         ready = worker_ready(probe_redis(settings), live, node_name(options.hostname),
                              LIVENESS_S)  # fmt: skip
-        serve_worker_metrics(options.metrics_port, options.metrics_addr, ready)
+        serve_worker_metrics(options.metrics_port, options.metrics_addr, ready, watch)
         # before the fork: the supervised child and Celery's pool processes inherit them
         install_worker_hooks(WorkerMetrics())
     worker_hooks().engine_started(options.engine)  # the engine label of every task metric
@@ -111,8 +116,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     if options.engine == "batch":
         from codedfarm.worker.batch_worker import serve
 
-        return supervise(lambda: serve(app, state()))
+        return supervise(lambda: serve(app, state()), watch=watch)
     survive_connection_loss()
     refuse_poison_messages()
     argv = celery_argv(options)
-    return supervise(lambda: _exit_with(app.start(argv=argv)))
+    return supervise(lambda: _exit_with(app.start(argv=argv)), watch=watch)

@@ -73,8 +73,10 @@ def watched(model_cache: Path) -> Iterator[tuple[LocalFarm, dict[str, int], Path
         "scrape_configs": [
             {"job_name": "collector",
              "static_configs": [{"targets": [f"127.0.0.1:{ports['collector']}"]}]},
+            # marked as compose's Prometheus marks its DNS-found workers (prometheus.yml)
             {"job_name": "workers",
-             "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]},
+             "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}],
+             "relabel_configs": [{"target_label": "discovery", "replacement": "dns"}]},
         ],
     }  # fmt: skip
     with LocalFarm(workers, settings=Settings(key_prefix="al", cache_dir=model_cache)) as farm:

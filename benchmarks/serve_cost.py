@@ -36,7 +36,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from codedfarm.local import LocalFarm
+from codedfarm.local.redis_server import free_port
 from codedfarm.settings import Settings
 from codedfarm.worker import WorkerOptions
 
@@ -66,12 +66,6 @@ ROWS: dict[str, dict[str, Any]] = {
 QUICK_ROWS = ["uncoded", "hedged", "default", "berrut-sys-1.5"]
 SCENARIOS = ("none", "late", "slow")
 MODEL, QUEUE, K = "cnn", "sc", 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_model(repo: Path, width: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:

@@ -5,7 +5,6 @@ every group, each request is answered without waiting for it."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from codedfarm.local import LocalFarm
+from codedfarm.local.redis_server import free_port
 from codedfarm.models.digits import load_digits_split
 from codedfarm.models.registry import load_model
 from codedfarm.settings import Settings
@@ -26,12 +26,6 @@ from codedfarm.worker import WorkerOptions
 pytestmark = pytest.mark.slow  # a live farm behind `codedfarm serve`
 
 httpclient = pytest.importorskip("tritonclient.http")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(farm: LocalFarm, *flags: str) -> tuple[str, subprocess.Popen[bytes]]:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import redis
@@ -264,7 +265,8 @@ class Collector:
         decode_s = time.perf_counter() - start
         outcome = "deadline_decoded" if at_deadline and batch.policy_met_at is None else "decoded"
         rejected = [{"index": i, "worker": batch.received[i].worker} for i in decoded.rejected]
-        return self._finish(batch, outcome, predictions, list(decoded.workers), decode_s,
+        return self._finish(batch, outcome, predictions, workers=list(decoded.workers),
+                            decode_s=decode_s,
                             lam=decoded.lam_dec, rejected=rejected,
                             rows_own=sorted(own))  # fmt: skip
 
@@ -277,7 +279,8 @@ class Collector:
             self._drop("corrupt")
         if y is None or len(good) < len(tasks):
             return None  # a corrupt own result: wait for a decode instead
-        return self._finish(batch, "decoded", y.astype(np.float32, copy=False), tasks, 0.0,
+        return self._finish(batch, "decoded", y.astype(np.float32, copy=False), workers=tasks,
+                            decode_s=0.0,
                             rows_own=rows)  # fmt: skip
 
     def _tell_early_rows(self) -> None:
@@ -304,19 +307,12 @@ class Collector:
         batch: OpenBatch,
         outcome: str,
         predictions: np.ndarray | None = None,
-        workers: list[int] | None = None,
-        decode_s: float | None = None,
-        *,
-        error: str = "",
-        lam: float | None = None,
-        rejected: list[dict[str, object]] | None = None,
-        rows_own: list[int] | None = None,
+        **details: Any,
     ) -> BatchRecord:
+        """Answer ``batch`` with ``outcome``; ``details``: :meth:`OpenBatch.record`'s."""
         reg = batch.reg
         now = self.clock()
-        record = batch.record(outcome, now, predictions=predictions, workers=workers,
-                              decode_s=decode_s, error=error, lam=lam, rejected=rejected,
-                              rows_own=rows_own)  # fmt: skip
+        record = batch.record(outcome, now, predictions=predictions, **details)
         # inputs and outputs are deleted (late workers then skip; late outputs expire) after
         # the reply, at the next poll: the client should not wait for housekeeping
         self._cleanup.append(reg.input_key)

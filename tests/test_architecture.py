@@ -22,6 +22,7 @@ PACKAGE = ROOT / "src" / "codedfarm"
 # sideways (coordinator and worker know each other only through protocol/).
 LAYERS = {
     "errors": 0,
+    "logs": 1,
     "settings": 1,
     "stragglers": 1,
     "corruption": 1,

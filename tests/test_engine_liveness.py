@@ -37,13 +37,12 @@ from codedfarm.worker.liveness import (
     TIMEOUT_VARIABLE,
     EngineProgress,
     EngineWatch,
-    liveness_timeout,
 )
 from codedfarm.worker.options import ENV_PREFIX
 from codedfarm.worker.state import WorkerState
 from live_processes import get
 
-TIMEOUT_S = 3.0  # the live worker's bound (CODEDFARM_WORKER_LIVENESS_TIMEOUT)
+TIMEOUT_S = 3.0  # the live worker's bound (--liveness-timeout)
 
 
 class Clock:
@@ -61,15 +60,20 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def test_the_bound_comes_from_its_variable():
-    assert liveness_timeout({}) == DEFAULT_TIMEOUT_S == 15.0
-    assert liveness_timeout({TIMEOUT_VARIABLE: ""}) == DEFAULT_TIMEOUT_S
-    assert liveness_timeout({TIMEOUT_VARIABLE: "3"}) == 3.0
+def test_the_bound_comes_from_its_option_and_variable():
+    def bound(environ: dict[str, str]) -> float:
+        return WorkerOptions.from_env(environ).liveness_timeout
+
+    assert bound({}) == DEFAULT_TIMEOUT_S == WorkerOptions().liveness_timeout == 15.0
+    assert bound({TIMEOUT_VARIABLE: ""}) == DEFAULT_TIMEOUT_S
+    assert bound({TIMEOUT_VARIABLE: "3"}) == 3.0
     assert f"{ENV_PREFIX}LIVENESS_TIMEOUT" == TIMEOUT_VARIABLE  # codedfarm worker's vocabulary
     with pytest.raises(ConfigError, match=f"{TIMEOUT_VARIABLE} must be a number"):
-        liveness_timeout({TIMEOUT_VARIABLE: "soon"})
-    with pytest.raises(ConfigError, match=f"{TIMEOUT_VARIABLE} must be >= 2 seconds"):
-        liveness_timeout({TIMEOUT_VARIABLE: "0.5"})
+        bound({TIMEOUT_VARIABLE: "soon"})
+    with pytest.raises(ConfigError, match=f"liveness_timeout must be >= 2 seconds.*"
+                                          f"{TIMEOUT_VARIABLE}"):  # fmt: skip
+        bound({TIMEOUT_VARIABLE: "0.5"})
+    assert WorkerOptions(liveness_timeout=4).argv()[-2:] == ["--liveness-timeout", "4.0"]
 
 
 def _advance(clock: Clock, watch: EngineWatch, seconds: float) -> dict[str, object] | None:
@@ -281,11 +285,10 @@ def live_worker(model_cache) -> Iterator[tuple[LocalFarm, int]]:
     port = free_port()
     base = Settings(key_prefix="lvz", key_ttl=60.0, deadline=10.0, cache_dir=model_cache)
     options = WorkerOptions(queues=("lvz",), engine="batch", concurrency=8, preload=("lenet5",),
-                            metrics_port=port)  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TIMEOUT_VARIABLE, f"{TIMEOUT_S:g}")
-        with LocalFarm([options], settings=base) as farm:
-            yield farm, port
+                            metrics_port=port, liveness_timeout=TIMEOUT_S)  # fmt: skip
+    with LocalFarm([options], settings=base) as farm:
+        assert f"--liveness-timeout {TIMEOUT_S!r}" in " ".join(farm.workers[0].options.argv())
+        yield farm, port
 
 
 def _engine(farm: LocalFarm) -> psutil.Process:

@@ -201,6 +201,7 @@ def test_worker_from_env_reads_the_variables_of_codedfarm_worker(clean_env):
         "CODEDFARM_WORKER_TORCH_THREADS": "2", "CODEDFARM_WORKER_METRICS_PORT": "9100",
         "CODEDFARM_WORKER_METRICS_ADDR": "127.0.0.1", "CODEDFARM_WORKER_HOSTNAME": "w1@here",
         "CODEDFARM_WORKER_LOGLEVEL": "info", "CODEDFARM_WORKER_EVENTS": "1",
+        "CODEDFARM_WORKER_LIVENESS_TIMEOUT": "4.5",
     }  # fmt: skip
     assert set(env) == set(variables.values())
     with warnings.catch_warnings():
@@ -209,6 +210,8 @@ def test_worker_from_env_reads_the_variables_of_codedfarm_worker(clean_env):
     assert from_env == _worker_options_from_the_command_line(env)
     assert from_env.queues == ("a", "b") and from_env.events is True
     assert from_env.concurrency == 3 and from_env.preload == ("lenet5", "noop")
+    assert from_env.liveness_timeout == 4.5 and from_env.loglevel == "info"
+    assert from_env.liveness_timeout == 4.5 and from_env.loglevel == "info"
     assert WorkerOptions.from_env({}) == WorkerOptions()
 
 

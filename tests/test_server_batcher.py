@@ -25,10 +25,13 @@ class FakeFarm:
         self.fail_when = fail_when  # fail groups containing this value
         self.early = early or set()  # rows (by value) answered at once through on_rows
         self.groups: list[int] = []
+        self.request_ids: list[tuple[str, ...]] = []
         self.gate: asyncio.Event | None = None  # when set: groups wait until it opens
 
-    async def __call__(self, x: np.ndarray, on_rows: Any = None) -> np.ndarray:
+    async def __call__(self, x: np.ndarray, on_rows: Any = None,
+                       request_ids: tuple[str, ...] = ()) -> np.ndarray:  # fmt: skip
         self.groups.append(len(x))
+        self.request_ids.append(request_ids)
         first = [i for i in range(len(x)) if int(x[i, 0]) in self.early]
         if first and on_rows is not None:
             on_rows(first, expected(x[first]))
@@ -68,6 +71,24 @@ def test_k_waiting_rows_form_one_full_group_at_once():
     assert farm.groups == [4] and elapsed < 5.0, elapsed
     for i, y in enumerate(out):
         np.testing.assert_array_equal(y, expected(rows(i, 1)))
+
+
+def test_each_group_names_the_requests_it_serves_once_each():
+    farm = FakeFarm(delay=0.0)
+
+    async def main():
+        queue = CodingQueue(BatcherConfig(group_size=4, max_queue_delay=10.0), farm)
+        # "b" (3 rows) is split over both groups; "c" and the unnamed request are in the second
+        return await asyncio.gather(
+            queue.infer(rows(0, 2), "a"),
+            queue.infer(rows(2, 3), "b"),
+            queue.infer(rows(5, 1), "c"),
+            queue.infer(rows(6, 2)),
+        )
+
+    run(main())
+    assert farm.groups == [4, 4]
+    assert farm.request_ids == [("a", "b"), ("b", "c")]
 
 
 def test_a_lone_request_is_served_after_the_queue_delay_as_a_partial_group():
@@ -191,10 +212,11 @@ def test_the_server_codes_a_partial_group_for_its_own_size(monkeypatch):
     class FakeClient:
         def __init__(self, settings: object) -> None: ...
 
-        def submit(self, x: np.ndarray, spec: object, on_rows: Any = None) -> SimpleNamespace:
+        def submit(self, x: np.ndarray, spec: object, on_rows: Any = None,
+                   request_ids: tuple[str, ...] = ()) -> SimpleNamespace:  # fmt: skip
             sent.append(x.copy())
             specs.append(spec)
-            record = SimpleNamespace(rows_own=list(range(len(x))), rows_decoded=[],
+            record = SimpleNamespace(batch="b1", rows_own=list(range(len(x))), rows_decoded=[],
                                      outcome="decoded",
                                      timings=SimpleNamespace(end_to_end=0.01))  # fmt: skip
             return SimpleNamespace(predictions=expected(x), outcome="decoded", record=record)

@@ -7,6 +7,7 @@ stderr and exit code 2, or 3 when the farm is unavailable (Redis, a worker, a co
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -20,6 +21,15 @@ from codedfarm.cli.options import ENV_PREFIX, SettingOption, apply_env_vocabular
 from codedfarm.cli.serve import loadgen, serve
 from codedfarm.cli.soak import soak
 from codedfarm.errors import CodedFarmError, FarmUnavailableError
+from codedfarm.logs import (
+    DEFAULT_LOG_LEVEL,
+    FORMAT_VARIABLE,
+    LEVEL_VARIABLE,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LogConfig,
+    configure_logging,
+)
 
 __all__ = ["cli", "main"]
 
@@ -61,8 +71,22 @@ class _Group(click.Group):
     help="Redis URL (redis://, rediss:// for TLS; user:password@ for auth). "
     "Default: CODEDFARM_REDIS_URL or redis://127.0.0.1:6379/0.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=DEFAULT_LOG_LEVEL,
+    help="Lines below this level are not logged (debug: a line per task and per batch, "
+    "with its request ids).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    default="text",
+    help="text: a line of time, level, role, logger and message; json: one JSON object "
+    'per line (docs/operations.md, "Logs").',
+)
 @click.pass_context
-def cli(ctx: click.Context, redis_url: str | None) -> None:
+def cli(ctx: click.Context, redis_url: str | None, log_level: str, log_format: str) -> None:
     """codedfarm: straggler-resilient prediction serving with coded computing.
 
     Every option can also be set with one environment variable: a command's own option
@@ -71,6 +95,13 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
     CODEDFARM_DEADLINE, CODEDFARM_MODEL_REPOSITORY, CODEDFARM_KEY_TTL, ...).
     """
     ctx.obj = {"redis_url": redis_url}
+    config = LogConfig(level=log_level, format=log_format, role=ctx.invoked_subcommand or "cli")
+    configure_logging(config)
+    # the processes a command starts (demo's workers, scale's) log alike: they read the
+    # variables, so a value given on the command line is passed on in them
+    for name, variable in (("log_level", LEVEL_VARIABLE), ("log_format", FORMAT_VARIABLE)):
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            os.environ[variable] = getattr(config, name.removeprefix("log_"))
 
 
 for _command in (worker, collector, probe, submit, serve, loadgen, demo, scale, bench, soak,

@@ -29,6 +29,7 @@ from codedfarm.cli.options import (
     settings_from_context,
 )
 from codedfarm.errors import ConfigError, InputWarning
+from codedfarm.logs import LOG_LEVELS
 
 __all__ = ["collector", "submit", "worker"]
 
@@ -95,10 +96,19 @@ __all__ = ["collector", "submit", "worker"]
 )
 @model_repository_option()
 @click.option(
+    "--liveness-timeout",
+    type=click.FloatRange(min=2.0),
+    default=15.0,
+    help="Seconds the engine's loop may stand still (longer while a task may legitimately "
+    "run) before /livez fails and the worker restarts its engine (docs/operations.md).",
+)
+@click.option(
     "--loglevel",
     "-l",
-    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
-    default="warning",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="This worker's log level, Celery's spelling (default: codedfarm --log-level; "
+    "debug logs a line per task).",
 )
 def worker(
     queues: tuple[str, ...],
@@ -116,7 +126,8 @@ def worker(
     hostname: str | None,
     events: bool,
     model_repository: Path | None,
-    loglevel: str,
+    liveness_timeout: float,
+    loglevel: str | None,
 ) -> None:
     """Run a worker that serves coded inference tasks (the batch engine, or a Celery worker)."""
     from codedfarm.worker import WorkerOptions, run_worker
@@ -125,7 +136,8 @@ def worker(
         queues=queues, engine=engine, concurrency=concurrency, pool=pool, device=device,
         slowdown=slowdown, straggle=straggle, preload=preload, torch_threads=torch_threads,
         metrics_port=metrics_port, metrics_addr=metrics_addr, hostname=hostname,
-        loglevel=loglevel.lower(), events=events, corrupt=corrupt,
+        loglevel=loglevel and loglevel.lower(), events=events, corrupt=corrupt,
+        liveness_timeout=liveness_timeout,
     )  # fmt: skip
     sys.exit(run_worker(settings_from_context(model_repository=model_repository), options))
 
@@ -140,10 +152,7 @@ def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_collector(
-        settings_from_context(), name, metrics_port, metrics_addr, stop,
-        echo=lambda line: click.echo(line, err=True),
-    )  # fmt: skip
+    run_collector(settings_from_context(), name, metrics_port, metrics_addr, stop)
 
 
 @click.command()

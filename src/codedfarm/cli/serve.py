@@ -77,6 +77,11 @@ __all__ = ["loadgen", "serve"]
     help="Seed of the injected stragglers: group i draws with seed + i, so runs compare "
     "on the same draws (default: fresh draws).",
 )  # fmt: skip
+@click.option(
+    "--access-log/--no-access-log", default=False, show_default=True,
+    help="Log a line per HTTP request (client, method, path, status, milliseconds, request "
+    "id) at info level on codedfarm.access.",
+)  # fmt: skip
 @model_repository_option()
 def serve(
     host: str,
@@ -95,6 +100,7 @@ def serve(
     straggle: str | None,
     straggle_seed: int | None,
     hedge_after: float | None,
+    access_log: bool,
     model_repository: Path | None,
 ) -> None:
     """Serve the farm's models over HTTP with the Open Inference Protocol (KServe v2)."""
@@ -108,7 +114,7 @@ def serve(
                          wait_for=wait_for,
                          straggle=straggle, straggle_seed=straggle_seed,
                          hedge_after=None if hedge_after is None else hedge_after / 1e3,
-                         clients=groups_in_flight)  # fmt: skip
+                         clients=groups_in_flight, access_log=access_log)  # fmt: skip
     run_server(settings_from_context(model_repository=model_repository), config)
 
 

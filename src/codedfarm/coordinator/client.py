@@ -82,7 +82,12 @@ class FarmClient:
         return Collector(self.redis, self._own_inbox, reply_in_memory=True, relay=relay)
 
     def submit(
-        self, x: Any, spec: BatchSpec | BatchSettings, *, on_rows: RowsCallback | None = None
+        self,
+        x: Any,
+        spec: BatchSpec | BatchSettings,
+        *,
+        on_rows: RowsCallback | None = None,
+        request_ids: Sequence[str] = (),
     ) -> BatchResult:
         """Encode ``x`` ``(K, *input_shape)``, dispatch, and wait for the decoded predictions.
 
@@ -92,6 +97,8 @@ class FarmClient:
         result is in (exact) or enough results are in to decode the rest; ``on_rows``, if
         given, receives rows answered early ``(rows, predictions)`` from this thread, before
         ``submit`` returns (the in-process collector only: a collector service answers once).
+        ``request_ids``: the requests the batch serves, named in its log lines (the
+        collector's and the workers', at debug level).
 
         A batch that fails because Redis was lost (a restart, a failover) is sent again once
         Redis answers, within its deadline, up to ``retries`` times (inference is
@@ -100,7 +107,7 @@ class FarmClient:
         written) and :class:`~codedfarm.errors.FarmUnavailableError` when the farm cannot
         serve it."""
         start = time.perf_counter()
-        prepared = self.dispatcher.prepare(x, spec)
+        prepared = self.dispatcher.prepare(x, spec, request_ids)
         retried = 0
         if not self.wait_for_workers:
             try:

@@ -26,6 +26,7 @@ from codedfarm.coordinator.liveness import queue_depths
 from codedfarm.coordinator.open_batch import WAIT_POLICIES, OpenBatch, RowsCallback
 from codedfarm.coordinator.record_relay import RecordDrain, RecordRelay
 from codedfarm.errors import CodecError, NotEnoughResultsError, ProtocolError
+from codedfarm.logs import trace
 from codedfarm.monitoring.hooks import CollectorHooks
 from codedfarm.protocol import (
     BatchRecord,
@@ -333,6 +334,11 @@ class Collector:
         """Answer the client: in memory (in-process: nothing is written to Redis, and answers
         nobody waits for any more are dropped beyond ``MAX_REPLIES``) or under the batch's
         reply key (collector service)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch %s %s: k=%d n=%d, %d rows own, %d decoded, %d results in", reg.batch,
+                      record.outcome, reg.k, reg.n, len(record.rows_own),
+                      len(record.rows_decoded), record.results_received,
+                      extra=trace(reg.batch, reg.requests))  # fmt: skip
         if self.reply_in_memory:
             self._replies[reg.batch] = (record, predictions)
             while len(self._replies) > MAX_REPLIES:

@@ -65,6 +65,7 @@ class PreparedBatch:
     reference: npt.NDArray[np.float32] | None = None  # raw inputs of a fidelity-sampled batch
     submitted_at: float = field(default_factory=time.time)
     deadline_s: float = -1.0  # seconds after submit; -1: the settings' (a retry has less)
+    request_ids: tuple[str, ...] = ()  # the requests it serves: in its log lines everywhere
 
     def __post_init__(self) -> None:
         if self.deadline_s < 0:
@@ -167,10 +168,14 @@ class Dispatcher:
             self._buffers.coded = buffer
         return buffer
 
-    def prepare(self, x: Any, batch: BatchSpec | BatchSettings) -> PreparedBatch:
+    def prepare(
+        self, x: Any, batch: BatchSpec | BatchSettings, request_ids: Sequence[str] = ()
+    ) -> PreparedBatch:
         """Validate everything, then encode ``x`` ``(k, *input_shape)``. ``batch``: settings
         resolved already (``resolve_batch``), or a spec resolved here for ``x``'s rows.
-        Raises before anything is written to Redis."""
+        ``request_ids``: the requests the batch serves (its registration and tasks carry
+        them into the collector's and workers' log lines). Raises before anything is
+        written to Redis."""
         if isinstance(batch, BatchSpec):
             model = resolve_model(batch.model, self.settings.model_repository)
             inputs = _as_float32_batch(x, model.input_shape, model.ref)
@@ -198,6 +203,7 @@ class Dispatcher:
             coded=coded,
             encode_s=encode_s,
             reference=inputs if sampled else None,
+            request_ids=tuple(request_ids),
         )
 
     def registration(self, batch: PreparedBatch) -> BatchRegistration:
@@ -225,6 +231,7 @@ class Dispatcher:
             encode_s=batch.encode_s,
             reference=batch.reference is not None,
             reference_key=self.keys.reference(batch.batch) if batch.reference is not None else "",
+            requests=list(batch.request_ids),
         )
 
     def _messages(
@@ -242,6 +249,7 @@ class Dispatcher:
         in ``redundant``."""
         per_input = batch.coded[0].nbytes
         shape = list(batch.coded.shape[1:])
+        requests = list(batch.request_ids)
         by_queue: dict[str, list[bytes]] = {}
         for j, fate in tasks:
             queue = batch.queues[(j + shift) % len(batch.queues)]
@@ -265,6 +273,7 @@ class Dispatcher:
                 delay=None if fate is None else fate.delay,
                 fail=False if fate is None else fate.fail,
                 queue=queue,
+                requests=requests,
             )
             envelope = task_envelope(INFER_TASK, message.to_dict(), queue, priority)
             by_queue.setdefault(priority_list(queue, priority), []).append(envelope)

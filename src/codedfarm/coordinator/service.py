@@ -3,15 +3,18 @@ inbox, its Prometheus metrics, until told to stop."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
 
 from codedfarm.coordinator.collector import Collector
 from codedfarm.coordinator.recovery import recover_open_batches
 from codedfarm.heartbeat import Heartbeat
+from codedfarm.logs import LIFECYCLE
 from codedfarm.protocol import Keys
 from codedfarm.redis_conn import connect
 from codedfarm.settings import Settings
+
+lifecycle = logging.getLogger(LIFECYCLE)
 
 __all__ = ["run_collector"]
 
@@ -22,7 +25,6 @@ def run_collector(
     metrics_port: int,
     metrics_addr: str,
     stop: threading.Event,
-    echo: Callable[[str], None] = print,
 ) -> None:
     """Serve the inbox of collector ``name`` until ``stop`` is set (metrics on
     ``metrics_port``, 0: none). Raises :class:`~codedfarm.errors.RedisUnavailableError`."""
@@ -38,13 +40,14 @@ def run_collector(
     keys = Keys(settings.key_prefix)
     inbox = keys.inbox(name)
     heartbeat = Heartbeat(lambda: client, [keys.live_collectors()], name).start()
-    echo(f"collector {name!r} listening on {inbox}; metrics on :{metrics_port}")
+    lifecycle.info("collector %r listening on %s; metrics on :%d", name, inbox, metrics_port)
     # it also exports the batches in-process collectors relay (record_relay.py)
     collector = Collector(client, inbox, hooks=hooks, durable_key=keys.open_batches(name),
                           records_key=keys.records())  # fmt: skip
     recovered = recover_open_batches(collector)
     if recovered:
-        echo(f"collector {name!r}: finishing {recovered} batch(es) left open by its predecessor")
+        lifecycle.info("collector %r: finishing %d batch(es) left open by its predecessor",
+                       name, recovered)  # fmt: skip
     try:
         collector.serve_forever(stop)
     finally:

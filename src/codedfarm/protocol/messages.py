@@ -77,6 +77,7 @@ class TaskMessage:
     fail: bool = False
     queue: str = ""  # the queue the task was sent to (a metrics label)
     version: int | None = None  # a repository model's version (None: a zoo model)
+    requests: list[str] = field(default_factory=list)  # the batch's request ids (its logs)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields: no need for asdict's deep copy
@@ -93,6 +94,8 @@ class TaskMessage:
             not isinstance(msg.version, int) or isinstance(msg.version, bool) or msg.version < 1
         ):
             raise ProtocolError(f"task message model version {msg.version!r} is not >= 1")
+        if not isinstance(msg.requests, list) or not all(isinstance(r, str) for r in msg.requests):
+            raise ProtocolError(f"task message requests {msg.requests!r} is not a list of ids")
         if msg.nbytes != expected or msg.offset < 0 or msg.index < 0:
             raise ProtocolError(
                 f"task message for batch {msg.batch}: nbytes={msg.nbytes} does not match "
@@ -156,6 +159,7 @@ class BatchRegistration:
     wait: str = "results"  # "own": also finish once every row's own result is in
     late_after: float = 1.0  # "own": a missing own result is late after this fraction of the
     # time the batch took to get wait_for results (coordinator/open_batch.py)
+    requests: list[str] = field(default_factory=list)  # the ids of the requests it serves
     kind: str = "batch"
 
     def to_json(self) -> bytes:

@@ -27,15 +27,18 @@ import contextlib
 import gc
 import json
 import logging
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from codedfarm.errors import FarmUnavailableError, QueueFullError
+from codedfarm.logs import bind_request_id
 from codedfarm.models.catalog import describe_models
 from codedfarm.models.resolve import ResolvedModel
 from codedfarm.redis_conn import connect
+from codedfarm.server.access_log import AccessLog
 from codedfarm.server.farm import Farm, ServeConfig
 from codedfarm.server.oip import (
     index_request,
@@ -62,6 +65,7 @@ Handler = Callable[["Request"], Awaitable["Response"]]
 
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
 """The protocol extensions the server implements, by Triton's names (``GET /v2``)."""
+MAX_REQUEST_ID = 128  # characters of a request's id its group's tasks carry (for the logs)
 INDEX_BODY_LIMIT = 1 << 16  # bytes: a repository index request is {"ready": true} at most
 
 
@@ -157,8 +161,11 @@ async def _infer(request: Request) -> Response:
         limit=farm.config.max_body_bytes,
     )
     parsed = parse_infer_request(body, model.input_shape, binary)
+    if parsed.id:  # the request's own id names it in every log line of its group
+        request.state.request_id = parsed.id[:MAX_REQUEST_ID]
+        bind_request_id(request.state.request_id)
     try:
-        y = await coding.queue.infer(parsed.x)
+        y = await coding.queue.infer(parsed.x, request.state.request_id)
     except QueueFullError:
         farm.metrics.rejected.labels(model.name, "queue_full").inc()
         raise
@@ -184,6 +191,10 @@ async def infer(request: Request) -> Response:
 
     farm = _farm(request)
     request.state.labels = labels = {"model": "unknown", "codec": ""}  # set by _infer
+    # its id: the body's "id" (read by _infer), else the X-Request-ID header, else a new one
+    given = request.headers.get("x-request-id", "")[:MAX_REQUEST_ID]
+    request.state.request_id = request_id = given or secrets.token_hex(8)
+    bind_request_id(request_id)
     start = time.perf_counter()
     try:
         response = await _infer(request)
@@ -198,6 +209,7 @@ async def infer(request: Request) -> Response:
     if response.status_code == 499:
         outcome = "disconnected"
     farm.metrics.request(labels["model"], labels["codec"], outcome, time.perf_counter() - start)
+    response.headers["x-request-id"] = request.state.request_id
     return response
 
 
@@ -294,7 +306,10 @@ def create_app(settings: Settings, config: ServeConfig) -> Any:
         *(Route(f"{base}/stats", model_stats) for base in (models, versioned)),
         Route("/metrics", metrics),
     ]  # fmt: skip
-    return Starlette(routes=routes, lifespan=lifespan,
+    from starlette.middleware import Middleware
+
+    middleware = [Middleware(AccessLog)] if config.access_log else []
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HTTPException: http_error})  # fmt: skip
 
 
@@ -307,6 +322,9 @@ def serve(settings: Settings, config: ServeConfig) -> None:
     # handler it found: make that a no-op, so a requested stop exits with status 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    # uvicorn's info log says when it listens (and on which address); no line per request
+    # uvicorn logs through codedfarm's setup (log_config=None: no handlers of its own), at
+    # the process's level; its info lines say when and where it listens. Its access log is
+    # off: codedfarm's (access_log.py, --access-log) has the time taken and request id.
     uvicorn.run(create_app(settings, config), host=config.host, port=config.port,
-                log_level="info", access_log=False, timeout_graceful_shutdown=30)  # fmt: skip
+                log_config=None, log_level=logging.getLogger().level, access_log=False,
+                timeout_graceful_shutdown=30)  # fmt: skip

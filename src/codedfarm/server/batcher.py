@@ -28,7 +28,7 @@ import numpy as np
 from codedfarm.errors import ConfigError, QueueFullError
 from codedfarm.settings import check_float, check_int
 
-__all__ = ["BatcherConfig", "CodingQueue", "RowsReceiver"]
+__all__ = ["BatcherConfig", "CodingQueue", "GroupRunner", "RowsReceiver"]
 
 RowsReceiver = Callable[[list[int], np.ndarray], None]
 """Rows of a group answered before the group is done: indexes in ``[0, rows)`` and their
@@ -67,6 +67,7 @@ class _Request:
     arrived: float  # monotonic
     out: np.ndarray | None = None  # (B, *output_shape), filled group by group
     remaining: int = 0
+    request_id: str = ""
 
 
 @dataclass
@@ -84,6 +85,12 @@ class _Group:
     @property
     def rows(self) -> int:
         return sum(s.stop - s.start for s in self.slices)
+
+    @property
+    def request_ids(self) -> tuple[str, ...]:
+        """The ids of the requests with rows in the group, in order, each once."""
+        ids = (piece.request.request_id for piece in self.slices)
+        return tuple(dict.fromkeys(i for i in ids if i))
 
     def place(self, rows: list[int], y: np.ndarray) -> None:
         """Put predictions ``y`` of group rows ``rows`` into their requests; answer each
@@ -107,16 +114,21 @@ class _Group:
             start += size
 
 
+GroupRunner = Callable[[np.ndarray, RowsReceiver, tuple[str, ...]], Awaitable[np.ndarray]]
+"""``run_group(x, on_rows, request_ids)``: serves one coding group (see :class:`CodingQueue`)."""
+
+
 class CodingQueue:
-    """Requests for one (model, version). ``run_group(x, on_rows)`` serves one coding
-    group: inputs ``(k, *input_shape)`` -> predictions ``(k, *output_shape)``, raising a
-    :class:`CodedFarmError` when the farm cannot; it may hand rows answered early to
-    ``on_rows`` (on the event loop) before it returns."""
+    """Requests for one (model, version). ``run_group(x, on_rows, request_ids)`` serves one
+    coding group: inputs ``(k, *input_shape)`` -> predictions ``(k, *output_shape)``,
+    raising a :class:`CodedFarmError` when the farm cannot; it may hand rows answered early
+    to ``on_rows`` (on the event loop) before it returns. ``request_ids``: the ids of the
+    group's requests (for its log lines)."""
 
     def __init__(
         self,
         config: BatcherConfig,
-        run_group: Callable[[np.ndarray, RowsReceiver], Awaitable[np.ndarray]],
+        run_group: GroupRunner,
         *,
         on_group: Callable[[int, float], None] = lambda rows, delay: None,
     ) -> None:
@@ -130,15 +142,17 @@ class CodingQueue:
         self._flusher: asyncio.Task[None] | None = None
         self._groups: set[asyncio.Task[None]] = set()
 
-    async def infer(self, x: np.ndarray) -> np.ndarray:
+    async def infer(self, x: np.ndarray, request_id: str = "") -> np.ndarray:
         """Predictions for ``x`` ``(B, *input_shape)``; raises :class:`QueueFullError` at
-        once when the queue is full, or what ``run_group`` raised for its group."""
+        once when the queue is full, or what ``run_group`` raised for its group.
+        ``request_id``: the request's id, handed to ``run_group`` with its group's."""
         if self._rows + len(x) > self.config.max_queue:
             raise QueueFullError(
                 f"{self._rows} rows are waiting (the limit is {self.config.max_queue}); retry later"
             )
         loop = asyncio.get_running_loop()
-        request = _Request(x, loop.create_future(), time.monotonic(), remaining=len(x))
+        request = _Request(x, loop.create_future(), time.monotonic(), remaining=len(x),
+                           request_id=request_id)  # fmt: skip
         self._pending.append(_Slice(request, 0, len(x)))
         self._rows += len(x)
         self._arrived.set()
@@ -198,7 +212,7 @@ class CodingQueue:
         try:
             x = np.concatenate([s.request.x[s.start : s.stop] for s in group.slices])
             try:
-                y = await self.run_group(x, group.place)
+                y = await self.run_group(x, group.place, group.request_ids)
             except Exception as exc:  # every request of the group gets the group's error
                 for s in group.slices:
                     if not s.request.future.done():

@@ -26,6 +26,7 @@ from codedfarm.codecs import plan_codec
 from codedfarm.coordinator import BatchDefaults, BatchSettings, BatchSpec, FarmClient
 from codedfarm.coordinator.resolution import resolve_batch
 from codedfarm.errors import BatchFailedError, BatchTimeoutError, ConfigError
+from codedfarm.logs import trace
 from codedfarm.models.resolve import ResolvedModel, resolve_model
 from codedfarm.monitoring.server_metrics import ServerMetrics
 from codedfarm.server.batcher import BatcherConfig, CodingQueue, RowsReceiver
@@ -70,6 +71,7 @@ class ServeConfig:
     hedge_after: float | None = None  # seconds: re-send a task not back by then (hedging)
     max_body_bytes: int = 64 << 20
     clients: int = 16  # farm clients (threads): groups in the farm at once, every model
+    access_log: bool = False  # a line per HTTP request (server/access_log.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queues", tuple(self.queues))
@@ -201,7 +203,9 @@ class Farm:
             return found
         label = self.group_settings(model, self.config.batcher.group_size).plan.spec
 
-        async def run_group(x: np.ndarray, on_rows: RowsReceiver) -> np.ndarray:
+        async def run_group(
+            x: np.ndarray, on_rows: RowsReceiver, request_ids: tuple[str, ...]
+        ) -> np.ndarray:
             seed = self.config.straggle_seed
             if seed is not None:
                 seed += next(self._groups_sent)
@@ -210,7 +214,8 @@ class Farm:
             def early(rows: list[int], y: np.ndarray) -> None:  # on the farm client's thread
                 loop.call_soon_threadsafe(on_rows, rows, y)
 
-            result: np.ndarray = await self.blocking(self._submit, model, x, seed, early)
+            result: np.ndarray = await self.blocking(self._submit, model, x, seed, early,
+                                                     request_ids)  # fmt: skip
             return result
 
         def on_group(rows: int, delay: float) -> None:
@@ -238,6 +243,7 @@ class Farm:
         x: np.ndarray,
         seed: int | None,
         on_rows: Callable[[list[int], np.ndarray], None] | None = None,
+        request_ids: tuple[str, ...] = (),
     ) -> np.ndarray:
         settings = self.group_settings(model, len(x), seed)
         if len(settings.queues) > 1:
@@ -248,7 +254,7 @@ class Farm:
             settings = replace(settings, queues=settings.queues[turn:] + settings.queues[:turn])
         client = self._clients.get()
         try:
-            result = client.submit(x, settings, on_rows=on_rows)
+            result = client.submit(x, settings, on_rows=on_rows, request_ids=request_ids)
         except BaseException:
             self._clients.put(client)
             raise
@@ -257,6 +263,11 @@ class Farm:
         self._threads.submit(self._release, client)
         self.metrics.groups.labels(model.name, settings.plan.spec, result.outcome).inc()
         self.metrics.rows(model.name, result.record)
+        if log.isEnabledFor(logging.DEBUG):
+            record = result.record
+            log.debug("group of %d rows of %s: batch %s %s (%d rows own, %d decoded)", len(x),
+                      model.ref, record.batch, result.outcome, len(record.rows_own),
+                      len(record.rows_decoded), extra=trace(record.batch, request_ids))  # fmt: skip
         if result.predictions is None:
             reason = result.record.error or "no decode"
             error = BatchTimeoutError if result.outcome == "timeout" else BatchFailedError

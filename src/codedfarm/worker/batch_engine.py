@@ -39,6 +39,7 @@ import numpy as np
 import redis
 
 from codedfarm.errors import ConfigError, MessageRefusedError, ModelUnavailableError, ProtocolError
+from codedfarm.logs import trace
 from codedfarm.protocol import (
     INFER_TASK,
     Keys,
@@ -52,6 +53,7 @@ from codedfarm.worker.control_plane import InFlight, TaskEvents
 from codedfarm.worker.core import (
     CANCEL_POLL_S,
     Report,
+    log_task,
     predict,
     task_fate,
 )
@@ -378,7 +380,8 @@ class BatchEngine:
         try:
             outputs, compute = predict(self.worker, task.msg.model, x[None], task.msg.version)
         except Exception as exc:
-            log.exception("task %s/%d failed", task.msg.batch, task.msg.index)
+            log.exception("task %s/%d failed", task.msg.batch, task.msg.index,
+                          extra=trace(task.msg.batch, task.msg.requests))  # fmt: skip
             return report.error(task.msg, exc, self.worker.name)
         return report.ok(task.msg, outputs[0], compute, task.fate.delay, self.worker.name,
                          received_at=task.received_at, started_at=started_at)  # fmt: skip
@@ -393,6 +396,7 @@ class BatchEngine:
         m = task.msg
         seconds = time.perf_counter() - task.received
         worker_hooks().observe(m.queue, m.model, status, seconds, task.fate.delay)
+        log_task(m, status, seconds)
 
     # ----- unacked messages --------------------------------------------------------------
     def _restore_visible(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from codedfarm.errors import ModelUnavailableError, ProtocolError
+from codedfarm.logs import LogConfig, configure_logging, current_log_config, trace
 from codedfarm.protocol import INFER_TASK, TaskMessage, array_from_bytes
 from codedfarm.redis_conn import celery_broker
 from codedfarm.settings import Settings
@@ -25,6 +26,7 @@ from codedfarm.worker.core import (
     Report,
     announce_ready,
     batch_open,
+    log_task,
     predict,
     preload_models,
     start_heartbeat,
@@ -134,6 +136,7 @@ def _connect_signals() -> None:
         return
     _signals_connected = True
     from celery.signals import (
+        setup_logging,
         task_rejected,
         task_unknown,
         worker_init,
@@ -141,6 +144,14 @@ def _connect_signals() -> None:
         worker_ready,
         worker_shutdown,
     )
+
+    @setup_logging.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _log_as_codedfarm(loglevel: Any = None, **_: object) -> None:
+        # Celery leaves logging to a receiver of this signal: codedfarm's lines, with Celery's
+        # -l as the level (`celery -A ... worker` reads CODEDFARM_LOG_FORMAT for the format)
+        base = current_log_config() or LogConfig.from_env(role="worker")
+        level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+        configure_logging(LogConfig(str(level or base.level).lower(), base.format, base.role))
 
     @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _guard_kombu(**_: object) -> None:
@@ -199,9 +210,9 @@ def run_inference(**kwargs: Any) -> str:
         raise
     finally:
         progress.idle()
-        worker_hooks().observe(
-            msg.queue, msg.model, status, time.perf_counter() - start, fate.delay
-        )
+        seconds = time.perf_counter() - start
+        worker_hooks().observe(msg.queue, msg.model, status, seconds, fate.delay)
+        log_task(msg, status, seconds)
     return status
 
 
@@ -221,10 +232,11 @@ def _run(worker: WorkerState, msg: TaskMessage, fate: TaskFate, received_at: flo
         status = report.ok(msg, outputs[0], compute, fate.delay, worker.name,
                            received_at=received_at, started_at=started_at)  # fmt: skip
     except ModelUnavailableError as exc:  # the error says it all; no traceback per task
-        log.error("task %s/%d: %s", msg.batch, msg.index, exc)
+        log.error("task %s/%d: %s", msg.batch, msg.index, exc, extra=trace(msg.batch, msg.requests))
         status = report.error(msg, exc, worker.name)
     except Exception as exc:  # a model or data error: tell the collector instead of hanging
-        log.exception("task %s/%d failed", msg.batch, msg.index)
+        log.exception("task %s/%d failed", msg.batch, msg.index,
+                      extra=trace(msg.batch, msg.requests))  # fmt: skip
         status = report.error(msg, exc, worker.name)
     report.send(worker)
     return status

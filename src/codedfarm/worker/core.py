@@ -6,14 +6,14 @@
 - :class:`Report`: output bytes and completion notices (and, for the batch engine, the
   acknowledgements) written in one atomic round trip by :data:`REPORT_SCRIPT`;
 - :func:`preload_models`, :func:`start_heartbeat` and :func:`announce_ready`: the start-up
-  both engines share (a worker is live on its queues only once its models are loaded).
+  both engines share (a worker is live on its queues only once its models are loaded);
+- :func:`log_task`: the debug line of a finished task (its batch and request ids).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ import numpy as np
 
 from codedfarm.errors import InjectedFailure, ModelUnavailableError
 from codedfarm.heartbeat import Heartbeat
+from codedfarm.logs import LIFECYCLE, trace
 from codedfarm.protocol import Keys, Notice, TaskMessage
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker.state import WorkerState
@@ -36,6 +37,7 @@ __all__ = [
     "Report",
     "announce_ready",
     "batch_open",
+    "log_task",
     "predict",
     "preload_models",
     "start_heartbeat",
@@ -229,5 +231,13 @@ def stop_heartbeat() -> None:
 
 
 def announce_ready(name: str) -> None:
-    """The ready line, printed whatever the log level: supervisors and tests wait for it."""
-    print(f"codedfarm worker {name} ready.", file=sys.stderr, flush=True)
+    """The ready line, logged whatever the log level: supervisors and tests wait for it."""
+    logging.getLogger(LIFECYCLE).info("codedfarm worker %s ready.", name)
+
+
+def log_task(msg: TaskMessage, status: str, seconds: float) -> None:
+    """A finished task's debug line: its batch, index, status and time since it was taken
+    off the queue, with the batch's request ids (nothing is formatted above debug)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("task %s/%d %s in %.1f ms", msg.batch, msg.index, status, seconds * 1e3,
+                  extra=trace(msg.batch, msg.requests))  # fmt: skip

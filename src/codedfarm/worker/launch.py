@@ -5,10 +5,12 @@ under the supervisor (``codedfarm worker`` delegates here), which watches the en
 from __future__ import annotations
 
 import atexit
+import logging
 import shutil
 import sys
 
 from codedfarm.errors import ConfigError
+from codedfarm.logs import LIFECYCLE
 from codedfarm.settings import Settings
 from codedfarm.worker.options import WorkerOptions
 
@@ -39,19 +41,24 @@ def prepare_zoo_models(settings: Settings, options: WorkerOptions) -> None:
     for ref in options.preload:
         zoo = resolve_model(ref, settings.model_repository).source == "zoo"
         if zoo and ref in TRAINABLE and not is_trained(ref, settings.cache_dir):
-            print(f"codedfarm worker: training {ref} on digits before serving (cached in "
-                  f"{settings.cache_dir}) ...", file=sys.stderr, flush=True)  # fmt: skip
+            logging.getLogger(LIFECYCLE).info(
+                "codedfarm worker: training %s on digits before serving (cached in %s) ...",
+                ref, settings.cache_dir)  # fmt: skip
             trained_model(ref, settings.cache_dir)
 
 
 def celery_argv(options: WorkerOptions) -> list[str]:
     """The arguments of Celery's ``worker`` command for these options."""
+    from codedfarm.logs import LogConfig, current_log_config
+
+    level = options.loglevel or (current_log_config() or LogConfig.from_env()).level
     argv = [
+        "--quiet",  # no banner on stdout: every line is a log line (one JSON object in json)
         "worker",
         f"--queues={','.join(options.queue_names)}",
         f"--concurrency={options.slots}",
         f"--pool={options.pool or 'prefork'}",
-        f"--loglevel={options.loglevel}",
+        f"--loglevel={level}",  # Celery's lines per task are debug (codedfarm.logs)
         # worker heartbeats stay on (Flower and `celery events` show workers by them);
         # gossip and mingle are worker-to-worker chatter the farm does not use
         "--without-gossip",
@@ -73,10 +80,14 @@ def _exit_with(code: int | None) -> None:
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Validate, set up metrics, connect, then serve until told to stop; returns the exit
     status. Raises :class:`~codedfarm.errors.CodedFarmError` before anything starts."""
-    from codedfarm.worker.liveness import EngineWatch, install_progress, liveness_timeout
+    from codedfarm.logs import LogConfig, configure_logging, current_log_config
+    from codedfarm.worker.liveness import EngineWatch, install_progress
 
-    watch = EngineWatch(liveness_timeout())  # CODEDFARM_WORKER_LIVENESS_TIMEOUT
-    options.validate().check_models(settings.model_repository)
+    if options.loglevel is not None:  # -l: this worker's own level
+        base = current_log_config() or LogConfig.from_env(role="worker")
+        configure_logging(LogConfig(options.loglevel, base.format, base.role))
+    watch = EngineWatch(options.liveness_timeout)  # CODEDFARM_WORKER_LIVENESS_TIMEOUT
+    options.check_models(settings.model_repository)
     check_device(options.device)
     from codedfarm.redis_conn import connect
     from codedfarm.worker.state import configure, install_worker_hooks, state, worker_hooks

@@ -42,13 +42,8 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import threading
 import time
-from collections.abc import Mapping
-
-from codedfarm.errors import ConfigError
-from codedfarm.settings import check_float
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -58,7 +53,6 @@ __all__ = [
     "EngineWatch",
     "engine_progress",
     "install_progress",
-    "liveness_timeout",
 ]
 
 DEFAULT_TIMEOUT_S = 15.0
@@ -66,27 +60,14 @@ DEFAULT_TIMEOUT_S = 15.0
 MIN_TIMEOUT_S = 2.0
 """The Celery engine stamps once a second, the batch engine at least once a second."""
 TIMEOUT_VARIABLE = "CODEDFARM_WORKER_LIVENESS_TIMEOUT"
-"""The variable of ``T`` (the name ``codedfarm worker --liveness-timeout`` would read)."""
+"""The variable of ``T``: ``codedfarm worker --liveness-timeout``'s (and
+:meth:`~codedfarm.worker.options.WorkerOptions.from_env`'s)."""
 PAUSE_S = 2.0
 """A gap this long between the supervisor's own checks means it was stopped itself."""
 REASONS = ("exited", "hung")
 """Why the supervisor restarted an engine: it stopped unasked, or its loop stopped turning."""
 
 _TURN, _BUSY, _PID = 0, 1, 2
-
-
-def liveness_timeout(environ: Mapping[str, str] | None = None) -> float:
-    """``T`` from ``CODEDFARM_WORKER_LIVENESS_TIMEOUT`` (unset or empty: 15 s); a bad value
-    is a :class:`ConfigError` naming the variable."""
-    env = os.environ if environ is None else environ
-    raw = env.get(TIMEOUT_VARIABLE) or ""
-    if not raw.strip():
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{TIMEOUT_VARIABLE} must be a number of seconds, got {raw!r}") from exc
-    return check_float(value, TIMEOUT_VARIABLE, minimum=MIN_TIMEOUT_S, unit="seconds")
 
 
 class EngineProgress:

@@ -14,6 +14,7 @@ from typing import Any
 
 from codedfarm.corruption import CorruptionSpec, parse_corruption_spec
 from codedfarm.errors import ConfigError
+from codedfarm.logs import LOG_LEVELS
 from codedfarm.settings import (
     check_float,
     check_int,
@@ -21,12 +22,12 @@ from codedfarm.settings import (
     deprecation_message,
 )
 from codedfarm.stragglers import StragglerSpec, parse_straggler_spec
+from codedfarm.worker.liveness import DEFAULT_TIMEOUT_S, MIN_TIMEOUT_S
 
 __all__ = ["ENGINES", "ENV_PREFIX", "OLD_VARIABLES", "POOLS", "WorkerOptions", "queue_for_device"]
 
 ENGINES = ("celery", "batch")
 POOLS = ("prefork", "threads", "solo")
-LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_SLOTS = {"celery": 1, "batch": 32}
 ENV_PREFIX = "CODEDFARM_WORKER_"
 """Of the variables :meth:`WorkerOptions.from_env` reads: click's prefix of ``codedfarm worker``."""
@@ -74,7 +75,8 @@ class WorkerOptions:
     metrics_port: int = 0
     metrics_addr: str = "0.0.0.0"
     hostname: str | None = None
-    loglevel: str = "warning"  # "info" logs every task: costly at high task rates
+    loglevel: str | None = None  # this worker's log level (None: codedfarm --log-level's)
+    liveness_timeout: float = DEFAULT_TIMEOUT_S  # seconds: the engine loop's bound (liveness.py)
     events: bool = False  # send task events (Celery's -E); worker heartbeats are always sent
 
     def __post_init__(self) -> None:
@@ -104,16 +106,24 @@ class WorkerOptions:
         object.__setattr__(self, "slowdown", check_float(self.slowdown, "slowdown", minimum=1))
         check_int(self.torch_threads, "torch_threads", minimum=1)
         check_int(self.metrics_port, "metrics_port", minimum=0, maximum=65535)
-        for name in ("straggle", "corrupt", "metrics_addr", "loglevel"):
+        object.__setattr__(
+            self,
+            "liveness_timeout",
+            check_float(
+                self.liveness_timeout, "liveness_timeout", minimum=MIN_TIMEOUT_S, unit="seconds"
+            ),
+        )
+        for name in ("straggle", "corrupt", "metrics_addr"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.hostname is not None and not isinstance(self.hostname, str):
             raise ConfigError(f"hostname must be a string, got {self.hostname!r}")
-        if self.loglevel.lower() not in LOGLEVELS:
-            raise ConfigError(
-                f"loglevel must be one of {', '.join(LOGLEVELS)}, got {self.loglevel!r}"
-            )
-        object.__setattr__(self, "loglevel", self.loglevel.lower())
+        if self.loglevel is not None:
+            if not isinstance(self.loglevel, str) or self.loglevel.lower() not in LOG_LEVELS:
+                raise ConfigError(
+                    f"loglevel must be one of {', '.join(LOG_LEVELS)}, got {self.loglevel!r}"
+                )
+            object.__setattr__(self, "loglevel", self.loglevel.lower())
         if not isinstance(self.events, bool):
             raise ConfigError(f"events must be True or False, got {self.events!r}")
         self.corruption  # noqa: B018 (parse: a bad spec fails here)
@@ -164,7 +174,9 @@ class WorkerOptions:
         args += ["--device", self.device, "--slowdown", repr(self.slowdown),
                  "--straggle", self.straggle, "--torch-threads", str(self.torch_threads),
                  "--metrics-port", str(self.metrics_port), "--metrics-addr", self.metrics_addr,
-                 "--loglevel", self.loglevel]  # fmt: skip
+                 "--liveness-timeout", repr(self.liveness_timeout)]  # fmt: skip
+        if self.loglevel is not None:
+            args += ["--loglevel", self.loglevel]
         for name in self.preload:
             args += ["--preload", name]
         if self.hostname:

@@ -33,12 +33,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from codedfarm.logs import LIFECYCLE
+
 if TYPE_CHECKING:
     from codedfarm.worker.liveness import EngineWatch
 
 __all__ = ["supervise"]
 
 log = logging.getLogger(__name__)
+lifecycle = logging.getLogger(LIFECYCLE)  # restarts are shown at every log level
 
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
@@ -107,8 +110,8 @@ def _wait(child: int, watch: EngineWatch | None, stopping: Callable[[], bool]) -
                 hung_since = now
             elif now - hung_since >= CONFIRM_S:
                 hung = True
-                print(f"codedfarm worker: {why['reason']}: killing the worker process "
-                      f"(pid {child}) and its children", file=sys.stderr, flush=True)  # fmt: skip
+                lifecycle.error("codedfarm worker: %s: killing the worker process (pid %d) and "
+                                "its children", why["reason"], child)  # fmt: skip
                 _kill_tree(child)
         time.sleep(POLL_S)
 
@@ -165,11 +168,7 @@ def supervise(
         what = "hung" if hung else f"stopped unasked ({describe_status(code)})"
         if watch is not None:
             watch.restarted("hung" if hung else "exited")
-        print(
-            f"codedfarm worker: the worker process {what}; "
-            f"restarting in {wait:g} s (restart {restarts})",
-            file=sys.stderr,
-            flush=True,
-        )
+        lifecycle.warning("codedfarm worker: the worker process %s; restarting in %g s "
+                          "(restart %d)", what, wait, restarts)  # fmt: skip
         time.sleep(wait)
         wait = min(wait * 2, max_delay)

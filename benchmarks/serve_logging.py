@@ -56,13 +56,13 @@ def tree_cpu(pid: int) -> float:
 def run(farm: LocalFarm, name: str, rate: float, seconds: float, logs: Path) -> dict[str, float]:
     global_flags, serve_flags = CONFIGS[name]
     port = free_port()
-    env = {**farm.env(), "CODEDFARM_QUEUES": "a b"}
+    env = dict(farm.env())
     for variable in ("CODEDFARM_LOG_LEVEL", "CODEDFARM_LOG_FORMAT"):
         env.pop(variable, None)
     log = logs / f"serve-{name.replace(' ', '-')}-{port}.log"
     with open(log, "wb") as out:
         server = subprocess.Popen([sys.executable, "-m", "codedfarm", *global_flags, "serve",
-                                   "--port", str(port), *serve_flags], env=env, stdout=out,
+                                   "--port", str(port), "-Q", "a", "-Q", "b", *serve_flags], env=env, stdout=out,
                                   stderr=subprocess.STDOUT)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"

@@ -30,16 +30,19 @@ ALL = [
     ("spline", 8, 24, {"lam_dec": "auto"}),
     ("letcc", 8, 24, {"s": 4}),
     ("letcc", 8, 24, {"s": 4, "sigma": 0.0}),
+    ("parm", 8, 12, {}),
 ]
 
 
 def returned_set(codec, rng):
     if codec.name in ("uncoded", "replication"):
         return list(rng.permutation(codec.n))[: codec.n]
+    if codec.name == "parm":  # one result of each group may be missing: row 0's here
+        return list(rng.permutation(range(1, codec.n)))
     return list(rng.permutation(codec.n)[: max(codec.min_results, codec.n - 4)])
 
 
-def test_available_codecs_lists_all_seven():
+def test_available_codecs_lists_all_eight():
     assert available_codecs() == [
         "uncoded",
         "replication",
@@ -48,6 +51,7 @@ def test_available_codecs_lists_all_seven():
         "berrut",
         "spline",
         "letcc",
+        "parm",
     ]
 
 

@@ -89,7 +89,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_every_option_resolves_from_exactly_one_variable(clean_env):
     params = _params()
-    assert len({ctx.command_path for ctx, _ in params}) == 16  # 13 commands, models' 2, the group
+    # 14 commands, models' 2 and parity's 1 subcommands, the group
+    assert len({ctx.command_path for ctx, _ in params}) == 18
     for ctx, param in params:
         where = (ctx.command_path, "/".join(param.opts))
         expected = _expected(ctx, param)
@@ -134,6 +135,7 @@ def test_farm_wide_settings_read_their_own_variable_wherever_they_appear():
     assert {ctx for ctx, _ in repository} == {
         "codedfarm worker", "codedfarm submit", "codedfarm scale", "codedfarm serve",
         "codedfarm models", "codedfarm models add", "codedfarm models prepare",
+        "codedfarm parity train", "codedfarm eval",
     }  # fmt: skip
     assert {k: v for k, v in seen.items() if v != "model_repository"} == SETTING_OPTIONS
 

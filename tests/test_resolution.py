@@ -134,11 +134,15 @@ def test_the_settings_are_one_frozen_value():
 )
 def test_every_code_fits_any_budget_the_server_may_give_it(codec, k, n, s):
     """What a codec makes of a worker budget is a fact of the codec: uncoded takes one task
-    per input and no straggler, replication whole copies, the others the budget as it is."""
+    per input and no straggler, replication whole copies, parm a parity (or copy) per row
+    at most and one at least, the others the budget as it is."""
     plan = plan_codec(codec)
     fitted_n, fitted_s = plan.fit_workers(k, max(n, k), s)
     assert fitted_s <= s
-    if plan.exact_for_any_model:
+    if codec == "parm":
+        assert fitted_n == k + min(max(n - k, 1), k) and fitted_s <= fitted_n - k
+        plan.codec(k, fitted_n, fitted_s)  # a valid layout
+    elif plan.exact_for_any_model:
         assert fitted_n % k == 0 and fitted_s < fitted_n
         assert plan.default_wait_for(k, fitted_n, fitted_s) == k  # one result per input
     else:

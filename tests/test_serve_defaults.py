@@ -28,11 +28,13 @@ pytestmark = pytest.mark.slow  # a live farm behind `codedfarm serve`
 httpclient = pytest.importorskip("tritonclient.http")
 
 
-def start_server(farm: LocalFarm, *flags: str) -> tuple[str, subprocess.Popen[bytes]]:
+def start_server(farm: LocalFarm, *flags: str, queue: str = "dflt") -> tuple[
+    str, subprocess.Popen[bytes]
+]:  # fmt: skip
     port = free_port()
     with open(farm.log_dir / f"serve-{port}.log", "wb") as log:  # the child keeps its copy
         server = subprocess.Popen([sys.executable, "-m", "codedfarm", "serve", "--port",
-                                   str(port), "-Q", "dflt", *flags], env=farm.env(),
+                                   str(port), "-Q", queue, *flags], env=farm.env(),
                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"127.0.0.1:{port}"
     end = time.monotonic() + 60

@@ -13,6 +13,7 @@ from codedfarm.codecs.base import Codec, Decoded
 from codedfarm.codecs.berrut import BerrutCodec, berrut_matrix
 from codedfarm.codecs.lagrange import LagrangeCodec
 from codedfarm.codecs.mds import MDSCodec
+from codedfarm.codecs.parm import ParmCodec
 from codedfarm.codecs.plan import DEFAULT_CODEC, CodecPlan, plan_codec
 from codedfarm.codecs.points import data_points, worker_points
 from codedfarm.codecs.registry import available_codecs, make_codec, parse_codec_spec
@@ -29,6 +30,7 @@ __all__ = [
     "LagrangeCodec",
     "LetccCodec",
     "MDSCodec",
+    "ParmCodec",
     "ReplicationCodec",
     "SplineCodec",
     "UncodedCodec",

@@ -9,6 +9,7 @@ from codedfarm.codecs.berrut import BerrutCodec
 from codedfarm.codecs.lagrange import LagrangeCodec
 from codedfarm.codecs.mds import MDSCodec
 from codedfarm.codecs.params import check_bool
+from codedfarm.codecs.parm import ParmCodec
 from codedfarm.codecs.replication import ReplicationCodec, UncodedCodec
 from codedfarm.codecs.spline import LetccCodec, SplineCodec
 from codedfarm.codecs.systematic import systematic_unsupported
@@ -26,6 +27,7 @@ CODECS: dict[str, type[Codec]] = {
         BerrutCodec,
         SplineCodec,
         LetccCodec,
+        ParmCodec,
     )
 }
 

@@ -257,11 +257,12 @@ class Dispatcher:
             key, offset = registration.input_key, j * per_input
             if j >= batch.n:  # reference task i = j - n reads raw input i
                 key, offset = registration.reference_key, (j - batch.n) * per_input
+            model = batch.settings.task_model(j) if j < batch.n else batch.model
             message = TaskMessage(
                 batch=batch.batch,
                 index=j,
-                model=batch.model.name,
-                version=batch.model.version,
+                model=model.name,
+                version=model.version,
                 input_key=key,
                 offset=offset,
                 nbytes=per_input,

@@ -29,6 +29,7 @@ replication the most whole copies that fit).
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any
@@ -95,6 +96,8 @@ class BatchDefaults:
     straggle: str | None = None
     redundancy: float | None = None
     hedge_after: float | None = None  # seconds: re-send a task not back by then
+    parity_first: bool = False  # when the codec is this layer's: ``parm`` instead, if the
+    # model has a parity model for the batch's groups (codedfarm serve's default)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,14 @@ class BatchSettings:
     hedge_after: float | None = None
     hedge_plan: tuple[TaskFate, ...] | None = None
     wait: str = "own"  # the collector's wait policy (coordinator/open_batch.py)
+    parity_model: ResolvedModel | None = None  # what the parity tasks run (codec ``parm``)
+    parity_tasks: frozenset[int] = frozenset()
+
+    def task_model(self, task: int) -> ResolvedModel:
+        """The model task ``task`` runs: the parity model for a ``parm`` parity task."""
+        if self.parity_model is not None and task in self.parity_tasks:
+            return self.parity_model
+        return self.model
 
     @property
     def codec(self) -> Codec:
@@ -181,6 +192,8 @@ def resolve_batch(
         s = n - k if s_given is None else s
     else:
         n = plan.default_n(k, s)
+    if lower.parity_first and _first(spec.codec, serving.codec) is None:
+        plan = _parity_plan(found, k, n, settings) or plan
     if fit_workers or redundancy is not None:
         n, s = plan.fit_workers(k, n, s)
     n = _check_int("n", n, 1, settings.max_workers)
@@ -228,7 +241,15 @@ def resolve_batch(
     wait = "own" if spec.wait is None else spec.wait
     if wait not in WAIT_POLICIES:
         raise ConfigError(f"wait must be one of {', '.join(WAIT_POLICIES)}, got {wait!r}")
+    parity_tasks = frozenset(getattr(codec, "parity_tasks", ()))
+    parity_model = _parity_model(found, codec, settings) if parity_tasks else None
+    target = parity_model.parity.target if parity_model and parity_model.parity else None
+    if target is not None and target != codec.params().get("target", "logits"):
+        # the decode subtracts in the space the parity model was trained in
+        plan = CodecPlan(plan.name, tuple(sorted({**dict(plan.params), "target": target}.items())))
     return BatchSettings(
+        parity_model=parity_model,
+        parity_tasks=parity_tasks,
         wait=wait,
         model=found,
         plan=plan,
@@ -280,6 +301,48 @@ def _fates(spec: BatchSpec, straggle: str | None, n: int) -> tuple[TaskFate, ...
         return None
     stragglers = parse_straggler_spec(straggle)
     return tuple(stragglers.sample(n, np.random.default_rng(spec.seed)))
+
+
+_parity_arities: dict[tuple[str, str], tuple[float, tuple[int, ...]]] = {}
+PARITY_LOOKUP_S = 2.0  # how long a model's parity arities are reused (then read again)
+
+
+def _parity_plan(model: ResolvedModel, k: int, n: int, settings: Settings) -> CodecPlan | None:
+    """``parm`` for a batch of ``k`` rows on a budget of ``n`` tasks when ``model`` has a
+    parity model that fits its groups (the smallest arity at least ``ceil(k / parities)``:
+    smaller groups fill its slots cyclically; a group of one row gets a copy, as with the
+    other systematic codes), else None."""
+    parities = min(max(n - k, 1), k)
+    needed = math.ceil(k / parities)
+    key = (model.ref, str(settings.model_repository))
+    hit = _parity_arities.get(key)
+    if hit is None or hit[0] <= time.monotonic():
+        from codedfarm.models.parity import parity_models_of
+
+        arities = tuple(parity_models_of(model.ref, settings.model_repository))
+        hit = _parity_arities[key] = (time.monotonic() + PARITY_LOOKUP_S, arities)
+    fitting = [a for a in hit[1] if a >= needed]
+    return plan_codec(f"parm:group={min(fitting)}") if fitting else None
+
+
+def _parity_model(model: ResolvedModel, codec: Codec, settings: Settings) -> ResolvedModel:
+    """The parity model of ``model`` for the groups of a ``parm`` codec (its arity)."""
+    from codedfarm.models.parity import parity_model_for
+
+    arity = int(codec.params()["group"])
+    found = parity_model_for(model.ref, arity, settings.model_repository)
+    if found is None:
+        raise ConfigError(
+            f"parm: model {model.ref} has no parity model for groups of {arity} rows (k={codec.k} "
+            f"rows on n={codec.n} tasks); train one with `codedfarm parity train {model.ref} "
+            f"--k {arity}`, or use another codec"
+        )
+    if found.input_shape != model.input_shape or found.output_shape != model.output_shape:
+        raise ConfigError(
+            f"parm: parity model {found.ref} takes {found.input_shape} -> {found.output_shape}, "
+            f"but {model.ref} takes {model.input_shape} -> {model.output_shape}"
+        )
+    return found
 
 
 def _warn_if_not_exact(plan: CodecPlan, model: ResolvedModel) -> None:

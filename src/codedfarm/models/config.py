@@ -10,8 +10,11 @@
       "serving": {"codec": "spline", "n": 24, "s": 4, "deadline": 5.0},   # optional;
                                            # or "redundancy": 1.5 instead of n and s
       "factory": "my_models.mlp:build",    # optional: the model is Python code (see below)
-      "polynomial_degree": 1               # optional: f is linear/affine (1) or a polynomial
-    }                                      # of this degree, so exact codes (mds, lagrange) apply
+      "polynomial_degree": 1,              # optional: f is linear/affine (1) or a polynomial
+                                           # of this degree, so exact codes (mds, lagrange) apply
+      "parity_models": ["m.parity-k2"],    # optional: its parity models (models/parity.py)
+      "parity": {"base": "m", "k": 2, ...} # optional: this model IS a parity model (ParityInfo)
+    }
 
 Without ``factory`` every version folder holds ``model.pt`` (TorchScript, ``torch.jit.save``)
 or ``model.pt2`` (``torch.export.save``). With it, the worker imports ``package.module`` (from
@@ -31,16 +34,27 @@ from typing import Any
 
 from codedfarm.errors import ModelConfigError
 
-__all__ = ["CONFIG_FILE", "ModelConfig", "ServingDefaults", "read_model_config"]
+__all__ = [
+    "CONFIG_FILE",
+    "PARITY_INITS",
+    "PARITY_TARGETS",
+    "ModelConfig",
+    "ParityInfo",
+    "ServingDefaults",
+    "read_model_config",
+]
 
 CONFIG_FILE = "config.json"
 DTYPES = ("float32",)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _FIELDS = {
     "input_shape", "input_dtype", "output_shape", "description", "serving", "factory",
-    "polynomial_degree",
+    "polynomial_degree", "parity_models", "parity",
 }  # fmt: skip
 _SERVING = {"codec", "n", "s", "deadline", "redundancy"}
+PARITY_TARGETS = ("logits", "probs")
+PARITY_INITS = ("base", "scratch")
+_PARITY_REQUIRED = ("base", "k", "target")
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,33 @@ class ServingDefaults:
 
 
 @dataclass(frozen=True)
+class ParityInfo:
+    """A parity model's ``parity`` block (ParM): it is trained so that ``F_P(x_1 + … + x_k)
+    ≈ Σ T(F(x_i))`` for the base model ``F``; a missing prediction is ``F_P(P) − Σ_{j≠i}
+    T(F(x_j))``. ``target`` is the space ``T`` of that sum: ``logits``, the base model's
+    outputs as served, or ``probs``, their softmax (then the others' outputs are softmaxed
+    before they are subtracted, and the reconstruction is a probability vector). The rest
+    records the training that made the current version."""
+
+    base: str  # the base model's name (zoo or repository)
+    k: int  # queries per parity query, >= 2
+    target: str = "logits"  # "logits" or "probs"
+    base_version: int | None = None  # the repository base's version it was trained for
+    data: str = ""  # "digits" or "<file>.npz sha256:<digest>"
+    epochs: int | None = None
+    seed: int | None = None
+    init: str | None = None  # "base": from the base model's weights; "scratch"
+    heldout_mse: float | None = None  # F_P(P) against Σ T(F(x_i)), per entry, target units²
+    heldout_agreement: float | None = None  # reconstructed top-1 == the base's, a fraction
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON block: unset fields left out, but ``base_version`` always (null: a zoo
+        base)."""
+        return {k: v for k, v in self.__dict__.items()
+                if k == "base_version" or (v is not None and v != "")}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -63,6 +104,8 @@ class ModelConfig:
     serving: ServingDefaults = field(default_factory=ServingDefaults)
     factory: str | None = None  # "package.module:function"
     polynomial_degree: int | None = None  # declared: exact codes are exact up to this degree
+    parity_models: tuple[str, ...] = ()  # names of this model's parity models
+    parity: ParityInfo | None = None  # set when this model is a parity model
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -79,6 +122,10 @@ class ModelConfig:
             data["factory"] = self.factory
         if self.polynomial_degree is not None:
             data["polynomial_degree"] = self.polynomial_degree
+        if self.parity_models:
+            data["parity_models"] = list(self.parity_models)
+        if self.parity is not None:
+            data["parity"] = self.parity.to_dict()
         return json.dumps(data, indent=2) + "\n"
 
 
@@ -137,6 +184,77 @@ def _serving(path: Path, value: object) -> ServingDefaults:
     )  # fmt: skip
 
 
+def _int(path: Path, name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ModelConfigError(
+            f"{path}: field {name!r} must be an integer >= {minimum}, got {value!r}"
+        )
+    return value
+
+
+def _fraction(path: Path, name: str, value: object, maximum: float | None) -> float:
+    if (
+        not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+        or value < 0 or (maximum is not None and value > maximum)
+    ):  # fmt: skip
+        bound = f"in [0, {maximum:g}]" if maximum is not None else ">= 0"
+        raise ModelConfigError(f"{path}: field {name!r} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _choice(path: Path, name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ModelConfigError(
+            f"{path}: field {name!r} must be one of {', '.join(choices)}, got {value!r}"
+        )
+    return str(value)
+
+
+def _parity(path: Path, value: object) -> ParityInfo:
+    if not isinstance(value, dict):
+        raise ModelConfigError(f"{path}: field 'parity' must be an object, got {value!r}")
+    allowed = set(ParityInfo.__dataclass_fields__)
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ModelConfigError(
+            f"{path}: unknown field(s) parity.{', parity.'.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    for required in _PARITY_REQUIRED:
+        if required not in value:
+            raise ModelConfigError(f"{path}: missing field 'parity.{required}'")
+    base, data = value["base"], value.get("data", "")
+    if not isinstance(base, str) or not base or "@" in base or "/" in base:
+        raise ModelConfigError(f"{path}: field 'parity.base' must be a model name, got {base!r}")
+    if not isinstance(data, str):
+        raise ModelConfigError(f"{path}: field 'parity.data' must be a string, got {data!r}")
+    optional: dict[str, Any] = {}
+    for name, minimum in (("base_version", 1), ("epochs", 1), ("seed", 0)):
+        if value.get(name) is not None:
+            optional[name] = _int(path, f"parity.{name}", value[name], minimum)
+    for name, maximum in (("heldout_mse", None), ("heldout_agreement", 1.0)):
+        if value.get(name) is not None:
+            optional[name] = _fraction(path, f"parity.{name}", value[name], maximum)
+    if value.get("init") is not None:
+        optional["init"] = _choice(path, "parity.init", value["init"], PARITY_INITS)
+    return ParityInfo(
+        base=base, k=_int(path, "parity.k", value["k"], 2), data=data,
+        target=_choice(path, "parity.target", value["target"], PARITY_TARGETS), **optional,
+    )  # fmt: skip
+
+
+def _parity_models(path: Path, value: object) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(v, str) and v and "@" not in v and "/" not in v for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ModelConfigError(
+            f"{path}: field 'parity_models' must be a list of distinct model names, got {value!r}"
+        )
+    return tuple(value)
+
+
 def parse_model_config(path: Path, data: object) -> ModelConfig:
     """Validate the parsed contents of ``path``; raises :class:`ModelConfigError`."""
     if not isinstance(data, dict):
@@ -176,6 +294,8 @@ def parse_model_config(path: Path, data: object) -> ModelConfig:
         description=description,
         serving=_serving(path, data.get("serving", {})),
         factory=factory,
+        parity_models=_parity_models(path, data.get("parity_models", [])),
+        parity=_parity(path, data["parity"]) if data.get("parity") is not None else None,
     )
 
 

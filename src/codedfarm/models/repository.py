@@ -94,6 +94,15 @@ class ModelRepository:
     def config(self, name: str) -> ModelConfig:
         return read_model_config(self.root / name / CONFIG_FILE)
 
+    def write_config(self, name: str, config: ModelConfig) -> None:
+        """Write ``name``'s ``config.json`` whole: aside, then renamed into place (a reader
+        sees the old file or the new one)."""
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
+        tmp.write_text(config.to_json())
+        os.replace(tmp, folder / CONFIG_FILE)
+
     def versions(self, name: str) -> list[int]:
         """The complete versions of ``name``, ascending."""
         folder = self.root / name
@@ -141,11 +150,8 @@ class ModelRepository:
             )
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
-        config_file = folder / CONFIG_FILE
-        if not config_file.exists():
-            tmp = folder / f".{CONFIG_FILE}.{uuid.uuid4().hex}"
-            tmp.write_text(config.to_json())
-            os.replace(tmp, config_file)
+        if not (folder / CONFIG_FILE).exists():
+            self.write_config(name, config)
         staging = folder / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:

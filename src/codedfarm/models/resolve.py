@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codedfarm.errors import UnknownModelError
-from codedfarm.models.config import ServingDefaults
+from codedfarm.models.config import ParityInfo, ServingDefaults
 from codedfarm.models.registry import MODELS, get_model_spec
 from codedfarm.models.repository import ModelRepository
 
@@ -35,6 +35,7 @@ class ResolvedModel:
     input_dtype: str = "float32"
     serving: ServingDefaults = field(default_factory=ServingDefaults)
     polynomial_degree: int | None = None  # declared; None: a general function
+    parity: ParityInfo | None = None  # a parity model's base, k and target (models/parity.py)
 
     @property
     def ref(self) -> str:
@@ -63,6 +64,7 @@ def resolve_model(ref: str, repository: Path | None = None) -> ResolvedModel:
         return ResolvedModel(
             name, found.version, config.input_shape, config.output_shape, "repository",
             config.description, config.input_dtype, config.serving, config.polynomial_degree,
+            config.parity,
         )  # fmt: skip
     if name not in MODELS:
         where = f" (model repository: {repository})" if repository is not None else (

@@ -40,9 +40,11 @@ log = logging.getLogger("codedfarm.serve")
 
 MODEL_CACHE_S = 2.0  # how long a resolved model (config.json) is reused
 SERVE_CODEC = "spline:systematic=true"
-"""The server's codec when neither a model's config.json nor ``--codec`` names one:
-systematic (each row is answered from its own task, exactly, when it is in time; only a
-late row is decoded), ``space=auto`` (its default). Why: docs/serve.md, "The defaults"."""
+"""The server's codec when neither a model's config.json nor ``--codec`` names one and the
+model has no parity model for its groups (then ``parm``, learned parity: its rebuilt rows
+agree with the model more often, docs/results.md "Degraded mode"): systematic (each row is
+answered from its own task, exactly, when it is in time; only a late row is decoded),
+``space=auto`` (its default). Why: docs/serve.md, "The defaults"."""
 SERVE_REDUNDANCY = 1.5
 """The server's redundancy budget when neither a model's config.json nor the flags set
 ``n`` or ``redundancy``: a group of r rows costs r + max(1, ceil(r / 2)) tasks."""
@@ -122,7 +124,8 @@ class ServeConfig:
         return BatchDefaults(codec=self.codec or SERVE_CODEC, n=self.n, s=self.s,
                              wait_for=self.wait_for, deadline=self.deadline,
                              queues=self.queues or None, straggle=self.straggle,
-                             redundancy=redundancy, hedge_after=self.hedge_after)  # fmt: skip
+                             redundancy=redundancy, hedge_after=self.hedge_after,
+                             parity_first=self.codec is None)  # fmt: skip
 
 
 def group_settings(

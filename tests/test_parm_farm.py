@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow  # a live farm and a (short) parity model training
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
     root = tmp_path_factory.mktemp("parm-repository")
-    train_parity(ParityTraining("lenet5", 2, epochs=1, seed=0), root, model_cache)
+    for k in (2, 4):
+        train_parity(ParityTraining("lenet5", k, epochs=1, seed=0), root, model_cache)
     return root
 
 
@@ -90,14 +91,32 @@ def test_two_late_rows_of_one_group_are_waited_for(farm, repository, model_cache
 
 
 def test_no_parity_model_is_refused_before_anything_is_sent(farm):
-    x = load_digits_split().test_x[:4]
-    with (
-        FarmClient(farm.settings) as client,
-        pytest.raises(
-            ConfigError, match=r"no parity model for groups of 4 rows.*parity train lenet5 --k 4"
-        ),
-    ):
-        client.submit(x, BatchSpec(model="lenet5", codec="parm", n=5))
+    x = load_digits_split().test_x[:6]
+    message = r"no parity model for groups of 6 rows.*parity train lenet5 --k 6"
+    with FarmClient(farm.settings) as client, pytest.raises(ConfigError, match=message):
+        client.submit(x, BatchSpec(model="lenet5", codec="parm", n=7))
+
+
+@pytest.mark.parametrize(
+    ("rows", "redundancy", "spec"),
+    [(8, 1.5, "parm:k=8,n=12,group=2"), (3, 1.5, "parm:k=3,n=5,group=2"),
+     (8, 1.25, "parm:k=8,n=10,group=4"), (3, 1.25, "parm:k=3,n=4,group=4"),
+     (1, 1.25, "parm:k=1,n=2,group=1")],
+)  # fmt: skip
+def test_parm_takes_the_smallest_parity_model_that_fits(repository, rows, redundancy, spec):
+    """Three rows on one parity need arity 3: the arity-4 model serves them (its slots
+    filled 2 + 1 + 1); a lone row gets a copy and needs none."""
+    from codedfarm.coordinator.resolution import resolve_batch
+
+    settings = Settings(model_repository=repository)
+    got = resolve_batch(BatchSpec(model="lenet5", codec="parm", redundancy=redundancy), rows,
+                        settings, fit_workers=True)  # fmt: skip
+    assert got.codec.spec == spec
+    arity = int(spec.rsplit("=", 1)[1])
+    assert (got.parity_model is None) == (arity == 1)
+    if got.parity_model is not None:
+        assert got.parity_model.name == f"lenet5.parity-k{arity}"
+        assert {got.task_model(t).name for t in got.parity_tasks} == {got.parity_model.name}
 
 
 def test_serve_with_no_flags_uses_the_parity_model(farm, repository, model_cache):

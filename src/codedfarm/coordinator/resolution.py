@@ -203,6 +203,13 @@ def resolve_batch(
     if s >= n:
         raise ConfigError(f"s must be < n (some workers must answer), got n={n}, s={s}")
     codec = plan.codec(k, n, s)
+    if getattr(codec, "parity_tasks", ()) and "group" not in dict(plan.params):
+        # parm without an arity: the smallest parity model that fits the batch's groups
+        fitting = _fitting_arity(found, int(codec.params()["group"]), settings)
+        if fitting is not None:
+            plan = CodecPlan(plan.name, tuple(sorted({**dict(plan.params),
+                                                      "group": fitting}.items())))  # fmt: skip
+            codec = plan.codec(k, n, s)
     _warn_if_not_exact(plan, found)
     wait_given = _first(spec.wait_for, lower.wait_for)
     wait_for = plan.default_wait_for(k, n, s) if wait_given is None else wait_given
@@ -307,13 +314,10 @@ _parity_arities: dict[tuple[str, str], tuple[float, tuple[int, ...]]] = {}
 PARITY_LOOKUP_S = 2.0  # how long a model's parity arities are reused (then read again)
 
 
-def _parity_plan(model: ResolvedModel, k: int, n: int, settings: Settings) -> CodecPlan | None:
-    """``parm`` for a batch of ``k`` rows on a budget of ``n`` tasks when ``model`` has a
-    parity model that fits its groups (the smallest arity at least ``ceil(k / parities)``:
-    smaller groups fill its slots cyclically; a group of one row gets a copy, as with the
-    other systematic codes), else None."""
-    parities = min(max(n - k, 1), k)
-    needed = math.ceil(k / parities)
+def _fitting_arity(model: ResolvedModel, needed: int, settings: Settings) -> int | None:
+    """The smallest arity of ``model``'s parity models that is at least ``needed`` (groups
+    of fewer rows fill its slots cyclically), or None. Looked up again after
+    :data:`PARITY_LOOKUP_S`, so a parity model trained meanwhile is used."""
     key = (model.ref, str(settings.model_repository))
     hit = _parity_arities.get(key)
     if hit is None or hit[0] <= time.monotonic():
@@ -322,7 +326,16 @@ def _parity_plan(model: ResolvedModel, k: int, n: int, settings: Settings) -> Co
         arities = tuple(parity_models_of(model.ref, settings.model_repository))
         hit = _parity_arities[key] = (time.monotonic() + PARITY_LOOKUP_S, arities)
     fitting = [a for a in hit[1] if a >= needed]
-    return plan_codec(f"parm:group={min(fitting)}") if fitting else None
+    return min(fitting) if fitting else None
+
+
+def _parity_plan(model: ResolvedModel, k: int, n: int, settings: Settings) -> CodecPlan | None:
+    """``parm`` for a batch of ``k`` rows on a budget of ``n`` tasks when ``model`` has a
+    parity model that fits its groups (:func:`_fitting_arity` of ``ceil(k / parities)``; a
+    group of one row gets a copy, as with the other systematic codes), else None."""
+    parities = min(max(n - k, 1), k)
+    arity = _fitting_arity(model, math.ceil(k / parities), settings)
+    return None if arity is None else plan_codec(f"parm:group={arity}")
 
 
 def _parity_model(model: ResolvedModel, codec: Codec, settings: Settings) -> ResolvedModel:

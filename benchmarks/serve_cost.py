@@ -15,7 +15,9 @@ latency from the scheduled arrival. Stragglers: ``none``; ``late``: the server i
 ``--straggle-seed``); ``slow``: the first worker has ``--slowdown 10``. Rows: ``uncoded``;
 ``hedged`` (``--hedge-after`` = the p95 worker task latency of the straggler-free uncoded run
 at that rate); ``default`` (no codec flags: the product's defaults); ``replication-x2``;
-systematic Berrut at redundancy 1.25, 1.5, 2 and spline at 1.5; ``spline-3K`` (N=24, any 8).
+systematic Berrut at redundancy 1.25, 1.5, 2 and spline at 1.5; ``spline-3K`` (N=24, any 8);
+``parm-1.5`` and ``parm-1.25``: learned parity models for 2 and 4 rows (trained first from
+the CNN's weights, ``--parity-epochs``, and preloaded by the workers).
 
 Per run: p50/p99/p99.9/max ms, errors, achieved rate; worker CPU-s per answered request
 (utime+stime of the workers' process groups, /proc); worker tasks per answered request
@@ -62,6 +64,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "berrut-sys-2": {"codec": "berrut:systematic=true", "redundancy": 2.0},
     "spline-sys-1.5": {"codec": "spline:systematic=true", "redundancy": 1.5},
     "spline-3K": {"codec": "spline", "redundancy": 3.0},
+    "parm-1.5": {"codec": "parm", "redundancy": 1.5},  # learned parity per 2 rows (ParM)
+    "parm-1.25": {"codec": "parm", "redundancy": 1.25},  # per 4 rows
 }
 QUICK_ROWS = ["uncoded", "hedged", "default", "berrut-sys-1.5"]
 SCENARIOS = ("none", "late", "slow")
@@ -110,6 +114,23 @@ def build_model(repo: Path, width: int, seed: int) -> tuple[Any, np.ndarray, np.
     print(f"model: digits CNN width {c}, test accuracy "
           f"{(probs.argmax(1) == data.test_y).mean():.3f}", flush=True)  # fmt: skip
     return module, data.test_x, probs
+
+
+def train_parity_models(repo: Path, epochs: int, seed: int) -> list[str]:
+    """The CNN's parity models for k = 2 and 4 (``codedfarm parity train``, from its own
+    weights); their names, for the workers to preload."""
+    from codedfarm.models.parity import ParityTraining, train_parity
+
+    names = []
+    for k in (2, 4):
+        start = time.perf_counter()
+        trained = train_parity(ParityTraining(MODEL, k, epochs=epochs, seed=seed), repo,
+                               repo.parent / "cache")  # fmt: skip
+        names.append(trained.model.name)
+        print(f"parity model {trained.model.name}: {epochs} epochs in "
+              f"{time.perf_counter() - start:.0f} s, held-out agreement of rebuilt rows "
+              f"{trained.info.heldout_agreement:.3f}", flush=True)  # fmt: skip
+    return names
 
 
 def compute_ms(module: Any, x: np.ndarray) -> tuple[float, float]:
@@ -408,6 +429,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one rate, 5 s, four rows")
     parser.add_argument("--out", type=Path, default=Path("docs/serve/cost.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/serve/cost.png"))
+    parser.add_argument("--parity-epochs", type=int, default=5,
+                        help="epochs of the parm rows' parity models (k=2 and 4)")  # fmt: skip
     args = parser.parse_args()
     # a stopped run (SIGTERM) stops its farm and servers too (LocalFarm's exit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -425,6 +448,9 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="serve-cost-")
     repo = Path(tmp.name) / "repository"
     module, x, probs = build_model(repo, args.width, args.seed)
+    preload = [MODEL]
+    if any(ROWS[row].get("codec", "").startswith("parm") for row in rows):
+        preload += train_parity_models(repo, args.parity_epochs, args.seed)
     one_ms, batch_ms = compute_ms(module, x)
     args.late_delay = 9 * one_ms / 1e3
     print(f"per-task compute: {one_ms:.2f} ms for one row ({batch_ms:.2f} ms/row in a pass of "
@@ -434,7 +460,7 @@ def main() -> int:
     ref, hedge, results = {"x": x, "probs": probs}, {}, []
     for scenario in scenarios:
         ports = [free_port() for _ in range(args.workers)]
-        workers = [WorkerOptions((f"{QUEUE}{i}",), preload=(MODEL,), torch_threads=1,
+        workers = [WorkerOptions((f"{QUEUE}{i}",), preload=tuple(preload), torch_threads=1,
                                  metrics_port=p,
                                  slowdown=10.0 if scenario == "slow" and i == 0 else 1.0)
                    for i, p in enumerate(ports)]  # fmt: skip

@@ -145,3 +145,18 @@ def test_a_probability_target_rebuilds_log_probabilities_of_the_right_softmax(rn
     np.testing.assert_allclose(from_torch.numpy(), decoded.values, atol=1e-12)
     with pytest.raises(CodecParameterError, match="target must be one of logits, probs"):
         make_codec("parm", 6, 8, target="softmax")
+
+
+def test_a_mean_parity_counts_its_arity_times(rng):
+    """A parity model of a softmax-ended model learns the mean of its group's outputs
+    (``combine=mean``): the rebuilt row is ``(a·y_p − Σ c_l y_l) / c_i``."""
+    codec = make_codec("parm", 6, 8, group=4, combine="mean")
+    assert codec.spec == "parm:k=6,n=8,group=4,combine=mean"
+    f = linear(rng)
+    x = rng.standard_normal((6, 6))
+    y = f(codec.encode(x))
+    y[6:] /= 4  # the parity model outputs the mean over its 4 slots
+    kept = [1, 2, 3, 5, 6, 7]
+    np.testing.assert_allclose(codec.decode(y[kept], kept), f(x), atol=1e-9)
+    with pytest.raises(CodecParameterError, match="combine must be one of sum, mean"):
+        make_codec("parm", 6, 8, combine="median")

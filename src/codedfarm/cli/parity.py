@@ -86,6 +86,12 @@ def _report(trained: TrainedParity) -> dict[str, Any]:
     help="Start from the base model's weights (base) or a fresh initialization (scratch, as "
     "in ParM; needs a zoo model or a factory).",
 )  # fmt: skip
+@click.option(
+    "--combine", type=click.Choice(["auto", "sum", "mean"]), default="auto", show_default=True,
+    help="F_P learns the sum of the k outputs, or their mean (a model that ends in a softmax "
+    "can only output probability vectors); auto: mean when the model's outputs are "
+    "probability vectors.",
+)  # fmt: skip
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Parity queries per minibatch.")  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True,
@@ -107,6 +113,7 @@ def train(
     seed: int,
     target: str,
     init: str,
+    combine: str,
     batch_size: int,
     lr: float,
     torch_threads: int,
@@ -121,7 +128,7 @@ def train(
     from codedfarm.models.parity import ParityTraining, parity_name, train_parity
 
     request = ParityTraining(
-        ref, k, data, epochs, seed, target, init, batch_size, lr, torch_threads, resume
+        ref, k, data, epochs, seed, target, init, combine, batch_size, lr, torch_threads, resume
     )
     settings = settings_from_context(model_repository=model_repository)
     label = f"training {parity_name(ref.partition('@')[0], k)}"

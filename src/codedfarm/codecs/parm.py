@@ -22,6 +22,11 @@ The default arity is ``ceil(k / p)``, the largest group; with ``group`` given, t
 ``n`` is ``k + ceil(k / group)``. The parity model itself is found by the batch's
 resolution (``codedfarm.models.parity``), not here: codecs are pure numerics.
 
+``combine``: ``sum`` (the default) as above, or ``mean``: the parity model was trained to
+output the *mean* ``Σ c_i F(x_i) / a`` (a model that ends in a softmax: its parity model,
+the same architecture, can only output probability vectors), so the parity result counts
+``a`` times: ``(a·y_parity − Σ_(l≠i) c_l y_l) / c_i``.
+
 ``target``: what the parity model's outputs sum. ``logits`` (the default): the model's
 outputs as returned, so the decode above is all. ``probs``: their softmax over the last
 axis; the rows' results are softmaxed before they are subtracted, and a rebuilt row is
@@ -43,9 +48,10 @@ from codedfarm.codecs.arrays import Array, FloatMatrix, is_torch
 from codedfarm.codecs.base import Codec, Decoded, Workers, check_int
 from codedfarm.errors import CodecParameterError, NotEnoughResultsError
 
-__all__ = ["PARITY_TARGETS", "PROB_FLOOR", "ParmCodec", "parity_groups"]
+__all__ = ["PARITY_COMBINES", "PARITY_TARGETS", "PROB_FLOOR", "ParmCodec", "parity_groups"]
 
 PARITY_TARGETS = ("logits", "probs")
+PARITY_COMBINES = ("sum", "mean")
 PROB_FLOOR = 1e-12
 
 
@@ -70,7 +76,7 @@ class ParmCodec(Codec):
     """
 
     name = "parm"
-    PARAMS: ClassVar[dict[str, type]] = {"group": int, "target": str}
+    PARAMS: ClassVar[dict[str, type]] = {"group": int, "target": str, "combine": str}
 
     @classmethod
     def default_n(cls, k: int, s: int, params: dict[str, Any]) -> int:
@@ -93,9 +99,20 @@ class ParmCodec(Codec):
         return fitted, min(s, fitted - k)
 
     def __init__(
-        self, k: int, n: int, *, group: int | None = None, target: str = "logits", **kwargs: Any
+        self,
+        k: int,
+        n: int,
+        *,
+        group: int | None = None,
+        target: str = "logits",
+        combine: str = "sum",
+        **kwargs: Any,
     ) -> None:
         super().__init__(k, n, **kwargs)
+        if combine not in PARITY_COMBINES:
+            raise CodecParameterError(f"{self.name}: combine must be one of "
+                                      f"{', '.join(PARITY_COMBINES)}, got {combine!r}")  # fmt: skip
+        self.combine = combine
         if target not in PARITY_TARGETS:
             raise CodecParameterError(
                 f"{self.name}: target must be one of {', '.join(PARITY_TARGETS)}, got {target!r}"
@@ -141,7 +158,12 @@ class ParmCodec(Codec):
         return self.k
 
     def params(self) -> dict[str, Any]:
-        return {"group": self.arity, **({"target": self.target} if self.target != "logits" else {})}
+        params: dict[str, Any] = {"group": self.arity}
+        if self.target != "logits":
+            params["target"] = self.target
+        if self.combine != "sum":
+            params["combine"] = self.combine
+        return params
 
     def decode_report(self, y: Array, workers: Iterable[int]) -> Decoded:
         """As every code's (one missing row per group rebuilt); under ``target=probs`` the
@@ -206,14 +228,16 @@ class ParmCodec(Codec):
             )
 
     def _build_decoder(self, workers: Workers) -> FloatMatrix:
-        """Row ``i`` of group ``g`` (missing): ``(y_parity − Σ_(l≠i) c_l y_l) / c_i``; rows
-        whose own results are in are taken from them (the systematic rows)."""
+        """Row ``i`` of group ``g`` (missing): ``(y_parity − Σ_(l≠i) c_l y_l) / c_i`` (the
+        parity counted ``a`` times under ``combine=mean``); rows whose own results are in
+        are taken from them (the systematic rows)."""
         position = {w: p for p, w in enumerate(workers)}
         matrix = np.zeros((self.k, len(workers)))
         for g, row in self._missing(workers):
             rows, counts = self.groups[g], self.multiplicities[g]
             c = dict(zip(rows, counts, strict=True))
-            matrix[row, position[self.k + g]] = 1.0 / c[row]
+            weight = sum(counts) if self.combine == "mean" and len(rows) > 1 else 1
+            matrix[row, position[self.k + g]] = weight / c[row]
             for other in rows:
                 if other != row:
                     matrix[row, position[other]] = -c[other] / c[row]

@@ -250,10 +250,12 @@ def resolve_batch(
         raise ConfigError(f"wait must be one of {', '.join(WAIT_POLICIES)}, got {wait!r}")
     parity_tasks = frozenset(getattr(codec, "parity_tasks", ()))
     parity_model = _parity_model(found, codec, settings) if parity_tasks else None
-    target = parity_model.parity.target if parity_model and parity_model.parity else None
-    if target is not None and target != codec.params().get("target", "logits"):
-        # the decode subtracts in the space the parity model was trained in
-        plan = CodecPlan(plan.name, tuple(sorted({**dict(plan.params), "target": target}.items())))
+    info = parity_model.parity if parity_model is not None else None
+    trained = {} if info is None else {"target": info.target, "combine": info.combine}
+    given = {"target": "logits", "combine": "sum", **codec.params()}
+    if any(given[key] != value for key, value in trained.items()):
+        # the decode subtracts in the space and scale the parity model was trained for
+        plan = CodecPlan(plan.name, tuple(sorted({**dict(plan.params), **trained}.items())))
     return BatchSettings(
         parity_model=parity_model,
         parity_tasks=parity_tasks,

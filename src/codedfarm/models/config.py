@@ -36,6 +36,7 @@ from codedfarm.errors import ModelConfigError
 
 __all__ = [
     "CONFIG_FILE",
+    "PARITY_COMBINES",
     "PARITY_INITS",
     "PARITY_TARGETS",
     "ModelConfig",
@@ -53,6 +54,7 @@ _FIELDS = {
 }  # fmt: skip
 _SERVING = {"codec", "n", "s", "deadline", "redundancy"}
 PARITY_TARGETS = ("logits", "probs")
+PARITY_COMBINES = ("sum", "mean")
 PARITY_INITS = ("base", "scratch")
 _PARITY_REQUIRED = ("base", "k", "target")
 
@@ -87,6 +89,8 @@ class ParityInfo:
     init: str | None = None  # "base": from the base model's weights; "scratch"
     heldout_mse: float | None = None  # F_P(P) against Σ T(F(x_i)), per entry, target units²
     heldout_agreement: float | None = None  # reconstructed top-1 == the base's, a fraction
+    combine: str = "sum"  # "sum": F_P(P) ≈ Σ T(F(x_i)); "mean": ≈ their mean (a model that
+    # ends in a softmax: its parity model can only output probability vectors)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON block: unset fields left out, but ``base_version`` always (null: a zoo
@@ -237,6 +241,8 @@ def _parity(path: Path, value: object) -> ParityInfo:
             optional[name] = _fraction(path, f"parity.{name}", value[name], maximum)
     if value.get("init") is not None:
         optional["init"] = _choice(path, "parity.init", value["init"], PARITY_INITS)
+    if value.get("combine") is not None:
+        optional["combine"] = _choice(path, "parity.combine", value["combine"], PARITY_COMBINES)
     return ParityInfo(
         base=base, k=_int(path, "parity.k", value["k"], 2), data=data,
         target=_choice(path, "parity.target", value["target"], PARITY_TARGETS), **optional,

@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from codedfarm.errors import ConfigError, ModelConfigError, UnknownModelError
-from codedfarm.models.config import PARITY_INITS, PARITY_TARGETS, ModelConfig, ParityInfo
+from codedfarm.models.config import (
+    PARITY_COMBINES,
+    PARITY_INITS,
+    PARITY_TARGETS,
+    ModelConfig,
+    ParityInfo,
+)
 from codedfarm.models.parity_fit import FitSettings, HeldoutReport, ParityProgress
 from codedfarm.models.repository import ModelRepository, RepositoryModel
 from codedfarm.models.resolve import ResolvedModel, resolve_model
@@ -89,6 +95,7 @@ class ParityTraining:
     seed: int = 0
     target: str = DEFAULT_TARGET
     init: str = DEFAULT_INIT
+    combine: str = "auto"  # "sum", "mean", or "auto": mean when the base outputs probabilities
     batch_size: int = 64
     lr: float = 1e-3  # Adam's, cosine-annealed to 0
     threads: int = 1  # torch threads (a fixed count keeps runs bit-for-bit equal)
@@ -103,6 +110,9 @@ class ParityTraining:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.seed < 0 or not self.lr > 0:
             raise ConfigError(f"seed must be >= 0 and lr > 0, got {self.seed} and {self.lr}")
+        if self.combine not in ("auto", *PARITY_COMBINES):
+            raise ConfigError(f"combine must be one of auto, {', '.join(PARITY_COMBINES)}, "
+                              f"got {self.combine!r}")  # fmt: skip
         if self.target not in PARITY_TARGETS or self.init not in PARITY_INITS:
             raise ConfigError(
                 f"target must be one of {', '.join(PARITY_TARGETS)} and init one of "
@@ -220,6 +230,7 @@ def _checkpoint_key(request: ParityTraining, resolved: ResolvedModel, digest: st
                     epochs: int) -> str:  # fmt: skip
     fields = {"base": resolved.ref, "source": resolved.source, "k": request.k, "data": digest,
               "seed": request.seed, "target": request.target, "init": request.init,
+              "combine": request.combine,
               "epochs": epochs, "batch_size": request.batch_size, "lr": request.lr}  # fmt: skip
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -244,6 +255,7 @@ def train_parity(
         fit_parity,
         heldout_report,
         load_parity_data,
+        outputs_are_probabilities,
         seconds_since,
     )
 
@@ -277,14 +289,18 @@ def train_parity(
             checkpoint.unlink(missing_ok=True)
         elif checkpoint.exists():
             say(f"resuming {name} from its checkpoint {checkpoint}")
-        settings = FitSettings(request.k, epochs, request.seed, request.target,
+        combine = request.combine
+        if combine == "auto":
+            probabilities = outputs_are_probabilities(base, data.train_x)
+            combine = "mean" if probabilities else "sum"
+        settings = FitSettings(request.k, epochs, request.seed, request.target, combine,
                                request.batch_size, request.lr, request.threads)  # fmt: skip
         start = time.perf_counter()
         resumed = fit_parity(net, base, data, settings, checkpoint, key, progress=progress)
         seconds = seconds_since(start)
-        heldout = heldout_report(net, base, data, request.k, request.target)
+        heldout = heldout_report(net, base, data, request.k, request.target, combine)
         info = ParityInfo(
-            base=resolved.name, k=request.k, target=request.target,
+            base=resolved.name, k=request.k, target=request.target, combine=combine,
             base_version=resolved.version, data=data.label, epochs=epochs, seed=request.seed,
             init=request.init, heldout_mse=round(heldout.mse, 6),
             heldout_agreement=round(heldout.agreement, 4),

@@ -41,6 +41,7 @@ __all__ = [
     "fit_parity",
     "heldout_report",
     "load_parity_data",
+    "outputs_are_probabilities",
 ]
 
 HELDOUT_FRACTION = 0.2  # of a data file's rows; digits keeps the base model's own test split
@@ -120,6 +121,7 @@ class FitSettings:
     epochs: int
     seed: int
     target: str  # "logits" or "probs"
+    combine: str = "sum"  # "sum": F_P(P) ≈ Σ T(F(x_i)); "mean": ≈ the mean (probabilities)
     batch_size: int = 64
     lr: float = 1e-3
     threads: int = 1
@@ -268,7 +270,8 @@ def fit_parity(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad()
-                loss = torch.nn.functional.mse_loss(net(x[idx].sum(1)), train_t[idx].sum(1))
+                goal = train_t[idx].sum(1) / (settings.k if settings.combine == "mean" else 1)
+                loss = torch.nn.functional.mse_loss(net(x[idx].sum(1)), goal)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 running += float(loss.detach())
@@ -280,9 +283,12 @@ def fit_parity(
     return done
 
 
-def heldout_report(net: Any, base: Any, data: ParityData, k: int, target: str) -> HeldoutReport:
+def heldout_report(
+    net: Any, base: Any, data: ParityData, k: int, target: str, combine: str = "sum"
+) -> HeldoutReport:
     """The parity model on held-out queries: ``k`` fixed permutations of the held-out rows
-    grouped side by side (the same queries for every seed, so runs compare)."""
+    grouped side by side (the same queries for every seed, so runs compare). MSE in the
+    parity model's own units (a sum, or a mean under ``combine="mean"``)."""
     import torch
 
     with _torch_settings(torch.get_num_threads()):
@@ -291,12 +297,26 @@ def heldout_report(net: Any, base: Any, data: ParityData, k: int, target: str) -
         groups = _groups(len(x), k, torch.Generator().manual_seed(12345))
         parity = _outputs(net, x[groups].sum(1)).float()
     total = values[groups].sum(1)
-    mse = float(((parity - total) ** 2).mean())
+    scale = k if combine == "mean" else 1
+    mse = float(((parity - total / scale) ** 2).mean())
     agree = 0
     for i in range(k):
-        reconstructed = parity - (total - values[groups[:, i]])
+        reconstructed = scale * parity - (total - values[groups[:, i]])
         agree += int((reconstructed.argmax(-1) == outputs[groups[:, i]].argmax(-1)).sum())
     return HeldoutReport(mse, agree / (k * len(groups)), k * len(groups))
+
+
+def outputs_are_probabilities(base: Any, x: npt.NDArray[np.float32]) -> bool:
+    """True when ``base``'s outputs on ``x`` (its first rows) are probability vectors (>= 0,
+    summing to 1 over the last axis): a model that ends in a softmax, whose parity model
+    (the same architecture) can only output probability vectors too, so it is trained on
+    the mean of the outputs instead of their sum (``combine="mean"``)."""
+    import torch
+
+    outputs = _outputs(base, torch.from_numpy(x[:_CHUNK])).double()
+    return bool(
+        (outputs >= 0).all() and torch.allclose(outputs.sum(-1), torch.ones(1).double(), atol=1e-4)
+    )
 
 
 def export_parity(net: Any, input_shape: tuple[int, ...], folder: Path) -> Path:

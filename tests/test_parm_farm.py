@@ -25,7 +25,7 @@ from codedfarm.settings import Settings
 from codedfarm.stragglers import TaskFate
 from codedfarm.worker import WorkerOptions
 
-pytestmark = pytest.mark.slow  # a live farm and a (short) parity model training
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a live farm, two short trainings
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,14 @@ def test_serve_with_no_flags_uses_the_parity_model(farm, repository, model_cache
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_bench_preloads_the_parity_models_its_schemes_need(repository, tmp_path):
+    """``codedfarm bench --codec parm``: the parity model is resolved (and preloaded by the
+    farm's workers) before the farm starts; without one the bench stops at once."""
+    from codedfarm.local.bench import BenchConfig, _parity_models
+
+    config = BenchConfig(k=8, n=12, s=4, schemes=("uncoded", "parm"))
+    assert _parity_models(config, Settings(model_repository=repository)) == ["lenet5.parity-k2@1"]
+    with pytest.raises(ConfigError, match="no parity model for groups of 2 rows"):
+        _parity_models(config, Settings(model_repository=tmp_path))

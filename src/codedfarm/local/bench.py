@@ -148,6 +148,20 @@ def _plan(scheme: str) -> CodecPlan:
     return plan_codec("uncoded" if scheme == "hedged" else scheme)
 
 
+def _parity_models(config: BenchConfig, settings: Settings) -> list[str]:
+    """The parity models the schemes' batches run (``parm``), resolved before the farm
+    starts: a missing one is the resolver's clear error now, not a failed run later."""
+    from codedfarm.coordinator.resolution import resolve_batch
+
+    found: list[str] = []
+    for scheme in config.schemes:
+        spec = _spec(config, scheme, [TaskFate()] * (config.n + config.k), config.compute)
+        model = resolve_batch(spec, config.k, settings).parity_model
+        if model is not None and model.ref not in found:
+            found.append(model.ref)
+    return found
+
+
 def _model_of(scheme: str) -> str:
     """LeNet5, or the linear model for a code exact only on polynomials (MDS)."""
     return "linear" if _plan(scheme).exact_degree is not None else "lenet5"
@@ -211,7 +225,8 @@ def run_bench(
         with torch.inference_mode():
             truth[name] = [module(torch.from_numpy(x)).numpy() for x in inputs]
     half = -(-config.n // 2) + config.k  # slots for N tasks plus hedged copies
-    workers = [WorkerOptions((f"bench{i}",), config.engine, half, preload=("lenet5", "linear"))
+    preload = ("lenet5", "linear", *_parity_models(config, settings))
+    workers = [WorkerOptions((f"bench{i}",), config.engine, half, preload=preload)
                for i in range(2)]  # fmt: skip
     results: list[SchemeResult] = []
     echo(f"starting a farm with {2 * half} slots ...")

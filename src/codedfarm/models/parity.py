@@ -97,7 +97,7 @@ class ParityTraining:
     init: str = DEFAULT_INIT
     combine: str = "auto"  # "sum", "mean", or "auto": mean when the base outputs probabilities
     batch_size: int = 64
-    lr: float = 1e-3  # Adam's, cosine-annealed to 0
+    lr: float | None = None  # Adam's, cosine-annealed to 0; None: probed (parity_fit.probe_lr)
     threads: int = 1  # torch threads (a fixed count keeps runs bit-for-bit equal)
     resume: bool = True
 
@@ -108,7 +108,7 @@ class ParityTraining:
                             ("threads", self.threads)):  # fmt: skip
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        if self.seed < 0 or not self.lr > 0:
+        if self.seed < 0 or not (self.lr is None or self.lr > 0):
             raise ConfigError(f"seed must be >= 0 and lr > 0, got {self.seed} and {self.lr}")
         if self.combine not in ("auto", *PARITY_COMBINES):
             raise ConfigError(f"combine must be one of auto, {', '.join(PARITY_COMBINES)}, "
@@ -252,10 +252,13 @@ def train_parity(
     request, an unknown model), :class:`~codedfarm.errors.InputError` (data of the wrong
     shape) or :class:`~codedfarm.errors.ModelConfigError`."""
     from codedfarm.models.parity_fit import (
+        LR_CANDIDATES,
+        PROBE_STEPS,
         fit_parity,
         heldout_report,
         load_parity_data,
         outputs_are_probabilities,
+        probe_lr,
         seconds_since,
     )
 
@@ -294,7 +297,14 @@ def train_parity(
             probabilities = outputs_are_probabilities(base, data.train_x)
             combine = "mean" if probabilities else "sum"
         settings = FitSettings(request.k, epochs, request.seed, request.target, combine,
-                               request.batch_size, request.lr, request.threads)  # fmt: skip
+                               request.batch_size, request.lr or 1e-3, request.threads)  # fmt: skip
+        if request.lr is None:
+            lr = probe_lr(net, base, data, settings)
+            settings = replace(settings, lr=lr)
+            say(
+                f"learning rate {lr:g} (the lowest loss of {', '.join(map(str, LR_CANDIDATES))} "
+                f"in {PROBE_STEPS} minibatches)"
+            )
         start = time.perf_counter()
         resumed = fit_parity(net, base, data, settings, checkpoint, key, progress=progress)
         seconds = seconds_since(start)

@@ -61,9 +61,9 @@ def run(farm: LocalFarm, name: str, rate: float, seconds: float, logs: Path) -> 
         env.pop(variable, None)
     log = logs / f"serve-{name.replace(' ', '-')}-{port}.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "codedfarm", *global_flags, "serve",
-                                   "--port", str(port), "-Q", "a", "-Q", "b", *serve_flags], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+        argv = [sys.executable, "-m", "codedfarm", *global_flags, "serve", "--port", str(port),
+                "-Q", "a", "-Q", "b", *serve_flags]  # fmt: skip
+        server = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         end = time.monotonic() + 60

@@ -216,6 +216,7 @@ OTHERS = {
     "codedfarm_server_requests_in_flight", "codedfarm_server_rejected_total",
     "codedfarm_server_rows_total", "codedfarm_decoded_rows_checked_total",
     "codedfarm_decoded_rows_agreed_total", "codedfarm_messages_refused_total",
+    "codedfarm_worker_engine_restarts_total",
 }
 ALLOWED = OTHERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from codedfarm.cli.options import (
     DynamicHelpOption,
@@ -18,11 +19,14 @@ from codedfarm.cli.options import (
     deprecated_alias,
     json_option,
     model_help,
+    model_repository_option,
+    settings_from_context,
     split_commas,
 )
 from codedfarm.errors import ConfigError
 
 if TYPE_CHECKING:
+    from codedfarm.evaluation.degraded import DegradedConfig
     from codedfarm.evaluation.runner import EvalConfig
 
 __all__ = ["compare", "evaluate"]
@@ -110,7 +114,7 @@ def compare(
 @click.option(
     "-k", "k", multiple=True, callback=split_commas, metavar="K[,K...]",
     help="Inputs per batch (default 20); with --decoded-rows the group sizes K (repeatable; "
-    "default 8).",
+    "default 8); with --degraded the rows per parity task (default 2,3,4).",
 )  # fmt: skip
 @click.option("-n", type=int, default=None, help="Workers (default 100).")
 @click.option(
@@ -149,8 +153,21 @@ def compare(
     help="Redundancy budgets R of --decoded-rows, tasks per row as the server's --redundancy "
     "(repeatable; default 1.25,1.5,2); implies --decoded-rows.",
 )  # fmt: skip
+@click.option(
+    "--degraded", is_flag=True,
+    help="Instead of the fidelity suite: ParM's degraded mode against systematic berrut and "
+    "spline: k rows (-k) and one parity task (n = k+1), one row's own result lost, and 1/5/10% "
+    "of tasks lost; default models lenet5, repvgg, vit_small. Trains the parity models it "
+    "does not find (docs/results.md).",
+)  # fmt: skip
+@click.option(
+    "--parity-epochs", type=int, default=None,
+    help="Epochs of a parity model --degraded trains when none is found (default: the "
+    "model's, as `parity train`).",
+)  # fmt: skip
+@model_repository_option()
 @codecs_option(codec_help(
-    "Codecs of --decoded-rows (repeatable; default berrut:systematic=true, "
+    "Codecs of --decoded-rows and --degraded (repeatable; default berrut:systematic=true, "
     "spline:systematic=true)"
 ))  # fmt: skip
 @click.option("--quick", is_flag=True, help="A small run: LeNet5, K=8, N=40.")
@@ -175,6 +192,9 @@ def evaluate(
     byzantine: int | None,
     decoded_rows: bool,
     redundancy: tuple[str, ...],
+    degraded: bool,
+    parity_epochs: int | None,
+    model_repository: Path | None,
     codecs: tuple[str, ...],
     quick: bool,
     seed: int,
@@ -190,6 +210,11 @@ def evaluate(
     a systematic code decodes, per model, codec, group size K (-k) and redundancy R, with
     one or two rows' own results lost and with 1/5/10% of tasks straggling, beside the
     published ApproxIFER and ParM figures (results.json, decoded_rows.csv, table.md).
+
+    With --degraded: instead, ParM's degraded mode against systematic berrut and spline, per
+    model and k (-k, default 2,3,4) rows with one parity task: the rebuilt row's agreement
+    and accuracy, and the overall accuracy with 1/5/10% of tasks lost (results.json,
+    table.md). Parity models come from --model-repository, else are trained into the cache.
     """
     from codedfarm.evaluation.runner import EvalConfig, run_evaluation
     from codedfarm.models.registry import get_model_spec
@@ -200,14 +225,27 @@ def evaluate(
         "dataset": dataset, "data_dir": data_dir, "seed": seed, "output_space": output_space
     }  # fmt: skip
     ks = _ints(k, "-k")
+    if degraded:
+        others = {"-n": n, "-s/--stragglers": stragglers, "--wrong-results": corrupt,
+                  "--byzantine": byzantine, "--decoded-rows": decoded_rows or None,
+                  "--redundancy": redundancy, "--data-dir": data_dir}  # fmt: skip
+        if click.get_current_context().get_parameter_source("output_space") not in (
+                ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):  # fmt: skip
+            others["--output-space"] = output_space
+        if dataset != "digits":
+            others["--dataset"] = dataset
+        degraded_config = _degraded_config(quick, models, ks, codecs, batches, patterns, seed,
+                                           parity_epochs, model_repository, others)  # fmt: skip
+        _run_degraded(degraded_config, out_dir, as_json)
+        return
     if decoded_rows or redundancy:
         fidelity_only = {"-n": n, "-s/--stragglers": stragglers, "--wrong-results": corrupt,
                          "--byzantine": byzantine}  # fmt: skip
         _decoded_rows_changes(changes, quick, models, ks, redundancy, codecs, fidelity_only)
     else:
         if codecs:
-            raise ConfigError("--codec applies to --decoded-rows (the fidelity suite runs its own "
-                              "list of codecs)")  # fmt: skip
+            raise ConfigError("--codec applies to --decoded-rows and --degraded (the fidelity "
+                              "suite runs its own list of codecs)")  # fmt: skip
         if len(ks) > 1:
             raise ConfigError(f"-k takes one value except with --decoded-rows, got {', '.join(k)}")
         if corrupt is not None:
@@ -324,4 +362,58 @@ def _run_decoded_rows(config: EvalConfig, out_dir: Path, as_json: bool) -> None:
             f"at {TARGET_RATE:.0%} stragglers {verdict} ({at}); met up to straggle rate "
             f"{rates}"
         )
+    click.echo(f"results in {out_dir}/ ({result['seconds']} s)")
+
+
+def _degraded_config(
+    quick: bool,
+    models: tuple[str, ...],
+    ks: tuple[int, ...],
+    codecs: tuple[str, ...],
+    batches: int | None,
+    patterns: int | None,
+    seed: int,
+    parity_epochs: int | None,
+    model_repository: Path | None,
+    others: dict[str, Any],
+) -> DegradedConfig:
+    """``eval --degraded``'s settings; the options it does not take (``others``: option ->
+    value given) are refused, one line and exit 2, rather than ignored."""
+    from codedfarm.evaluation.degraded import DegradedConfig
+    from codedfarm.models.resolve import resolve_model
+
+    given = [option for option, value in others.items() if value not in (None, (), False)]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not an option of --degraded (it runs the "
+                          "models' own outputs on digits, the parity models' data)")  # fmt: skip
+    repository = settings_from_context(model_repository=model_repository).model_repository
+    changes: dict[str, Any] = {"seed": seed, "parity_epochs": parity_epochs,
+                               "repository": repository}  # fmt: skip
+    for name, value in (("models", models), ("group_sizes", ks), ("codecs", codecs),
+                        ("batches", batches), ("patterns", patterns)):  # fmt: skip
+        if value:
+            changes[name] = value
+    config = dataclasses.replace(DegradedConfig.quick() if quick else DegradedConfig(),
+                                 **changes)  # fmt: skip
+    for name in config.models:
+        resolve_model(name, repository)
+    return config
+
+
+def _run_degraded(config: DegradedConfig, out_dir: Path, as_json: bool) -> None:
+    from codedfarm.evaluation.degraded import run_degraded
+
+    settings = settings_from_context(model_repository=config.repository)
+    units = (len(config.models) * len(config.group_sizes) * (1 + len(config.codecs))
+             * config.batches)  # fmt: skip
+    with click.progressbar(length=units, label="degraded mode", file=sys.stderr) as bar:
+        result = run_degraded(
+            config, out_dir, settings.cache_dir,
+            echo=lambda line: click.echo("\n" + line, err=True), progress=bar.update,
+        )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps({key: result[key] for key in ("rows", "winners", "targets")},
+                              indent=2, default=float))  # fmt: skip
+        return
+    click.echo((out_dir / "table.md").read_text())
     click.echo(f"results in {out_dir}/ ({result['seconds']} s)")

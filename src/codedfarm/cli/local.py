@@ -199,7 +199,8 @@ def _legacy_stragglers(ctx: click.Context, _param: click.Parameter, value: str |
 @codecs_option(
     lambda: (
         "Schemes (repeatable): uncoded, replication, hedged (uncoded with hedged "
-        "requests), mds (on the linear model), berrut, spline."
+        "requests), mds (on the linear model), berrut, spline, and parm (learned parity: "
+        "lenet5's parity model in the model repository, with --redundancy)."
     ),
     default=("uncoded", "replication", "hedged", "mds", "berrut", "spline"),
 )

@@ -35,20 +35,28 @@ def load_eval_model(
     dataset: str,
     data_dir: Path | None,
     output_space: str,
+    repository: Path | None = None,
 ) -> tuple[Model, Any, dict[str, Any]]:
     """``(model, data, metadata)``: the model (trained on ``dataset`` first if it is one the
-    farm trains and its weights are not cached), its test data and training metadata."""
+    farm trains and its weights are not cached), its test data and training metadata.
+    ``name`` may be ``NAME[@VERSION]`` of a model in ``repository`` (found there first, as
+    the farm resolves models; its metadata says where it came from)."""
     from codedfarm.models.datasets import load_dataset
-    from codedfarm.models.registry import get_model_spec, load_model
+    from codedfarm.models.registry import load_model
+    from codedfarm.models.resolve import load_served_model, resolve_model
     from codedfarm.models.training import TRAINABLE, trained_model, training_metadata
 
-    spec = get_model_spec(name)
-    if name in TRAINABLE:
+    resolved = resolve_model(name, repository)
+    if resolved.source == "repository":
+        module = load_served_model(resolved.name, resolved.version, repository=repository,
+                                   cache_dir=cache_dir)  # fmt: skip
+        meta: dict[str, Any] = {"model": resolved.ref, "repository": str(repository)}
+    elif name in TRAINABLE:
         meta = training_metadata(name, cache_dir, dataset)
         module = trained_model(name, cache_dir, dataset)
     else:
         module, meta = load_model(name, cache_dir), {"model": name}
-    shape = spec.input_shape
+    shape = resolved.input_shape
     if len(shape) != 3:
         raise ConfigError(f"model {name} does not take images")
     data = load_dataset(dataset, shape, cache_dir, data_dir=data_dir)

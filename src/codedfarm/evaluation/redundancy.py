@@ -63,6 +63,7 @@ __all__ = [
     "measure_decoded_rows",
     "meets_target",
     "run_decoded_rows",
+    "score_codec",
 ]
 
 DEFAULT_REDUNDANCY = (1.25, 1.5, 2.0)
@@ -86,6 +87,7 @@ class DropScore:
     ci95: tuple[float, float]
     accuracy: float  # decoded rows against the labels
     own_accuracy: float  # the model's own outputs on the same rows, against the labels
+    accuracy_ci95: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class StraggleScore:
     agreement: float
     ci95: tuple[float, float]
     accuracy: float
+    accuracy_ci95: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,20 @@ def _decode(codec: Codec, results: npt.NDArray[Any], lost: Sequence[int]) -> Any
         return None
 
 
+def _tops(codec: Codec, results: npt.NDArray[Any], lost: Sequence[int], own_rows: bool) -> Any:
+    """Top-1 of each of the ``k`` rows without the ``lost`` tasks (-1: no answer). A group
+    that cannot be decoded answers nothing, or with ``own_rows`` (a systematic code) the
+    rows whose own results are in, as ``serve`` answers each row the moment it is."""
+    values = _decode(codec, results, lost)
+    if values is not None:
+        return values.argmax(-1)
+    top = np.full(codec.k, -1)
+    if own_rows and codec.systematic:
+        rows = [i for i in range(codec.k) if i not in set(lost)]
+        top[rows] = results[rows].argmax(-1)
+    return top
+
+
 def _interval(samples: npt.NDArray[np.float64]) -> tuple[float, float]:
     low, high = np.nanpercentile(samples, [2.5, 97.5])
     return float(low), float(high)
@@ -192,6 +209,35 @@ def measure_decoded_rows(
     k = len(data[0].x)
     n = redundancy_workers(k, redundancy)
     codec = plan_codec(spec).codec(k, n, n - k)
+
+    def run(batch: Batch) -> npt.NDArray[Any]:
+        return model(codec.encode(batch.x).astype(batch.x.dtype))
+
+    return score_codec(model_name, codec, data, run, spec=spec, redundancy=redundancy,
+                       patterns=patterns, rates=rates, seed=seed, progress=progress)  # fmt: skip
+
+
+def score_codec(
+    model_name: str,
+    codec: Codec,
+    data: Sequence[Batch],
+    run: Callable[[Batch], npt.NDArray[Any]],
+    *,
+    spec: str,
+    redundancy: float,
+    patterns: int,
+    rates: Sequence[float] = STRAGGLE_RATES,
+    seed: int = 0,
+    progress: Callable[[int], None] = lambda _: None,
+    own_rows: bool = False,
+) -> RedundancyRow:
+    """The scores of :func:`measure_decoded_rows` for a built ``codec`` whose ``n`` task
+    results for a batch are ``run(batch)`` (the model on every coded input, or, for
+    ``parm``, the parity model on its parity tasks: evaluation/degraded.py). The loss
+    patterns depend on ``seed``, K and n only: every codec of the same shape sees the same.
+    ``own_rows``: a group that cannot be decoded still answers the rows whose own results
+    are in (``serve``'s per-row answers) instead of scoring 0 on every row."""
+    k, n = codec.k, codec.n
     rng = np.random.default_rng([seed, k, n])  # the same draws for every codec
     drops = [e for e in DROPS if e <= min(n - k, k)]
     m_max = _max_lost(n, max(rates))
@@ -199,19 +245,17 @@ def measure_decoded_rows(
     mean_agree = np.zeros((len(data), m_max + 1))
     mean_correct = np.zeros((len(data), m_max + 1))
     for b, batch in enumerate(data):
-        results = model(codec.encode(batch.x).astype(batch.x.dtype))
+        results = run(batch)
         own, labels = batch.truth.argmax(-1), batch.labels
         for i, e in enumerate(drops):
             for _ in range(patterns):
                 missing = rng.choice(k, e, replace=False)
-                values = _decode(codec, results, missing.tolist())
-                top = np.full(e, -1) if values is None else values[missing].argmax(-1)
+                top = _tops(codec, results, missing.tolist(), own_rows)[missing]
                 counts[i, b] += (np.sum(top == own[missing]), np.sum(top == labels[missing]),
                                  np.sum(own[missing] == labels[missing]), e)  # fmt: skip
         for m in range(m_max + 1):
-            draws = [_decode(codec, results, rng.choice(n, m, replace=False).tolist())
-                     for _ in range(patterns if m else 1)]  # fmt: skip
-            tops = [np.full(k, -1) if v is None else v.argmax(-1) for v in draws]
+            tops = [_tops(codec, results, rng.choice(n, m, replace=False).tolist(), own_rows)
+                    for _ in range(patterns if m else 1)]  # fmt: skip
             mean_agree[b, m] = np.mean([np.mean(t == own) for t in tops])
             mean_correct[b, m] = np.mean([np.mean(t == labels) for t in tops])
         progress(1)
@@ -220,19 +264,21 @@ def measure_decoded_rows(
     drop_scores = []
     for i, e in enumerate(drops):
         c = counts[i]
-        boot = c[draws_b, 0].sum(1) / c[draws_b, 3].sum(1)
+        boot = c[draws_b, :2].sum(1) / c[draws_b, 3].sum(1)[:, None]  # agree, correct
         drop_scores.append(DropScore(
-            e, int(c[:, 3].sum()), float(c[:, 0].sum() / c[:, 3].sum()), _interval(boot),
+            e, int(c[:, 3].sum()), float(c[:, 0].sum() / c[:, 3].sum()), _interval(boot[:, 0]),
             float(c[:, 1].sum() / c[:, 3].sum()), float(c[:, 2].sum() / c[:, 3].sum()),
+            _interval(boot[:, 1]),
         ))  # fmt: skip
     straggling = []
     for p in rates:
         weights = np.array([math.comb(n, m) * p**m * (1 - p) ** (n - m)
                             for m in range(m_max + 1)])  # fmt: skip
         per_batch = mean_agree @ weights  # the tail beyond m_max scores 0
+        correct = mean_correct @ weights
         straggling.append(StraggleScore(
             float(p), float(per_batch.mean()), _interval(per_batch[draws_b].mean(1)),
-            float((mean_correct @ weights).mean()),
+            float(correct.mean()), _interval(correct[draws_b].mean(1)),
         ))  # fmt: skip
     base = float(np.mean([np.mean(b.truth.argmax(-1) == b.labels) for b in data]))
     return RedundancyRow(

@@ -32,6 +32,9 @@ __all__ = ["STRAGGLER_MODELS", "BenchConfig", "SchemeResult", "run_bench"]
 
 STRAGGLER_MODELS = ("none", "fixed", "exp", "pareto", "fail", "slownode")
 SCHEMES = ("uncoded", "replication", "hedged", "mds", "berrut", "spline")
+"""The default schemes; ``parm`` (learned parity models) may be asked for too: it needs the
+model's parity model in the repository (``codedfarm parity train lenet5 --k K``)."""
+KNOWN_SCHEMES = (*SCHEMES, "parm")
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,10 @@ class BenchConfig:
         if unknown:
             raise ConfigError(f"unknown straggler model(s) {sorted(unknown)}; "
                               f"choose from {', '.join(STRAGGLER_MODELS)}")  # fmt: skip
-        unknown = set(self.schemes) - set(SCHEMES)
+        unknown = set(self.schemes) - set(KNOWN_SCHEMES)
         if unknown:
             raise ConfigError(
-                f"unknown scheme(s) {sorted(unknown)}; choose from {', '.join(SCHEMES)}"
+                f"unknown scheme(s) {sorted(unknown)}; choose from {', '.join(KNOWN_SCHEMES)}"
             )
         if self.batches < 5:
             raise ConfigError(f"need batches >= 5, got {self.batches}")

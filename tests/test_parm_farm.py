@@ -119,6 +119,26 @@ def test_parm_takes_the_smallest_parity_model_that_fits(repository, rows, redund
         assert {got.task_model(t).name for t in got.parity_tasks} == {got.parity_model.name}
 
 
+@pytest.mark.parametrize("floor", [0.0, 1.01])
+def test_serve_default_takes_a_parity_model_only_if_it_rebuilds_well(repository, monkeypatch,
+                                                                     floor):  # fmt: skip
+    """``serve``'s default (``parity_first``) takes ``parm`` only for a parity model whose
+    held-out agreement reaches the floor; below it the generic systematic default serves
+    (an explicit ``parm`` still takes it)."""
+    from codedfarm.coordinator import resolution
+
+    monkeypatch.setattr(resolution, "PARITY_FIRST_MIN_AGREEMENT", floor)
+    monkeypatch.setattr(resolution, "_parity_arities", {})
+    settings = Settings(model_repository=repository)
+    defaults = resolution.BatchDefaults(redundancy=1.5, parity_first=True)
+    got = resolution.resolve_batch(BatchSpec(model="lenet5"), 4, settings, defaults=defaults,
+                                   fit_workers=True)  # fmt: skip
+    assert got.codec.name == ("parm" if floor == 0.0 else "spline"), got.codec.spec
+    explicit = resolution.resolve_batch(BatchSpec(model="lenet5", codec="parm"), 4, settings,
+                                        defaults=defaults, fit_workers=True)  # fmt: skip
+    assert explicit.codec.name == "parm"
+
+
 def test_serve_with_no_flags_uses_the_parity_model(farm, repository, model_cache):
     """A model with a parity model for the groups the server's budget makes (R = 1.5: one
     parity per 2 rows) is served with ``parm`` by default; every row is exact when nothing

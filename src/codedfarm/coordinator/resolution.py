@@ -312,31 +312,49 @@ def _fates(spec: BatchSpec, straggle: str | None, n: int) -> tuple[TaskFate, ...
     return tuple(stragglers.sample(n, np.random.default_rng(spec.seed)))
 
 
-_parity_arities: dict[tuple[str, str], tuple[float, tuple[int, ...]]] = {}
+_parity_arities: dict[tuple[str, str], tuple[float, dict[int, float | None]]] = {}
 PARITY_LOOKUP_S = 2.0  # how long a model's parity arities are reused (then read again)
+PARITY_FIRST_MIN_AGREEMENT = 0.5
+"""The least held-out agreement (a rebuilt row's top-1 equals the model's) at which
+``serve``'s default takes a parity model over the generic systematic code. The generic codes
+rebuild one lost row of k = 2, 3, 4 with agreement 0.19-0.91 on the zoo (docs/results.md,
+"Degraded mode"; at k >= 3 at most 0.45); trained parity models reach 0.70-0.95 there, and
+one that did not learn (the serving benchmark's softmax CNN at k=4: 0.131) is below every
+generic code: below one half, the default keeps the generic code. An explicit ``parm``
+codec uses any parity model."""
 
 
-def _fitting_arity(model: ResolvedModel, needed: int, settings: Settings) -> int | None:
+def _fitting_arity(
+    model: ResolvedModel, needed: int, settings: Settings, min_agreement: float | None = None
+) -> int | None:
     """The smallest arity of ``model``'s parity models that is at least ``needed`` (groups
-    of fewer rows fill its slots cyclically), or None. Looked up again after
+    of fewer rows fill its slots cyclically) and, with ``min_agreement``, whose held-out
+    agreement is known and at least that; or None. Looked up again after
     :data:`PARITY_LOOKUP_S`, so a parity model trained meanwhile is used."""
     key = (model.ref, str(settings.model_repository))
     hit = _parity_arities.get(key)
     if hit is None or hit[0] <= time.monotonic():
-        from codedfarm.models.parity import parity_models_of
+        from codedfarm.models.parity import parity_agreements_of
 
-        arities = tuple(parity_models_of(model.ref, settings.model_repository))
-        hit = _parity_arities[key] = (time.monotonic() + PARITY_LOOKUP_S, arities)
-    fitting = [a for a in hit[1] if a >= needed]
+        agreements = parity_agreements_of(model.ref, settings.model_repository)
+        hit = _parity_arities[key] = (time.monotonic() + PARITY_LOOKUP_S, agreements)
+    fitting = [
+        a
+        for a, agreement in hit[1].items()
+        if a >= needed
+        and (min_agreement is None or (agreement is not None and agreement >= min_agreement))
+    ]
     return min(fitting) if fitting else None
 
 
 def _parity_plan(model: ResolvedModel, k: int, n: int, settings: Settings) -> CodecPlan | None:
     """``parm`` for a batch of ``k`` rows on a budget of ``n`` tasks when ``model`` has a
     parity model that fits its groups (:func:`_fitting_arity` of ``ceil(k / parities)``; a
-    group of one row gets a copy, as with the other systematic codes), else None."""
+    group of one row gets a copy, as with the other systematic codes) and rebuilds rows
+    well enough (:data:`PARITY_FIRST_MIN_AGREEMENT`), else None."""
     parities = min(max(n - k, 1), k)
-    arity = _fitting_arity(model, math.ceil(k / parities), settings)
+    needed = math.ceil(k / parities)
+    arity = _fitting_arity(model, needed, settings, PARITY_FIRST_MIN_AGREEMENT)
     return None if arity is None else plan_codec(f"parm:group={arity}")
 
 

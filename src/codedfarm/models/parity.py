@@ -56,6 +56,7 @@ __all__ = [
     "ParityTraining",
     "TrainedParity",
     "default_epochs",
+    "parity_agreements_of",
     "parity_model_for",
     "parity_models_of",
     "parity_name",
@@ -351,6 +352,14 @@ def parity_models_of(base_ref: str, repository: Path | None) -> dict[int, str]:
     base: version None). Exactly the ``k`` for which :func:`parity_model_for` answers.
     Raises :class:`UnknownModelError` for an unknown base; without a repository: ``{}``."""
     return {k: model.name for k, model in _usable(base_ref, repository).items()}
+
+
+def parity_agreements_of(base_ref: str, repository: Path | None) -> dict[int, float | None]:
+    """``k`` -> the held-out agreement (``parity.heldout_agreement``: a rebuilt row's top-1
+    equals the base's) of every usable parity model of ``base_ref``, None where its
+    config.json does not say; the same ``k`` as :func:`parity_models_of`."""
+    found = _usable(base_ref, repository)
+    return {k: (m.parity.heldout_agreement if m.parity else None) for k, m in found.items()}
 
 
 def parity_model_for(base_ref: str, k: int, repository: Path | None) -> ResolvedModel | None:

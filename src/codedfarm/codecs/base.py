@@ -11,6 +11,7 @@ import numpy as np
 
 from codedfarm.codecs.arrays import Array, FloatMatrix, apply_matrix, check_finite, is_torch
 from codedfarm.codecs.byzantine import locate_wrong_results, loo_from_predictor
+from codedfarm.codecs.byzantine_systematic import locate_wrong_systematic
 from codedfarm.codecs.cache import DEFAULT_CACHE_SIZE, LRUCache
 from codedfarm.codecs.output_space import (
     check_space,
@@ -399,11 +400,10 @@ class Codec(abc.ABC):
     def _leave_out_wrong(
         self, y: Array, ids: Workers, not_probs: Sequence[int] = ()
     ) -> tuple[Workers, Array, Workers]:
-        """The workers kept, their results, and the workers rejected. ``not_probs``: the
-        results that are not probability vectors when the decode is in log space
-        (``space=log``, or ``auto`` where it chose log): wrong whatever the others say;
-        the locator then compares the rest as returned (in log space, honest
-        probabilities far below any that matter wander and would look wrong)."""
+        """The workers kept, their results, and the workers rejected. ``not_probs``: results
+        that are not probability vectors when the decode is in log space (``space=log``, or
+        ``auto`` where it chose log): wrong whatever the others say; the locator compares the
+        rest as returned (in log space, honest tiny probabilities wander, look wrong)."""
         if is_torch(y):
             flat = y.detach().reshape(len(ids), -1).double().cpu().numpy()
         else:
@@ -423,9 +423,16 @@ class Codec(abc.ABC):
         budget = self.byzantine - len(bad)
         if budget > 0 and len(valid) >= self.base_min_results:
             with single_threaded_blas():
-                found = locate_wrong_results(
-                    flat[valid], predict, budget, min_kept=self.base_min_results, loo=loo
-                )
+                if self.systematic:  # own results beside their parity partners: see there
+                    workers, beta = [ids[i] for i in valid], getattr(self, "_beta")  # noqa: B009
+                    found = locate_wrong_systematic(
+                        flat[valid], predict, budget, points=beta[workers], anchors=beta[:self.k],
+                        own=[w < self.k for w in workers], min_kept=self.base_min_results,
+                        loo=loo)  # fmt: skip
+                else:
+                    found = locate_wrong_results(
+                        flat[valid], predict, budget, min_kept=self.base_min_results, loo=loo
+                    )
             bad += [valid[i] for i in found]
         if not bad:
             return ids, y, ()

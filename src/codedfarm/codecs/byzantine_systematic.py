@@ -1,0 +1,166 @@
+"""Locating wrong results of a systematic code: twins first, then the curve.
+
+A systematic code's parity workers sit *beside* the data points (``placement=measured``
+with enough parity: :func:`codedfarm.codecs.points.parity_points`), so its results come in
+**clusters**: a data point's own result and the parity results a few percent of a gap away.
+Honest members of a cluster nearly agree (they sample the same curve at nearly the same
+point), while a result predicted from the rest of the curve is predicted from far away,
+with the code's whole approximation error. The generic locator (:mod:`.byzantine`) mixes
+the two geometries in one test: honest own results without a partner were rejected and
+wrong ones beside a partner passed (docs/results.md). Here they are tested apart:
+
+1. **Within clusters.** Each cluster of two or more results has a *slope*: the largest
+   ``|y_a - y_b|^2 / (beta_a - beta_b)^2`` over its pairs (squared norms over the output
+   columns). A cluster is inconsistent when its slope exceeds :data:`CLUSTER_THRESHOLD`
+   times the ``(A+1)``-th largest slope of the clusters (at most ``A`` clusters hold a
+   wrong result, so that one is honest). In an inconsistent cluster the member farthest
+   from the rest of the curve's prediction (the other clusters' representatives; every
+   member is at nearly the same point, so the prediction errs alike for all) is rejected,
+   and again while the cluster stays inconsistent. Rejecting an honest own result here
+   costs little: its partner, a few percent of a gap away, decodes the row.
+2. **Along the curve.** One representative per cluster (the own result when kept, else the
+   member nearest the data point; a result beside no data point is its own cluster) goes
+   to the generic locator, whose representatives now all sit at comparable spacing, as in
+   the codes that are not systematic. A representative it rejects takes its whole cluster
+   with it (its members agreed with it) when the budget allows.
+
+Where no cluster has two members (few parity workers: ``placement=midpoints``) this is
+the generic locator. Measured in docs/results.md (``benchmarks/byzantine_clean_cost.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from codedfarm.codecs.arrays import FloatMatrix
+from codedfarm.codecs.byzantine import LooMatrix, Predictor, locate_wrong_results
+
+__all__ = [
+    "CLUSTER_REACH",
+    "CLUSTER_THRESHOLD",
+    "clusters_of",
+    "locate_wrong_systematic",
+]
+
+CLUSTER_REACH = 0.25
+"""A result belongs to a data point's cluster within this fraction of the gap to the data
+point's nearest neighbour (``beside`` parity sits at 2-6%; ``midpoints`` at 50%)."""
+
+CLUSTER_THRESHOLD = 40.0
+"""A cluster's slope over the ``(A+1)``-th largest above which it is inconsistent. Chosen on
+the toy tanh network (raw outputs, berrut and the spline, n = 2K + 2A and 3K + 2A): honest
+ratios reached 7.4 (Berrut) and 25 (spline); wrong results of 1x the outputs' spread gave
+at least 12-29, of 100x far more. Rejecting an honest own result inside a cluster costs
+little (its partner decodes the row), so the threshold sits near the honest end."""
+
+
+def clusters_of(points: FloatMatrix, anchors: FloatMatrix) -> list[list[int]]:
+    """Indexes into ``points`` ``(m,)`` grouped by the data point (``anchors`` ``(k,)``)
+    they sit beside (within :data:`CLUSTER_REACH` of its nearest gap), each point beside
+    none in a group of its own; groups in the order of their first point."""
+    ordered = np.sort(np.asarray(anchors, dtype=np.float64))
+    if len(ordered) > 1:
+        gaps = np.diff(ordered)
+        nearest_gap = np.minimum(np.r_[gaps[0], gaps], np.r_[gaps, gaps[-1]])
+    else:
+        nearest_gap = np.ones(1)
+    groups: dict[object, list[int]] = {}
+    for j, point in enumerate(np.asarray(points, dtype=np.float64)):
+        i = int(np.argmin(np.abs(ordered - point)))
+        near = abs(point - ordered[i]) <= CLUSTER_REACH * nearest_gap[i]
+        groups.setdefault(i if near else ("alone", j), []).append(j)
+    return list(groups.values())
+
+
+def _slope(y: FloatMatrix, points: FloatMatrix, members: Sequence[int]) -> float:
+    return max(
+        float(np.sum((y[a] - y[b]) ** 2)) / max(float(points[a] - points[b]) ** 2, 1e-300)
+        for a, b in itertools.combinations(members, 2)
+    )
+
+
+def _representative(members: Sequence[int], own: Sequence[bool], points: FloatMatrix,
+                    anchor_of: Callable[[int], float]) -> int:  # fmt: skip
+    owned = [m for m in members if own[m]]
+    if owned:
+        return owned[0]
+    return min(members, key=lambda m: abs(float(points[m]) - anchor_of(m)))
+
+
+def _odd_one(y: FloatMatrix, points: FloatMatrix, members: list[int], outside: list[int],
+             predict: Predictor) -> int:  # fmt: skip
+    """The index into ``members`` of the one to reject: with three or more, the one whose
+    absence leaves the rest most consistent; of a pair, the one farther from the curve
+    the ``outside`` results predict (both sit at nearly the same point)."""
+    if len(members) >= 3:
+        rests = [[m for m in members if m != c] for c in members]
+        return int(np.argmin([_slope(y, points, rest) for rest in rests]))
+    guess = predict(outside, members) @ y[outside]
+    return int(np.argmax(np.sum((y[members] - guess) ** 2, axis=1)))
+
+
+def locate_wrong_systematic(
+    y: FloatMatrix,
+    predict: Predictor,
+    a: int,
+    *,
+    points: FloatMatrix,
+    anchors: FloatMatrix,
+    own: Sequence[bool],
+    min_kept: int = 1,
+    loo: LooMatrix | None = None,
+) -> tuple[int, ...]:
+    """Positions (indexes into ``y``, sorted) of at most ``a`` results judged wrong.
+
+    ``y``: ``(m, d)`` float64 results; ``points``: ``(m,)`` each result's worker point;
+    ``anchors``: the ``(k,)`` data points; ``own``: whether each result is a row's own
+    (its worker computes an input unchanged). ``predict``, ``loo``, ``min_kept``: as
+    :func:`~codedfarm.codecs.byzantine.locate_wrong_results`.
+    """
+    a = min(a, len(y) - max(min_kept, 2))
+    if a <= 0:
+        return ()
+    points = np.asarray(points, dtype=np.float64)
+    anchor_array = np.sort(np.asarray(anchors, dtype=np.float64))
+
+    def anchor_of(m: int) -> float:
+        return float(anchor_array[int(np.argmin(np.abs(anchor_array - points[m])))])
+
+    clusters = clusters_of(points, anchors)
+    rejected: list[int] = []
+    multi = [c for c in clusters if len(c) >= 2]
+    if len(multi) > a:
+        slopes = np.array([_slope(y, points, c) for c in multi])
+        limit = CLUSTER_THRESHOLD * (float(np.sort(slopes)[-(a + 1)]) + 1e-300)
+        flagged = [c for c, s in zip(multi, slopes, strict=True) if s > limit]
+        steady = [c for c in clusters if c not in flagged]
+        outside = [_representative(c, own, points, anchor_of) for c in steady]
+        for cluster in sorted(flagged, key=lambda c: -_slope(y, points, c)):
+            members = list(cluster)
+            while len(members) >= 2 and len(rejected) < a:
+                if _slope(y, points, members) <= limit:
+                    break
+                rejected.append(members.pop(_odd_one(y, points, members, outside, predict)))
+            if members:
+                steady.append(members)
+        clusters = steady
+    budget = a - len(rejected)
+    if budget <= 0:
+        return tuple(sorted(rejected))
+    reps = [_representative(c, own, points, anchor_of) for c in clusters]
+    if len(reps) < 3:
+        return tuple(sorted(rejected))
+
+    def predict_reps(known: Sequence[int], targets: Sequence[int]) -> FloatMatrix:
+        return predict([reps[i] for i in known], [reps[i] for i in targets])
+
+    loo_reps = None if loo is None else (lambda positions: loo([reps[i] for i in positions]))
+    found = locate_wrong_results(y[reps], predict_reps, budget, min_kept=2, loo=loo_reps)
+    for i in found:
+        cluster = clusters[i]
+        if len(cluster) <= a - len(rejected) and len(y) - len(rejected) - len(cluster) >= min_kept:
+            rejected.extend(cluster)
+    return tuple(sorted(rejected))

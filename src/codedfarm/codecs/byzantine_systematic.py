@@ -12,12 +12,15 @@ wrong ones beside a partner passed (docs/results.md). Here they are tested apart
 1. **Within clusters.** Each cluster of two or more results has a *slope*: the largest
    ``|y_a - y_b|^2 / (beta_a - beta_b)^2`` over its pairs (squared norms over the output
    columns). A cluster is inconsistent when its slope exceeds :data:`CLUSTER_THRESHOLD`
-   times the ``(A+1)``-th largest slope of the clusters (at most ``A`` clusters hold a
-   wrong result, so that one is honest). In an inconsistent cluster the member farthest
-   from the rest of the curve's prediction (the other clusters' representatives; every
-   member is at nearly the same point, so the prediction errs alike for all) is rejected,
-   and again while the cluster stays inconsistent. Rejecting an honest own result here
-   costs little: its partner, a few percent of a gap away, decodes the row.
+   times the larger of the ``(A+1)``-th largest slope of the clusters (at most ``A``
+   clusters hold a wrong result, so that one is honest) and its squared secant slope to
+   the neighbouring clusters (where the curve is steep across a gap its clusters are too:
+   probabilities are flat in most places and steep in a few). From an inconsistent
+   cluster the fewest members whose absence leaves the rest consistent are rejected; when
+   one member is left, the one nearest the curve that the other clusters predict (every
+   member sits at nearly the same point, so that prediction errs alike for each). An
+   honest own result rejected here costs little: its partner, a few percent of a gap
+   away, decodes the row.
 2. **Along the curve.** One representative per cluster (the own result when kept, else the
    member nearest the data point; a result beside no data point is its own cluster) goes
    to the generic locator, whose representatives now all sit at comparable spacing, as in
@@ -90,16 +93,50 @@ def _representative(members: Sequence[int], own: Sequence[bool], points: FloatMa
     return min(members, key=lambda m: abs(float(points[m]) - anchor_of(m)))
 
 
-def _odd_one(y: FloatMatrix, points: FloatMatrix, members: list[int], outside: list[int],
-             predict: Predictor) -> int:  # fmt: skip
-    """The index into ``members`` of the one to reject: with three or more, the one whose
-    absence leaves the rest most consistent; of a pair, the one farther from the curve
-    the ``outside`` results predict (both sit at nearly the same point)."""
-    if len(members) >= 3:
-        rests = [[m for m in members if m != c] for c in members]
-        return int(np.argmin([_slope(y, points, rest) for rest in rests]))
-    guess = predict(outside, members) @ y[outside]
-    return int(np.argmax(np.sum((y[members] - guess) ** 2, axis=1)))
+def _odd_ones(y: FloatMatrix, points: FloatMatrix, members: list[int], outside: list[int],
+              predict: Predictor, budget: int, limit: float) -> list[int]:  # fmt: skip
+    """The members of an inconsistent cluster to reject: the fewest (at most ``budget``)
+    whose absence leaves the rest consistent (the most consistent of those); when one
+    member is left, the one nearest the curve the ``outside`` results predict (all sit at
+    nearly the same point, so the prediction errs alike for each). If no such set fits the
+    budget, the ``budget`` members whose absence leaves the rest most consistent."""
+    best: tuple[float, tuple[int, ...]] | None = None
+    for size in range(1, min(budget, len(members) - 1) + 1):
+        if len(members) - size == 1:
+            guess = predict(outside, members) @ y[outside]
+            keep = members[int(np.argmin(np.sum((y[members] - guess) ** 2, axis=1)))]
+            return [m for m in members if m != keep]
+        options = [
+            (_slope(y, points, [m for m in members if m not in chosen]), chosen)
+            for chosen in itertools.combinations(members, size)
+        ]
+        best = min(options)
+        if best[0] <= limit:
+            return list(best[1])
+    return [] if best is None else list(best[1])
+
+
+def _limits(y: FloatMatrix, points: FloatMatrix, clusters: list[list[int]], a: int) -> list[float]:
+    """Each cluster's largest honest slope: :data:`CLUSTER_THRESHOLD` times the larger of
+    the ``(a+1)``-th largest slope of the clusters and the squared secant slope from its
+    mean to its neighbours' (where the curve is steep across a gap, its clusters are too:
+    probability outputs are flat in most places and steep in a few)."""
+    multi = [c for c in clusters if len(c) >= 2]
+    slopes = sorted(_slope(y, points, c) for c in multi)
+    common = slopes[-(a + 1)] if len(slopes) > a else slopes[-1]
+    order = sorted(range(len(clusters)), key=lambda i: float(np.mean(points[clusters[i]])))
+    where = np.array([np.mean(points[c]) for c in clusters])
+    level = np.array([np.mean(y[c], axis=0) for c in clusters])
+    limits = []
+    for i in range(len(clusters)):
+        rank = order.index(i)
+        secant = 0.0
+        for j in order[max(rank - 1, 0) : rank + 2]:
+            if j != i:
+                step = float(np.sum((level[i] - level[j]) ** 2))
+                secant = max(secant, step / max(float(where[i] - where[j]) ** 2, 1e-300))
+        limits.append(CLUSTER_THRESHOLD * (max(common, secant) + 1e-300))
+    return limits
 
 
 def locate_wrong_systematic(
@@ -131,21 +168,17 @@ def locate_wrong_systematic(
 
     clusters = clusters_of(points, anchors)
     rejected: list[int] = []
-    multi = [c for c in clusters if len(c) >= 2]
-    if len(multi) > a:
-        slopes = np.array([_slope(y, points, c) for c in multi])
-        limit = CLUSTER_THRESHOLD * (float(np.sort(slopes)[-(a + 1)]) + 1e-300)
-        flagged = [c for c, s in zip(multi, slopes, strict=True) if s > limit]
-        steady = [c for c in clusters if c not in flagged]
+    if sum(len(c) >= 2 for c in clusters) > a:
+        limits = _limits(y, points, clusters, a)
+        flagged = [(c, lim) for c, lim in zip(clusters, limits, strict=True)
+                   if len(c) >= 2 and _slope(y, points, c) > lim]  # fmt: skip
+        steady = [c for c in clusters if all(c is not f for f, _ in flagged)]
         outside = [_representative(c, own, points, anchor_of) for c in steady]
-        for cluster in sorted(flagged, key=lambda c: -_slope(y, points, c)):
-            members = list(cluster)
-            while len(members) >= 2 and len(rejected) < a:
-                if _slope(y, points, members) <= limit:
-                    break
-                rejected.append(members.pop(_odd_one(y, points, members, outside, predict)))
-            if members:
-                steady.append(members)
+        for cluster, limit in sorted(flagged, key=lambda f: -_slope(y, points, f[0]) / f[1]):
+            odd = _odd_ones(y, points, list(cluster), outside, predict, a - len(rejected), limit)
+            rejected.extend(odd)
+            if len(odd) < len(cluster):
+                steady.append([m for m in cluster if m not in odd])
         clusters = steady
     budget = a - len(rejected)
     if budget <= 0:

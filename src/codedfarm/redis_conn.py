@@ -95,8 +95,8 @@ def redis_from_url(url: str, **kwargs: Any) -> redis.Redis:
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": kwargs.get("socket_connect_timeout", 3)}
     if sentinel.sentinel_password:
         sentinel_kwargs["password"] = sentinel.sentinel_password
-    manager = Sentinel(list(sentinel.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+    manager = Sentinel(list(sentinel.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call,unused-ignore]
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         sentinel.service, db=sentinel.db, username=sentinel.username,
         password=sentinel.password, **kwargs,
     )  # fmt: skip

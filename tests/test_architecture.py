@@ -32,6 +32,7 @@ LAYERS = {
     "codecs": 2,
     "models": 2,
     "monitoring": 3,
+    "shuffle": 3,
     "coordinator": 4,
     "worker": 4,
     "evaluation": 5,

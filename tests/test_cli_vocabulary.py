@@ -15,7 +15,7 @@ from codedfarm.codecs import available_codecs
 from codedfarm.models.registry import MODELS
 
 COMMANDS = ("worker", "collector", "probe", "submit", "serve", "loadgen", "demo", "scale",
-            "bench", "soak", "compare", "eval", "models", "parity")  # fmt: skip
+            "bench", "soak", "compare", "eval", "models", "parity", "shuffle")  # fmt: skip
 PRINTS_RESULTS = (
     "submit",
     "loadgen",

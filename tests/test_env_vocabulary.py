@@ -89,8 +89,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_every_option_resolves_from_exactly_one_variable(clean_env):
     params = _params()
-    # 14 commands, models' 2 and parity's 1 subcommands, the group
-    assert len({ctx.command_path for ctx, _ in params}) == 18
+    # 15 commands, models' 2 and parity's 1 subcommands, the group
+    assert len({ctx.command_path for ctx, _ in params}) == 19
     for ctx, param in params:
         where = (ctx.command_path, "/".join(param.opts))
         expected = _expected(ctx, param)

@@ -20,6 +20,7 @@ from codedfarm.cli.models import models
 from codedfarm.cli.options import ENV_PREFIX, SettingOption, apply_env_vocabulary
 from codedfarm.cli.parity import parity
 from codedfarm.cli.serve import loadgen, serve
+from codedfarm.cli.shuffle import shuffle
 from codedfarm.cli.soak import soak
 from codedfarm.errors import CodedFarmError, FarmUnavailableError
 from codedfarm.logs import (
@@ -106,7 +107,7 @@ def cli(ctx: click.Context, redis_url: str | None, log_level: str, log_format: s
 
 
 for _command in (worker, collector, probe, submit, serve, loadgen, demo, scale, bench, soak,
-                 compare, evaluate, models, parity):  # fmt: skip
+                 compare, evaluate, models, parity, shuffle):  # fmt: skip
     cli.add_command(_command)
 apply_env_vocabulary(cli)  # one variable per option (docs/cli.md)
 

@@ -388,3 +388,34 @@ def test_an_error_of_the_outputs_size_beside_its_partners_is_found():
         tried += 1
         found += workers[bad] in codec.decode_report(wrong, workers).rejected
     assert found >= 0.9 * tried, (found, tried)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    spec=st.sampled_from(["berrut", "spline"]),
+    k=st.integers(1, 9),
+    extra=st.integers(1, 20),
+    stragglers=st.integers(0, 6),
+    kind=st.sampled_from(["noise", "equal", "huge", "pairs"]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_systematic_locator_decodes_whatever_the_results(spec, k, extra, stragglers, kind,
+                                                             seed):  # fmt: skip
+    """Any results at all (noise, all equal, a few enormous, twins identical) decode without
+    an error, reject at most A, and keep at least what the code needs."""
+    n = k + 4 + extra  # byzantine=2 needs 2A more results than the code alone
+    codec = make_codec(spec, k, n, systematic=True, byzantine=2, space="linear")
+    rng = np.random.default_rng(seed)
+    m = min(n, max(codec.min_results, n - stragglers))
+    workers = sorted(rng.choice(n, m, replace=False).tolist())
+    y = rng.standard_normal((m, 4))
+    if kind == "equal":
+        y[:] = 1.0
+    elif kind == "huge":
+        y[rng.choice(m, min(3, m), replace=False)] *= 1e12
+    elif kind == "pairs":
+        y[1::2] = y[::2][: len(y[1::2])]
+    report = codec.decode_report(y, workers)
+    assert len(report.rejected) <= 2
+    assert len(workers) - len(report.rejected) >= codec.base_min_results
+    assert np.all(np.isfinite(report.values))

@@ -105,6 +105,8 @@ def _odd_ones(y: FloatMatrix, points: FloatMatrix, members: list[int], outside: 
     best: tuple[float, tuple[int, ...]] | None = None
     for size in range(1, min(budget, len(members) - 1) + 1):
         if len(members) - size == 1:
+            if len(outside) < 2:
+                return []  # nothing outside the cluster to tell its members apart
             guess = predict(outside, members) @ y[outside]
             keep = members[int(np.argmin(np.sum((y[members] - guess) ** 2, axis=1)))]
             return [m for m in members if m != keep]

@@ -74,8 +74,8 @@ it. A parity result rejected in its place costs nothing when both are honest."""
 
 GROSS_FACTOR = 10.0
 """Large errors are taken out first: a result whose nearest other result is farther than
-this many times the results' median distance from their median (100x a result's spread
-is far beyond; honest results, probabilities or not, lie within a few times). Then, in a
+this many times the results' median norm (100x a result's spread is far beyond; honest
+results lie within about twice it of each other, probabilities within sqrt 2). Then, in a
 cluster whose own result is missing, nothing more is rejected: its parity results are
 what decode the row, and a sharp classifier changes class within a few percent of a gap
 (ViT on digits), so such a cluster disagrees honestly; an error of the outputs' size there
@@ -165,8 +165,10 @@ def _generic(y: FloatMatrix, subset: list[int], predict: Predictor, loo: LooMatr
 
 def _gross(y: FloatMatrix, a: int) -> list[int]:
     """At most ``a`` results far from every other one: their nearest neighbour (norm) more
-    than :data:`GROSS_FACTOR` times the results' median distance from their median."""
-    scale = float(np.median(np.linalg.norm(y - np.median(y, axis=0), axis=1)))
+    than :data:`GROSS_FACTOR` times the results' median norm (their size, not their spread:
+    where most rows are of one class the results hardly differ, and a spread would call an
+    honest neighbouring class gross)."""
+    scale = float(np.median(np.linalg.norm(y, axis=1)))
     distance = np.sqrt(np.maximum(np.sum(y**2, 1)[:, None] + np.sum(y**2, 1)[None, :]
                                   - 2 * y @ y.T, 0.0))  # fmt: skip
     np.fill_diagonal(distance, np.inf)

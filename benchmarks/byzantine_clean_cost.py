@@ -46,7 +46,7 @@ Locators, each a candidate choice and a test:
 Last, systematic codes (``systematic=true``, linear space) at S=4 and n = 2K + 2A (their
 default) and 3K + 2A, the generic locator (honest scale) / the cluster locator they use
 (``codecs/byzantine_systematic.py``), on every family (``--systematic-only``: this table
-alone, about 25 min).
+alone, about 10 min).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Locating wrong results of a systematic code: twins first, then the curve.
+"""Locating wrong results of a systematic code: large errors, then clusters, then the curve.
 
 A systematic code's parity workers sit *beside* the data points (``placement=measured``
 with enough parity: :func:`codedfarm.codecs.points.parity_points`), so its results come in
@@ -31,7 +31,8 @@ partner were rejected and wrong ones beside a partner passed (docs/results.md). 
    with it (its members agreed with it) when the budget allows.
 
 Where no cluster has two members (few parity workers: ``placement=midpoints``) this is
-the generic locator. Measured in docs/results.md (``benchmarks/byzantine_clean_cost.py``).
+step 0 and the generic locator. Measured in docs/results.md
+(``benchmarks/byzantine_clean_cost.py --systematic-only``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from codedfarm.codecs.byzantine import LooMatrix, Predictor, locate_wrong_result
 __all__ = [
     "CLUSTER_REACH",
     "CLUSTER_THRESHOLD",
+    "GROSS_FACTOR",
+    "OWN_MARGIN",
     "clusters_of",
     "locate_wrong_systematic",
 ]

@@ -28,7 +28,8 @@ partner were rejected and wrong ones beside a partner passed (docs/results.md). 
    member nearest the data point; a result beside no data point is its own cluster) goes
    to the generic locator, whose representatives now all sit at comparable spacing, as in
    the codes that are not systematic. A representative it rejects takes its whole cluster
-   with it (its members agreed with it) when the budget allows.
+   with it (its members agreed with it) when the budget allows, unless the cluster's own
+   result is late (as in step 1).
 
 Where no cluster has two members (few parity workers: ``placement=midpoints``) this is
 step 0 and the generic locator. Measured in docs/results.md
@@ -124,13 +125,14 @@ def _odd_ones(y: FloatMatrix, points: FloatMatrix, members: list[int], own: Sequ
     """The members of an inconsistent cluster to reject: the fewest (at most ``budget``)
     whose absence leaves the rest consistent, the one leaving it most consistent, but
     sparing the own result where a set without it leaves the rest within
-    :data:`OWN_MARGIN` of that (a parity result rejected beside its own costs the decode
-    nothing; the own result rejected turns an exact row into a decoded one); when one
-    member is left, the one nearest the curve the ``outside`` results predict (all sit at
-    nearly the same point, so the prediction errs alike for each), an own result rejected
-    only if it misses by :data:`OWN_MARGIN` times more. If no set within the budget leaves
-    the rest consistent, nothing: a cluster that is steep all through is a sharp stretch of
-    the curve (a class boundary), not a wrong result."""
+    :data:`OWN_MARGIN` of that or within the cluster's honest reference slope (a class
+    boundary between the members; a parity result rejected beside its own costs the
+    decode nothing, the own result rejected turns an exact row into a decoded one); when
+    one member is left, the one nearest the curve the ``outside`` results predict (all sit
+    at nearly the same point, so the prediction errs alike for each), an own result
+    rejected only if it misses by :data:`OWN_MARGIN` times more. If no set within the
+    budget leaves the rest consistent, nothing: a cluster that is steep all through is a
+    sharp stretch of the curve (a class boundary), not a wrong result."""
     for size in range(1, min(budget, len(members) - 1) + 1):
         if len(members) - size == 1:
             if len(outside) < 2:
@@ -149,7 +151,8 @@ def _odd_ones(y: FloatMatrix, points: FloatMatrix, members: list[int], own: Sequ
         consistent = [(slope, chosen) for slope, chosen in options if slope <= limit]
         if consistent:
             spare = [o for o in consistent if not any(own[m] for m in o[1])]
-            if spare and spare[0][0] <= OWN_MARGIN * consistent[0][0]:
+            honest = limit / CLUSTER_THRESHOLD  # the cluster's honest reference slope
+            if spare and spare[0][0] <= max(OWN_MARGIN * consistent[0][0], honest):
                 return list(spare[0][1])
             return list(consistent[0][1])
     return []
@@ -259,6 +262,8 @@ def locate_wrong_systematic(
         return tuple(sorted(rejected))
     for i in _generic(y, reps, predict, loo, budget):
         cluster = clusters[i]
+        if not any(own[m] for m in cluster):
+            continue  # its parity results decode a late row: left to the decode (step 1)
         if len(cluster) <= a - len(rejected) and len(y) - len(rejected) - len(cluster) >= min_kept:
             rejected.extend(cluster)
     return tuple(sorted(rejected))

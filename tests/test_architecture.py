@@ -23,6 +23,7 @@ PACKAGE = ROOT / "src" / "codedfarm"
 LAYERS = {
     "errors": 0,
     "logs": 1,
+    "signals": 1,
     "settings": 1,
     "stragglers": 1,
     "corruption": 1,

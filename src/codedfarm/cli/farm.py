@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import warnings
@@ -148,10 +147,10 @@ def worker(
 def collector(name: str, metrics_port: int, metrics_addr: str) -> None:
     """Run the long-lived collector service (decodes batches submitted with --collector NAME)."""
     from codedfarm.coordinator.service import run_collector
+    from codedfarm.signals import stop_on_signals
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     run_collector(settings_from_context(), name, metrics_port, metrics_addr, stop)
 
 

@@ -27,12 +27,11 @@ def serve(app: Any, worker: WorkerState) -> None:
     """``codedfarm worker`` (the batch engine): load the models, join Celery's control plane,
     then serve until SIGTERM or SIGINT or a remote ``shutdown`` (warm: straggling tasks are
     requeued) or SIGQUIT (cold: exit at once)."""
-    import signal
+    from codedfarm.signals import stop_on_signals
 
     preload_models(worker)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     options = app.conf.broker_transport_options
     name = node_name(worker.options.hostname)
     events = TaskEvents(enabled=worker.options.events)
